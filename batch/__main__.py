@@ -1,0 +1,7 @@
+"""`python -m batch`: see batch.cli."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""Command line: argv, logging, signals, exit codes, asyncio.run — nothing else.
+
+Exit codes: 0 every row answered; 1 finished, some rows failed; 2 the job or input is invalid
+(nothing was sent); 3 stopped early, resumable; 4 a fatal API condition (bad key, model gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import simulator
+from .config import load_job
+from .errors import BatchError, FatalApiError, Stopped
+from .runner import Run, RunOptions, report_path
+
+log = logging.getLogger("batch")
+
+EXIT_OK, EXIT_ROWS_FAILED, EXIT_INVALID, EXIT_STOPPED, EXIT_FATAL = 0, 1, 2, 3, 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m batch",
+                                description="Run a prompt over every row of a table against Groq.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job (sends requests)")
+    run.add_argument("job", type=Path, help="the job file (TOML)")
+    run.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    run.add_argument("--base-url", help="OpenAI-style base URL, e.g. http://127.0.0.1:8080/v1")
+    run.add_argument("--simulate", action="store_true",
+                     help="run against the built-in Groq simulator (no key, no network)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="also re-send rows whose earlier failure was permanent")
+    _verbosity(run)
+
+    sim = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
+    simulator.add_cli_arguments(sim)
+    _verbosity(sim)
+
+    models = sub.add_parser("models", help="list the models the key can use")
+    models.add_argument("--base-url", help="OpenAI-style base URL")
+    _verbosity(models)
+    return p
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary")
+
+
+def _logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s batch %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("batch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _logging(args.verbose, args.quiet)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "simulate":
+            return _simulate(args)
+        return asyncio.run(_models(args))
+    except BatchError as exc:
+        return _fail(exc)
+
+
+def _fail(exc: BatchError) -> int:
+    if isinstance(exc, Stopped):
+        log.warning("stopped: %s", exc)
+    elif isinstance(exc, FatalApiError):
+        log.error("the API refused the run: %s. Nothing more was sent; fix this and run again "
+                  "(answers so far are saved).", exc)
+    else:
+        log.error("%s", exc)
+    return exc.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    opts = RunOptions(limit=args.limit, base_url=args.base_url, simulate=args.simulate,
+                      retry_failed=args.retry_failed, progress=not args.quiet, tty=sys.stderr.isatty())
+    run = Run(job, opts)
+
+    async def main_task() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signals = 0
+
+        def on_signal(signame: str) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.warning("%s: finishing the requests in flight, then stopping (again to stop now)",
+                            signame)
+                run.interrupt()
+            else:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            summary = await run.execute()
+        except asyncio.CancelledError:
+            raise Stopped("stopped at once on a second signal; committed answers are saved. Run the same "
+                          "command again to resume.") from None
+        print(summary.human(), file=sys.stderr)
+        return EXIT_OK if summary.rows_failed == 0 else EXIT_ROWS_FAILED
+
+    try:
+        return asyncio.run(main_task())
+    except BatchError as exc:
+        _report_stop(run, exc)
+        return _fail(exc)
+
+
+def _report_stop(run: Run, exc: BatchError) -> None:
+    """A run that ended early still tells what it did, on stderr and in the report file."""
+    if not isinstance(exc, Stopped | FatalApiError) or run.stats.requests == 0:
+        return
+    from .report import Summary
+
+    status = "stopped" if isinstance(exc, Stopped) else "fatal"
+    summary = Summary.build(run.stats, status=status, model=run.job.task.model, rows=0,
+                            rows_ok=run.stats.answered, rows_failed=run.stats.failed, rows_from_store=0,
+                            output=None, message=str(exc))
+    print(summary.human(), file=sys.stderr)
+    try:
+        summary.write_json(report_path(run.job))
+    except OSError as err:
+        log.warning("could not write %s: %s", report_path(run.job), err)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    config = simulator.config_from_args(args)
+    try:
+        asyncio.run(simulator.serve(config, args.host, args.port))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+async def _models(args: argparse.Namespace) -> int:
+    from .client import Client, check_base_url
+    from .errors import JobError
+
+    env = dict(os.environ)
+    url = args.base_url or (env["GROQ_BASE_URL"].rstrip("/") + "/openai/v1" if env.get("GROQ_BASE_URL")
+                            else "https://api.groq.com/openai/v1")
+    url = check_base_url(url)
+    key = env.get("GROQ_API_KEY")
+    if not key and url.startswith("https://"):
+        raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...)")
+    async with Client(url, key, timeout_s=30, connections=1) as client:
+        models = await client.models()
+    for m in sorted(models, key=lambda m: str(m.get("id"))):
+        ctx = m.get("context_window")
+        print(f"{m.get('id')}\t{'context ' + format(ctx, ',') if isinstance(ctx, int) else ''}")
+    return EXIT_OK

@@ -1,0 +1,218 @@
+"""The only module that speaks HTTP: one aiohttp session to an OpenAI-compatible chat API.
+
+It posts a request body, and turns whatever comes back — a completion, an HTTP error, a dropped
+connection, a timeout, a body that is not JSON — into a `Completion` or one typed `ApiError`,
+exactly once, at this edge. It parses usage and Groq's rate-limit headers. It never retries and
+never waits: that is `pool`'s and `limits`' business.
+
+The API key is sent only in the Authorization header, only over HTTPS or to a loopback host, and
+never copied into an error, a log line or a record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .errors import (
+    ApiError,
+    BadRequest,
+    FatalApiError,
+    JobError,
+    ModelUnavailable,
+    RateLimited,
+    RequestTooLarge,
+    ServerError,
+    TransportError,
+)
+from .records import Completion, RateInfo
+
+DEFAULT_BASE_URL = "https://api.groq.com/openai/v1"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_LIMIT_KIND = re.compile(r"\((RPM|TPM|RPD|TPD)\)")
+_TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str) -> str:
+    """The base URL without a trailing slash; refuses plain HTTP to anything but loopback."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JobError(f"base URL {url!r} is not an http(s) URL (e.g. {DEFAULT_BASE_URL})")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise JobError(f"base URL {url!r} uses plain http to a non-loopback host; the API key would "
+                       "travel unencrypted. Use https://, or http:// only to localhost/127.0.0.1")
+    return url.rstrip("/")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a Go duration such as '7.66s', '2m59.56s', '1h2m3s', '450ms'; None if unparsable."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return float(text)  # retry-after and some servers send plain seconds
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    return total if pos == len(text) and pos > 0 else None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_rate_headers(h: Mapping[str, str]) -> RateInfo:
+    # Groq: the -requests headers are per DAY, the -tokens headers per MINUTE.
+    return RateInfo(
+        requests_limit_day=_int(h.get("x-ratelimit-limit-requests")),
+        requests_remaining_day=_int(h.get("x-ratelimit-remaining-requests")),
+        requests_reset_s=parse_duration(h.get("x-ratelimit-reset-requests")),
+        tokens_limit_minute=_int(h.get("x-ratelimit-limit-tokens")),
+        tokens_remaining_minute=_int(h.get("x-ratelimit-remaining-tokens")),
+        tokens_reset_s=parse_duration(h.get("x-ratelimit-reset-tokens")),
+    )
+
+
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+    """Map a non-200 answer to its error class. The `code` field decides, never message wording,
+    except for naming *which* rate limit a 429 hit: Groq says that only in the message."""
+    message, code = f"HTTP {status}", None
+    try:
+        err = json.loads(body)["error"]
+        message = str(err.get("message") or message)
+        code = err.get("code") or None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        if snippet:
+            message = f"HTTP {status}: {snippet}"
+    kw: dict[str, Any] = {"status": status, "code": code, "request_id": headers.get("x-request-id")}
+    if status == 429:
+        kind = _LIMIT_KIND.search(message)
+        wait = _TRY_AGAIN.search(message)
+        after = parse_duration(headers.get("retry-after"))
+        if wait is not None:  # the body's wait is precise; retry-after is rounded up to seconds
+            after = max(after or 0.0, parse_duration(wait.group(1)) or 0.0)
+        return RateLimited(message, limit=kind.group(1).lower() if kind else None, retry_after=after, **kw)
+    if status == 413:
+        return RequestTooLarge(message, **kw)
+    if code in ("model_not_found", "model_decommissioned"):
+        return ModelUnavailable(message, **kw)
+    if status in (401, 403):
+        return FatalApiError(message, **kw)
+    if status == 404:  # no such model or wrong base URL: the same for every row
+        return FatalApiError(f"{message} (is the base URL right?)", **kw)
+    if status in (408, 409, 498) or status >= 500:
+        return ServerError(message, **kw)
+    return BadRequest(message, **kw)
+
+
+def parse_completion(data: Any, headers: Mapping[str, str]) -> Completion:
+    """A 200 body as a Completion; raises TransportError if it is not a chat completion."""
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        usage = data.get("usage") or {}
+        details_in = usage.get("prompt_tokens_details") or {}
+        details_out = usage.get("completion_tokens_details") or {}
+        x_groq = data.get("x_groq") or {}
+        return Completion(
+            text=message.get("content"),
+            reasoning=message.get("reasoning"),
+            finish_reason=choice.get("finish_reason"),
+            model=data.get("model"),
+            request_id=x_groq.get("id") or headers.get("x-request-id") or data.get("id"),
+            input_tokens=usage.get("prompt_tokens"),
+            output_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            reasoning_tokens=details_out.get("reasoning_tokens"),
+            cached_tokens=details_in.get("cached_tokens"),
+            queue_time=usage.get("queue_time"),
+            total_time=usage.get("total_time"),
+            rate=parse_rate_headers(headers),
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise TransportError(f"200 response is not a chat completion ({exc!r})",
+                             status=200, request_id=headers.get("x-request-id")) from exc
+
+
+class Client:
+    """An OpenAI-compatible chat client on one keep-alive aiohttp session."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, timeout_s: float, connections: int) -> None:
+        self.base_url = check_base_url(base_url)
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections)
+        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
+                                              timeout=self._timeout, raise_for_status=False)
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[Any, Mapping[str, str]]:
+        assert self._session is not None, "use Client as an async context manager"
+        url = f"{self.base_url}{path}"
+        try:
+            async with self._session.request(method, url, data=body) as resp:
+                raw = await resp.read()
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+                if resp.status != 200:
+                    raise error_from_response(resp.status, raw, headers)
+        except ApiError:
+            raise
+        except TimeoutError as exc:
+            raise TransportError(f"no answer within {self._timeout.total:g}s (timed out)") from exc
+        except aiohttp.ClientError as exc:
+            # str(exc) of aiohttp's errors names the URL and the OS error, never request headers.
+            raise TransportError(f"connection failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            return json.loads(raw), headers
+        except ValueError as exc:
+            raise TransportError("200 response body is not valid JSON", status=200,
+                                 request_id=headers.get("x-request-id")) from exc
+
+    async def chat(self, body: bytes) -> Completion:
+        data, headers = await self._call("POST", "/chat/completions", body)
+        return parse_completion(data, headers)
+
+    async def models(self) -> list[dict[str, Any]]:
+        data, _ = await self._call("GET", "/models")
+        try:
+            return [m for m in data["data"] if isinstance(m, dict)]
+        except (KeyError, TypeError) as exc:
+            raise TransportError("the models list is not in the OpenAI shape") from exc

@@ -1,0 +1,391 @@
+"""The job file: load, validate, resolve.
+
+This module owns the TOML contract of a job: its tables and keys, their types, ranges and defaults,
+the `${column}` template syntax, where relative paths point (the job file's directory, never the CWD)
+and the base-URL precedence. It turns a file into a frozen `Job`, or into one `ConfigError` listing
+every problem at once, each naming the file, the table and the key, and saying how to fix it.
+
+`TABLES` is the single source of truth: the validator walks it and `describe_keys()` renders it for the
+README, so the documentation cannot drift from what is enforced. Checks that need the input's schema
+(template columns exist, output columns do not clash with input columns) belong to `source`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from batch.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.groq.com/openai/v1"
+ANSWER_COLUMNS: tuple[str, ...] = (
+    "input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens",
+    "finish_reason", "error", "attempts", "latency_s", "request_id", "model", "queue_time", "total_time",
+)
+INPUT_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+                    ".ndjson": "jsonl"}
+OUTPUT_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+# Names that can only mean a credential. `key` is one too, except in [input], where it names a column.
+SECRET_KEYS = frozenset({"api-key", "apikey", "groq-api-key", "secret", "token", "password"})
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    path: Path
+    format: str  # "csv" | "parquet" | "jsonl"
+    key: str | None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    model: str
+    prompt: str
+    system_message: str = "You are a helpful assistant."
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    user: str | None = None
+    chat_history: str | None = None
+    prompt_images: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitsSpec:
+    requests_per_minute: int | None = None  # None: the model's Groq base tier, decided by `limits`
+    tokens_per_minute: int | None = None
+    concurrency: int = 8
+    max_attempts: int = 6
+    request_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: Path
+    format: str  # "parquet" | "csv"
+    text_column: str = "text"
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    path: Path
+
+
+@dataclass(frozen=True)
+class Job:
+    file: Path
+    input: InputSpec
+    task: TaskSpec
+    limits: LimitsSpec
+    output: OutputSpec
+    api: ApiSpec
+    state: StateSpec
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a job-file table: how it is validated, and how it is documented."""
+
+    name: str
+    kind: Literal["string", "column", "template", "path", "url", "integer", "number"]
+    doc: str
+    default: object = None
+    required: bool = False
+    lo: float | None = None
+    hi: float | None = None
+    above: bool = False  # `lo` is exclusive: a timeout must be > 0, while a temperature may be 0
+    choices: tuple[str, ...] = ()
+    example: str = ""  # shown when a required key is missing
+
+
+TABLES: dict[str, tuple[Key, ...]] = {
+    "input": (
+        Key("path", "path", "The input table, relative to the job file.", required=True,
+            example='path = "data/rows.csv"'),
+        Key("format", "string", "Overrides the extension (.csv .parquet .pq .jsonl .ndjson).",
+            choices=("csv", "parquet", "jsonl")),
+        Key("key", "column", "A column that identifies a row (used in messages)."),
+    ),
+    "task": (
+        Key("model", "string", "The Groq model id.", required=True, example='model = "openai/gpt-oss-20b"'),
+        Key("prompt", "template", "The user message: `${column}` placeholders, `$$` for a literal `$`.",
+            required=True, example='prompt = "Summarise: ${text}"'),
+        Key("system-message", "template", "The system message; a template too.",
+            default="You are a helpful assistant."),
+        Key("max-new-tokens", "integer", "Completion budget, sent as `max_completion_tokens`.", lo=1),
+        Key("temperature", "number", "Sampling temperature; 0 is sent as 0.", lo=0, hi=2),
+        Key("top-p", "number", "Nucleus sampling.", lo=0, hi=1),
+        Key("top-k", "integer", "Accepted for compatibility; Groq has no top_k, so it is never sent.", lo=1),
+        Key("seed", "integer", "Sampling seed; 0 is sent as 0."),
+        Key("user", "string", "An end-user id sent with every request."),
+        Key("chat-history", "column", "A column of `[{role, content}]` (a list or JSON text)."),
+        Key("prompt-images", "column", "A column of image URLs or data URLs (one or a list)."),
+    ),
+    "limits": (
+        Key("requests-per-minute", "integer", "Request pace; default: the model's Groq base tier.", lo=1),
+        Key("tokens-per-minute", "integer", "Token pace; default: the model's Groq base tier.", lo=1),
+        Key("concurrency", "integer", "Requests in flight at once.", default=8, lo=1, hi=1024),
+        Key("max-attempts", "integer", "Attempts per request, the first included.", default=6, lo=1, hi=100),
+        Key("request-timeout", "number", "Seconds after which one attempt is cut.", default=120.0, lo=0,
+            above=True),
+    ),
+    "output": (
+        Key("path", "path", "Output file (.parquet .pq .csv); default: beside the input, "
+            "`<input stem>.enriched.parquet`."),
+        Key("text-column", "column", "The column that receives the answer text.", default="text"),
+    ),
+    "api": (Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),),
+    "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`."),),
+}
+REQUIRED_TABLES = ("input", "task")
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A `${column}` in a template: replaced by that column's value in each row."""
+
+    column: str
+
+
+def parse_template(template: str) -> list[str | Placeholder]:
+    """Split a template into literal text and placeholders (adjacent text merged, no empty strings).
+
+    `${name}` is a placeholder (name non-empty, without `}`); `$$` is a literal `$`; any other `$` is
+    literal too, so "$5" needs no escaping; braces without a `$` are plain text, so JSON in a prompt
+    stays as written. Raises ValueError on an unterminated or empty placeholder.
+    """
+    parts: list[str | Placeholder] = []
+    text, i = "", 0
+    while (j := template.find("$", i)) != -1:
+        text += template[i:j]
+        nxt = template[j + 1 : j + 2]
+        if nxt != "{":
+            text, i = text + "$", j + (2 if nxt == "$" else 1)
+            continue
+        end = template.find("}", j + 2)
+        name = template[j + 2 : end]
+        where = f"line {template.count(chr(10), 0, j) + 1}, column {j - template.rfind(chr(10), 0, j)}"
+        # "${a ${b}" is a forgotten brace, not a column named "a ${b": report the first "${".
+        if end == -1 or "${" in name:
+            raise ValueError(f"unterminated '${{' at {where} of the template; close it with '}}' "
+                             "or write '$$' for a literal '$'")
+        if not name:
+            raise ValueError(f"empty placeholder '${{}}' at {where} of the template; "
+                             "put a column name inside, e.g. ${text}")
+        parts += [text, Placeholder(name)] if text else [Placeholder(name)]
+        text, i = "", end + 1
+    text += template[i:]
+    return [*parts, text] if text else parts
+
+
+def template_columns(template: str) -> list[str]:
+    """The columns a template uses, in order of first use, without duplicates."""
+    return list(dict.fromkeys(p.column for p in parse_template(template) if isinstance(p, Placeholder)))
+
+
+def _show(value: object) -> str:
+    """A value as TOML spells it, shortened, with its type: `"8" (a string)`."""
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+             (list, "an array"), (dict, "a table"))
+    kind = next((name for t, name in kinds if isinstance(value, t)), "a date/time")
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} ({kind})"
+
+
+def _bounds(key: Key) -> str:
+    if key.lo is None:
+        return ""
+    if key.hi is not None:
+        return f"between {key.lo} and {key.hi}"
+    return f"greater than {key.lo}" if key.above else f"at least {key.lo}"
+
+
+def _check(key: Key, value: object) -> tuple[Any, str | None]:
+    """One present value, converted, or the problem with it (without the file/table/key prefix)."""
+    if isinstance(value, str) and value.startswith("gsk_"):  # a pasted key: say so, never echo it
+        return None, "looks like an API key; secrets never live in job files: set GROQ_API_KEY instead"
+    if key.kind in ("integer", "number"):
+        # bool is an int to Python but not to TOML: `concurrency = true` is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int if key.kind == "integer" else int | float):
+            return None, f"must be {'an' if key.kind == 'integer' else 'a'} {key.kind}, got {_show(value)}"
+        num = value if key.kind == "integer" else float(value)
+        low_ok = key.lo is None or (num > key.lo if key.above else num >= key.lo)
+        finite = key.kind == "integer" or math.isfinite(num)  # isfinite() overflows on a huge int
+        if not (finite and low_ok and (key.hi is None or num <= key.hi)):
+            return None, f"must be {_bounds(key) or 'a finite number'}, got {num}"
+        return num, None
+    if not isinstance(value, str):
+        return None, f"must be a string, got {_show(value)}"
+    if not value.strip():
+        return None, "must not be empty" + ("" if key.required else "; remove the key to use the default")
+    if key.choices and value.lower() not in key.choices:
+        return None, f"must be one of {', '.join(map(json.dumps, key.choices))}, got {_show(value)}"
+    if key.kind == "url" and not value.startswith(("http://", "https://")):
+        return None, f"must start with http:// or https://, got {_show(value)}"
+    if key.kind == "template":
+        try:
+            parse_template(value)
+        except ValueError as exc:
+            return None, str(exc)
+    return value.lower() if key.choices else value, None
+
+
+def _unknown(label: str, table: str | None, name: str, value: object) -> str:
+    """The problem with a name the contract does not know (table None: top level), with a likely fix."""
+    norm = name.replace("_", "-").lower()  # snake_case and capitals are near-misses, not new keys
+    where = f"{label}: [{table}] {name}" if table else f"{label}: {name}"
+    if norm in SECRET_KEYS or (norm == "key" and table != "input"):
+        return f"{where}: secrets never live in job files; remove it and set GROQ_API_KEY in the environment"
+    if table is None and isinstance(value, dict):
+        close = difflib.get_close_matches(norm, list(TABLES), n=1)
+        hint = f"did you mean [{close[0]}]?" if close else f"known tables: [{'], ['.join(TABLES)}]"
+        return f"{label}: [{name}]: unknown table; {hint}"
+    names = [k.name for k in TABLES[table]] if table else []
+    close = [norm] if norm in names else difflib.get_close_matches(norm, names, n=1)
+    elsewhere = [t for t, keys in TABLES.items() if t != table and any(k.name == norm for k in keys)]
+    if close:
+        return f"{where}: unknown key; did you mean '{close[0]}'?"
+    if elsewhere:
+        return f"{where}: unknown key; did you mean [{elsewhere[0]}] {norm}?"
+    return f"{where}: unknown key; " + (f"known keys: {', '.join(names)}" if names else "keys go in a table")
+
+
+def _check_table(label: str, table: str, raw: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The table's values by field name, defaults filled in; a key with a problem is reported and left out."""
+    known = {k.name for k in TABLES[table]}
+    problems += [_unknown(label, table, n, v) for n, v in raw.items() if n not in known]
+    values: dict[str, Any] = {}
+    for key in TABLES[table]:
+        where, field = f"{label}: [{table}] {key.name}", key.name.replace("-", "_")
+        if key.name in raw:
+            value, problem = _check(key, raw[key.name])
+            if problem:
+                problems.append(f"{where}: {problem}")
+            else:
+                values[field] = value
+        elif key.required:
+            problems.append(f"{where}: required key is missing (e.g. {key.example})")
+        else:
+            values[field] = key.default
+    return values
+
+
+def _beside(job_file: Path, raw: str) -> Path:
+    """A path from the job file, resolved from the job file's directory (an absolute one stays)."""
+    return (job_file.parent / raw).resolve()
+
+
+def parse_job(text: str, file: Path) -> Job:
+    """The job in `text`, as if read from `file` (named in messages; relative paths start beside it)."""
+    label = str(file)  # as the user typed it: messages should echo their words, not an absolute path
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{label}: invalid TOML: {exc}"]) from exc
+    problems = [_unknown(label, None, n, v) for n, v in data.items() if n not in TABLES]
+    values: dict[str, dict[str, Any]] = {}
+    for table in TABLES:
+        raw = data.get(table, {})  # an absent optional table is an empty one: all defaults
+        if table not in data and table in REQUIRED_TABLES:
+            required = " and ".join(k.name for k in TABLES[table] if k.required)
+            problems.append(f"{label}: [{table}]: required table is missing (add [{table}] with {required})")
+        elif not isinstance(raw, dict):
+            problems.append(f"{label}: [{table}]: must be a table ([{table}] on its own line, then its keys),"
+                            f" got {_show(raw)}")
+        else:
+            values[table] = _check_table(label, table, raw, problems)
+
+    # Derived values: each is computed only from valid keys (a key with a problem is absent from
+    # `values` and already reported), so one mistake yields one message, not a cascade.
+    job_file = file.resolve()
+    inp, out, st = (values.get(t, {}) for t in ("input", "output", "state"))
+    in_path = _beside(job_file, inp["path"]) if "path" in inp else None
+    in_format: str | None = inp.get("format")
+    if in_path and "format" in inp and not in_format:
+        in_format = INPUT_EXTENSIONS.get(in_path.suffix.lower())
+        if not in_format:
+            problems.append(f"{label}: [input] format: cannot tell the format of {json.dumps(inp['path'])} "
+                            'from its extension; set format = "csv", "parquet" or "jsonl"')
+    out_path = _beside(job_file, out["path"]) if out.get("path") else None
+    if in_path and "path" in out and out["path"] is None:  # not given (rather than given wrong)
+        out_path = in_path.with_name(f"{in_path.stem}.enriched.parquet")
+    out_format = OUTPUT_EXTENSIONS.get(out_path.suffix.lower()) if out_path else None
+    if out_path and not out_format:
+        problems.append(f"{label}: [output] path: must end in .parquet, .pq or .csv, "
+                        f"got {json.dumps(out['path'])}")
+    elif out_path and out_path == in_path:  # the sink reads the input while writing: never overwrite it
+        problems.append(f"{label}: [output] path: is the input file; choose another path")
+    if out.get("text_column") in ANSWER_COLUMNS:
+        problems.append(f"{label}: [output] text-column: {json.dumps(out['text_column'])} is one of the "
+                        f"answer columns the output appends ({', '.join(ANSWER_COLUMNS)}); choose another")
+    if problems:
+        raise ConfigError(problems)
+    assert in_path and in_format and out_path and out_format  # no problems: every piece was derived
+    state_path = _beside(job_file, st["path"]) if st.get("path") else out_path.with_name(
+        out_path.name + ".state.sqlite")
+    return Job(
+        file=job_file,
+        input=InputSpec(path=in_path, format=in_format, key=inp["key"]),
+        task=TaskSpec(**values["task"]),
+        limits=LimitsSpec(**values["limits"]),
+        output=OutputSpec(path=out_path, format=out_format, text_column=out["text_column"]),
+        api=ApiSpec(**values["api"]),
+        state=StateSpec(path=state_path),
+    )
+
+
+def load_job(path: Path) -> Job:
+    """Read and validate the job file at `path`; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: job file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the job file: {exc}"]) from exc
+    return parse_job(text, path)
+
+
+def output_columns(job: Job) -> tuple[str, ...]:
+    """The columns the output appends after every input column, in order."""
+    return (job.output.text_column, *ANSWER_COLUMNS)
+
+
+def resolve_base_url(cli: str | None, job: Job, env: Mapping[str, str]) -> str:
+    """The OpenAI-style base URL, without a trailing slash; the client posts to `{it}/chat/completions`.
+
+    Precedence: `--base-url`, `[api] base-url`, `GROQ_BASE_URL`, then Groq itself. GROQ_BASE_URL keeps
+    the official SDK's meaning (a host; the SDK appends `/openai/v1`), so a value exported for the SDK
+    points this tool at the same server. A source that is not an http(s) URL is a ConfigError.
+    """
+    host = env.get("GROQ_BASE_URL", "").strip().rstrip("/")
+    for source, url in (("--base-url", cli), (f"{job.file}: [api] base-url", job.api.base_url),
+                        ("GROQ_BASE_URL", host and host + "/openai/v1")):
+        if url:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError([f"{source}: must start with http:// or https://, got {json.dumps(url)}"])
+            return url.rstrip("/")
+    return DEFAULT_BASE_URL
+
+
+def describe_keys() -> str:
+    """Every job-file key as Markdown table rows (header included), rendered from TABLES for the README."""
+    rows = ["| Table | Key | Type | Default | Description |", "|---|---|---|---|---|"]
+    for table, keys in TABLES.items():
+        for k in keys:
+            kind = f"one of {', '.join(k.choices)}" if k.choices else k.kind
+            kind += f", {_bounds(k)}" if _bounds(k) else ""
+            default = "required" if k.required else "" if k.default is None else f"`{json.dumps(k.default)}`"
+            rows.append(f"| `[{table}]` | `{k.name}` | {kind} | {default} | {k.doc} |")
+    return "\n".join(rows)

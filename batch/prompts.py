@@ -1,0 +1,128 @@
+"""Rows to chat requests: render the templates, build the exact body, fingerprint it.
+
+A template is compiled once into literal text and column placeholders; a row's values are spliced
+in once and never re-scanned, so a value holding `${x}` or `{braces}` reaches the model as written.
+A null in a column the templates use fails that row (it is never sent as "None" or "nan").
+
+The body is serialised here, once, with a fixed key order; the fingerprint is the SHA-256 of exactly
+those bytes, so it changes when anything sent changes (model, messages, any parameter) and only then.
+`top_k` is never sent: Groq has no such parameter and rejects requests that carry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from .config import Placeholder, TaskSpec, parse_template
+from .records import Request
+
+# Completion budget assumed for pacing when the job sets no max-new-tokens.
+DEFAULT_COMPLETION_BUDGET = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RowFailure:
+    """A row that cannot become a request; `error` goes to the output's error column."""
+
+    row: int
+    error: str
+
+
+Rendered = Request | RowFailure
+
+
+class Template:
+    def __init__(self, text: str) -> None:
+        self.parts = parse_template(text)
+        self.columns = list(dict.fromkeys(p.column for p in self.parts if isinstance(p, Placeholder)))
+
+    def render(self, values: dict[str, str]) -> str:
+        return "".join(values[p.column] if isinstance(p, Placeholder) else p for p in self.parts)
+
+
+def as_text(value: Any) -> str:
+    """A cell as prompt text: strings unchanged, numbers as written, nested values as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+class Renderer:
+    """Turns record batches into requests for one task."""
+
+    def __init__(self, task: TaskSpec) -> None:
+        self.model = task.model
+        self.prompt = Template(task.prompt)
+        self.system = Template(task.system_message) if task.system_message else None
+        self.columns = list(dict.fromkeys(self.prompt.columns + (self.system.columns if self.system else [])))
+        # Parameters in a fixed order; None means "not set" and is not sent. 0 is a value.
+        params: dict[str, Any] = {
+            "temperature": task.temperature,
+            "top_p": task.top_p,
+            "max_completion_tokens": task.max_new_tokens,
+            "seed": task.seed,
+            "user": task.user,
+        }
+        self.params = {k: v for k, v in params.items() if v is not None}
+        self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
+
+    def render_batch(self, batch: pa.RecordBatch, first_row: int) -> list[Rendered]:
+        cols = {name: batch.column(name).to_pylist() for name in self.columns}
+        out: list[Rendered] = []
+        for i in range(batch.num_rows):
+            row = first_row + i
+            values: dict[str, str] = {}
+            nulls = []
+            for name, col in cols.items():
+                v = col[i]
+                if v is None:
+                    nulls.append(name)
+                else:
+                    values[name] = as_text(v)
+            if nulls:
+                out.append(RowFailure(row, f"input row {row + 1}: column {_names(nulls)} is empty (null); "
+                                           "the prompt needs a value there"))
+                continue
+            out.append(self.request(row, values))
+        return out
+
+    def request(self, row: int, values: dict[str, str]) -> Request:
+        messages = []
+        if self.system is not None:
+            messages.append({"role": "system", "content": self.system.render(values)})
+        messages.append({"role": "user", "content": self.prompt.render(values)})
+        body = json.dumps({"model": self.model, "messages": messages, **self.params},
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        return Request(fingerprint=fingerprint(body), body=body, row=row,
+                       est_tokens=estimate_prompt_tokens(body) + self.completion_budget)
+
+
+def fingerprint(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+def estimate_prompt_tokens(body: bytes) -> int:
+    """Prompt tokens, estimated as UTF-8 bytes of the whole body / 4 (rounded up).
+
+    Counting the JSON around the text errs on the high side, which is the safe side for pacing:
+    about 4 bytes a token for English, and a CJK character (3 bytes) is about one token.
+    """
+    return -(-len(body) // 4)
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)

@@ -1,0 +1,108 @@
+"""Frozen records passed between the stages; this module imports nothing from batch.
+
+    prompts ─► Request ─► pool ─► client ─► Completion ─► pool ─► Answer ─► store ─► sink
+                                     └────► RateInfo ──► limits
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One chat request, rendered from one row (several rows may share it).
+
+    `body` is the exact JSON bytes that will be posted; `fingerprint` is a hash of those bytes, so
+    two rows that would send the same thing share one answer.
+    """
+
+    fingerprint: str
+    body: bytes
+    est_tokens: int  # estimated prompt tokens + the completion budget (what Groq counts against TPM)
+    row: int  # the first input row (0-based) that asked for it, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class RateInfo:
+    """What one response's headers said about the account's limits (None: header absent).
+
+    Groq's `-requests` headers count requests per DAY; its `-tokens` headers count tokens per MINUTE.
+    """
+
+    requests_limit_day: int | None = None
+    requests_remaining_day: int | None = None
+    requests_reset_s: float | None = None
+    tokens_limit_minute: int | None = None
+    tokens_remaining_minute: int | None = None
+    tokens_reset_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A successful chat completion, as parsed by the client."""
+
+    text: str | None
+    finish_reason: str | None
+    model: str | None
+    request_id: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+    queue_time: float | None = None
+    total_time: float | None = None
+    reasoning: str | None = None
+    rate: RateInfo = field(default_factory=RateInfo)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The final outcome for one fingerprint: a completion or an error. What the store keeps."""
+
+    fingerprint: str
+    text: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+    finish_reason: str | None = None
+    request_id: str | None = None
+    model: str | None = None
+    latency_s: float | None = None
+    queue_time: float | None = None
+    total_time: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    permanent: bool = False  # for errors: True when re-sending the same request cannot help
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def from_completion(cls, fp: str, c: Completion, *, attempts: int, latency_s: float) -> Answer:
+        return cls(
+            fingerprint=fp,
+            text=c.text,
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+            total_tokens=c.total_tokens,
+            reasoning_tokens=c.reasoning_tokens,
+            cached_tokens=c.cached_tokens,
+            finish_reason=c.finish_reason,
+            request_id=c.request_id,
+            model=c.model,
+            latency_s=latency_s,
+            queue_time=c.queue_time,
+            total_time=c.total_time,
+            attempts=attempts,
+        )
+
+    @classmethod
+    def failure(cls, fp: str, error: str, *, permanent: bool, attempts: int,
+                request_id: str | None = None) -> Answer:
+        return cls(fingerprint=fp, error=error, permanent=permanent, attempts=attempts,
+                   request_id=request_id)

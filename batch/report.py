@@ -1,0 +1,172 @@
+"""What a run did, for people (stderr) and schedulers (JSON beside the output).
+
+`RunStats` only counts; `Summary` turns counts into the report. Progress display lives in
+`progress`, prices in `catalog`. Latency percentiles come from a log-spaced histogram (buckets 2%
+apart), so memory stays constant however many requests a run makes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .catalog import cost_usd
+from .errors import ApiError, RateLimited
+from .records import Answer
+
+
+class Histogram:
+    """Counts of values in buckets growing by `ratio` from `lo`; quantiles are accurate to ~ratio."""
+
+    def __init__(self, lo: float = 1e-3, hi: float = 3600.0, ratio: float = 1.02) -> None:
+        n = math.ceil(math.log(hi / lo) / math.log(ratio)) + 1
+        self._bounds = [lo * ratio**i for i in range(n)]
+        self._counts = [0] * (n + 1)
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self.count += 1
+
+    def quantile(self, q: float) -> float | None:
+        if not self.count:
+            return None
+        rank, seen = q * (self.count - 1), 0
+        for i, c in enumerate(self._counts):
+            seen += c
+            if seen > rank:
+                return self._bounds[min(i, len(self._bounds) - 1)]
+        return self._bounds[-1]
+
+
+@dataclass
+class RunStats:
+    """Counters of one run, updated by the pool and the runner."""
+
+    started: float = field(default_factory=time.monotonic)
+    requests: int = 0  # HTTP attempts sent
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    answered: int = 0  # answers that arrived this run
+    failed: int = 0  # requests that failed for good this run
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(default_factory=Histogram)
+
+    def record_error(self, exc: ApiError) -> None:
+        self.errors[f"{exc.status or type(exc).__name__}"] += 1
+        if isinstance(exc, RateLimited):
+            self.rate_limited += 1
+
+    def record_answer(self, a: Answer) -> None:
+        if a.ok:
+            self.answered += 1
+            if a.latency_s is not None:
+                self.latency.add(a.latency_s)
+        else:
+            self.failed += 1
+        self.input_tokens += a.input_tokens or 0
+        self.output_tokens += a.output_tokens or 0
+        self.cached_tokens += a.cached_tokens or 0
+        self.reasoning_tokens += a.reasoning_tokens or 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def per_minute(self, count: float) -> float:
+        return count * 60.0 / max(self.elapsed(), 1e-9)
+
+
+@dataclass
+class Summary:
+    status: str  # "complete", "failed-rows", "stopped", "fatal"
+    rows: int
+    rows_ok: int
+    rows_failed: int
+    rows_from_store: int
+    requests_sent: int
+    retries: int
+    rate_limited_429: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    estimated_cost_usd: float | None
+    elapsed_s: float
+    requests_per_min: float
+    tokens_per_min: float
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    model: str
+    output: str | None
+    errors: dict[str, int]
+    message: str | None = None
+
+    @classmethod
+    def build(cls, stats: RunStats, *, status: str, model: str, rows: int, rows_ok: int,
+              rows_failed: int, rows_from_store: int, output: Path | None,
+              message: str | None = None) -> Summary:
+        tokens = stats.input_tokens + stats.output_tokens
+        return cls(
+            status=status, rows=rows, rows_ok=rows_ok, rows_failed=rows_failed,
+            rows_from_store=rows_from_store, requests_sent=stats.requests, retries=stats.retries,
+            rate_limited_429=stats.rate_limited, input_tokens=stats.input_tokens,
+            output_tokens=stats.output_tokens, cached_tokens=stats.cached_tokens,
+            reasoning_tokens=stats.reasoning_tokens,
+            estimated_cost_usd=_round(cost_usd(model, stats.input_tokens, stats.output_tokens,
+                                               stats.cached_tokens), 6),
+            elapsed_s=round(stats.elapsed(), 3),
+            requests_per_min=round(stats.per_minute(stats.requests), 1),
+            tokens_per_min=round(stats.per_minute(tokens), 1),
+            latency_p50_s=_round(stats.latency.quantile(0.5), 3),
+            latency_p95_s=_round(stats.latency.quantile(0.95), 3),
+            model=model, output=str(output) if output else None,
+            errors=dict(stats.errors), message=message)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    def write_json(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def human(self) -> str:
+        cost = "unknown price" if self.estimated_cost_usd is None else f"${self.estimated_cost_usd:.4f}"
+        lat = ("-" if self.latency_p50_s is None
+               else f"p50 {self.latency_p50_s:.2f}s, p95 {self.latency_p95_s or 0:.2f}s")
+        lines = [
+            f"batch: {self.status} — {self.rows} rows: {self.rows_ok} ok, {self.rows_failed} failed, "
+            f"{self.rows_from_store} answered from the store",
+            f"  requests {self.requests_sent} ({self.retries} retries, {self.rate_limited_429} rate-limited) "
+            f"in {_duration(self.elapsed_s)}: {self.requests_per_min:g} req/min, "
+            f"{self.tokens_per_min:g} tokens/min; latency {lat}",
+            f"  tokens this run: {self.input_tokens} in, {self.output_tokens} out "
+            f"({self.cached_tokens} cached); estimated cost {cost} ({self.model})",
+        ]
+        if self.errors:
+            kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
+            lines.append(f"  errors by kind: {kinds}")
+        if self.output:
+            lines.append(f"  output: {self.output}")
+        if self.message:
+            lines.append(f"  {self.message}")
+        return "\n".join(lines)
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{seconds:.1f}s")

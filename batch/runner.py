@@ -1,0 +1,258 @@
+"""One run of a job: the only module that knows every stage, and wires them in one direction.
+
+    check (model, input columns, key) ─► store ─► pass 1: source ─► prompts ─► store.missing ─► pool
+                                                  pass 2: source ─► prompts ─► store.get ─► sink ─► report
+
+Everything that can make the job fail is checked before the first request. Pass 1 sends only what the
+store has no answer for; pass 2 reads the input again and writes every row with its answer, in order.
+A stopped run (signal, daily quota, fatal API error) writes no output — the previous output file, if
+any, stays as it was — and the store keeps every answer, so the same command resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+
+from . import catalog
+from .client import Client, check_base_url, is_loopback
+from .config import Job, output_columns, resolve_base_url
+from .errors import InputError, JobError, Stopped
+from .limits import Pacer
+from .pool import Pool
+from .progress import Progress
+from .prompts import Renderer, RowFailure
+from .records import Answer, Request
+from .report import RunStats, Summary
+from .retry import RetryPolicy
+from .sink import Outcome, OutputWriter
+from .source import Source
+from .store import Store
+
+log = logging.getLogger("batch")
+
+SIMULATED_KEY = "gsk_simulated"  # what --simulate sends instead of the user's key
+SIMULATED_RPM, SIMULATED_TPM = 6000, 2_000_000
+
+
+@dataclass
+class RunOptions:
+    limit: int | None = None
+    base_url: str | None = None  # --base-url
+    simulate: bool = False
+    retry_failed: bool = False
+    progress: bool = True
+    tty: bool = False
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+class Run:
+    """A run in progress; `interrupt()` is what a signal handler calls."""
+
+    def __init__(self, job: Job, opts: RunOptions) -> None:
+        self.job, self.opts = job, opts
+        self.stats = RunStats()
+        self.pool: Pool | None = None
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if self.pool is not None:
+            self.pool.stop("interrupted")
+
+    async def execute(self) -> Summary:
+        job = self.job
+        source = check_job(job)
+        async with _endpoint(job, self.opts) as (base_url, key, rpm, tpm):
+            store = Store(job.state.path)
+            try:
+                store.begin_run()
+                if job.task.top_k is not None:
+                    log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
+                                "parameter and rejects requests that carry it", job.task.top_k)
+                log.info("run: %d rows from %s -> %s; model %s at %s; %g req/min, %g tokens/min, "
+                         "concurrency %d", source.num_rows, job.input.path, job.output.path, job.task.model,
+                         base_url, rpm, tpm, job.limits.concurrency)
+                renderer = Renderer(job.task)
+                await self._send_missing(source, renderer, store, base_url, key, rpm, tpm)
+                return self._finish(source, renderer, store)
+            finally:
+                store.close()
+
+    async def _send_missing(self, source: Source, renderer: Renderer, store: Store, base_url: str,
+                            key: str | None, rpm: float, tpm: float) -> None:
+        job, total = self.job, _row_count(source, self.opts.limit)
+        progress = Progress(total, self.stats, tty=self.opts.tty, enabled=self.opts.progress)
+
+        def on_answer(answer: Answer) -> None:
+            store.put(answer)
+            self.stats.record_answer(answer)
+            progress.advance()
+
+        async with Client(base_url, key, timeout_s=job.limits.request_timeout,
+                          connections=job.limits.concurrency) as client:
+            pool = Pool(client.chat, Pacer(rpm, tpm), RetryPolicy(max_attempts=job.limits.max_attempts),
+                        concurrency=job.limits.concurrency, on_answer=on_answer, stats=self.stats)
+            self.pool = pool
+            if self.interrupted:
+                pool.stop("interrupted")
+            flusher = asyncio.create_task(_flush_every(store, 1.0))
+            try:
+                await pool.run(self._pending(source, renderer, store, pool, progress))
+            finally:
+                flusher.cancel()
+                progress.close()
+                store.flush()
+        if pool.fatal is not None:
+            raise pool.fatal
+        if pool.quota is not None:
+            raise Stopped(_quota_message(pool.quota.limit, pool.quota.retry_after))
+        if pool.stop_reason:
+            raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
+                          "(it sends only the rows that have no answer yet).")
+
+    def _pending(self, source: Source, renderer: Renderer, store: Store, pool: Pool,
+                 progress: Progress) -> Iterator[Request]:
+        """The requests that still need sending, in input order, each once."""
+        for row0, batch in _numbered(source, self.opts.limit):
+            rendered = renderer.render_batch(batch, row0)
+            fps = {r.fingerprint for r in rendered if isinstance(r, Request)} - pool.outstanding
+            missing = store.missing(fps, retry_failed=self.opts.retry_failed)
+            for r in rendered:
+                if (isinstance(r, Request) and r.fingerprint in missing
+                        and r.fingerprint not in pool.outstanding):
+                    missing.discard(r.fingerprint)  # later rows with the same request share its answer
+                    yield r
+                else:
+                    progress.advance()
+
+    def _finish(self, source: Source, renderer: Renderer, store: Store) -> Summary:
+        job = self.job
+        ok = failed = from_store = 0
+        with OutputWriter(job.output.path, job.output.format, source.schema, job.output.text_column) as out:
+            for row0, batch in _numbered(source, self.opts.limit):
+                rendered = renderer.render_batch(batch, row0)
+                answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
+                outcomes: list[Outcome] = []
+                for r in rendered:
+                    if isinstance(r, RowFailure):
+                        outcomes.append(r.error)
+                        failed += 1
+                        continue
+                    found = answers.get(r.fingerprint)
+                    if found is None:  # cannot happen after a complete pass 1; never drop the row
+                        outcomes.append("no answer was recorded for this row; run the job again")
+                        failed += 1
+                        continue
+                    answer, earlier = found
+                    outcomes.append(answer)
+                    ok += answer.ok
+                    failed += not answer.ok
+                    from_store += earlier
+                out.write(batch, outcomes)
+            rows = out.rows
+        status = "complete" if failed == 0 else "failed-rows"
+        message = None if failed == 0 else (f"{failed} rows failed; see the error column. Rows that failed "
+                                            "transiently are retried by the next run (--retry-failed: all).")
+        summary = Summary.build(self.stats, status=status, model=job.task.model, rows=rows, rows_ok=ok,
+                                rows_failed=failed, rows_from_store=from_store, output=job.output.path,
+                                message=message)
+        self.record(summary, store)
+        return summary
+
+    def record(self, summary: Summary, store: Store | None = None) -> None:
+        summary.write_json(report_path(self.job))
+        if store is not None:
+            store.finish_run(summary.to_json())
+
+
+def report_path(job: Job) -> Path:
+    return job.output.path.with_name(job.output.path.name + ".report.json")
+
+
+def check_job(job: Job) -> Source:
+    """Everything about the job and its input that can be known before sending anything."""
+    gone = catalog.decommission_message(job.task.model)
+    if gone:
+        raise JobError(f"{job.file}: [task] model: {gone}")
+    source = Source(job.input.path, job.input.format)
+    columns = source.columns
+    renderer = Renderer(job.task)
+    absent = [c for c in renderer.columns if c not in columns]
+    if absent:
+        raise InputError(f"{job.file}: the prompt uses column(s) {', '.join(map(repr, absent))}, which "
+                         f"{job.input.path} does not have; its columns are: {', '.join(map(repr, columns))}")
+    clash = [c for c in output_columns(job) if c in columns]
+    if clash:
+        raise InputError(f"{job.input.path} already has column(s) {', '.join(map(repr, clash))}, which the "
+                         "output would add; rename them in the input, or set [output] text-column "
+                         "if the clash is the text column")
+    if job.input.key is not None and job.input.key not in columns:
+        raise InputError(f"{job.file}: [input] key: column {job.input.key!r} is not in {job.input.path}; "
+                         f"its columns are: {', '.join(map(repr, columns))}")
+    return source
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(job: Job, opts: RunOptions) -> AsyncIterator[tuple[str, str | None, float, float]]:
+    """(base URL, key, rpm, tpm) to run against: the simulator in-process, or the configured API."""
+    base = catalog.limits_for(job.task.model)
+    rpm = float(job.limits.requests_per_minute or base.rpm)
+    tpm = float(job.limits.tokens_per_minute or base.tpm)
+    if opts.simulate:
+        from .simulator import SimConfig, Simulator
+
+        # A demo of the whole path: generous limits (the job's are the real account's), a little
+        # latency, and a few faults so retries show.
+        sim = Simulator(SimConfig(rpm=SIMULATED_RPM, tpm=SIMULATED_TPM, rpd=1_000_000, tpd=10**9,
+                                  latency_ms=40, jitter_ms=40, fault_rate=0.03,
+                                  faults=("500", "502", "503", "drop", "malformed"), seed=7))
+        url = await sim.start()
+        log.info("simulate: using the built-in Groq simulator at %s (no key, no network)", url)
+        try:
+            yield url, SIMULATED_KEY, SIMULATED_RPM, SIMULATED_TPM
+        finally:
+            await sim.stop()
+        return
+    url = check_base_url(resolve_base_url(opts.base_url, job, opts.env))
+    key = opts.env.get("GROQ_API_KEY") or None
+    if key is None and not is_loopback(urlsplit(url).hostname or ""):
+        raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...), "
+                       "or try the job without one: python -m batch run JOB.toml --simulate")
+    yield url, key, rpm, tpm
+
+
+def _numbered(source: Source, limit: int | None) -> Iterator[tuple[int, pa.RecordBatch]]:
+    row = 0
+    for batch in source.batches(limit):
+        yield row, batch
+        row += batch.num_rows
+
+
+def _row_count(source: Source, limit: int | None) -> int:
+    return source.num_rows if limit is None else min(limit, source.num_rows)
+
+
+async def _flush_every(store: Store, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        store.flush()
+
+
+def _quota_message(limit: str | None, retry_after: float | None) -> str:
+    what = {"rpd": "requests per day", "tpd": "tokens per day"}.get(limit or "", "daily")
+    when = ""
+    if retry_after:
+        at = datetime.now(UTC) + timedelta(seconds=retry_after)
+        when = f"; it resets in about {timedelta(seconds=round(retry_after))} (at {at:%Y-%m-%d %H:%M} UTC)"
+    return (f"Groq's {what} quota for this model is used up{when}. Answers so far are saved; run the same "
+            "command again after the reset to continue.")

@@ -1,0 +1,155 @@
+"""The input table: CSV, Parquet or JSONL, streamed in Arrow record batches, never loaded whole.
+
+Values are kept exactly as stored. CSV columns are read as text (no type guessing: "007" stays
+"007"), an unquoted empty cell is null and a quoted one ("") is the empty string; "NA", "None" and
+"nan" are text like any other. JSONL objects become one column per key (first-seen order); a key
+whose values mix types or nest is kept as JSON text so every batch has the same schema.
+
+Opening a source reads the whole file once (streaming) to count rows and to find a malformed line
+before any request is sent; `batches()` then streams it again as often as the run needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .errors import InputError
+
+BATCH_ROWS = 4096
+_CSV_BLOCK = 1 << 20  # bytes per CSV block: bounds memory whatever the file size
+
+
+class Source:
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.format = path, fmt
+        if not path.is_file():
+            raise InputError(f"input file {path} does not exist (set [input] path, relative to the job file)")
+        try:
+            if fmt == "parquet":
+                meta = pq.ParquetFile(path)
+                self.schema: pa.Schema = meta.schema_arrow
+                self.num_rows: int = meta.metadata.num_rows
+            elif fmt == "csv":
+                self.schema = _csv_schema(path)
+                self.num_rows = sum(b.num_rows for b in self._csv_batches())
+            elif fmt == "jsonl":
+                self.schema, self.num_rows = _jsonl_scan(path)
+            else:
+                raise InputError(f"unknown input format {fmt!r} (use csv, parquet or jsonl)")
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {path} as {fmt}: {exc}") from exc
+        names = self.schema.names
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InputError(f"{path}: duplicate column names {dupes}; every column needs its own name")
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+    def batches(self, limit: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows in order, in batches; at most `limit` rows when given."""
+        if self.format == "parquet":
+            it: Iterator[pa.RecordBatch] = pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS)
+        elif self.format == "csv":
+            it = self._csv_batches()
+        else:
+            it = _jsonl_batches(self.path, self.schema)
+        left = self.num_rows if limit is None else limit
+        for batch in it:
+            if left <= 0:
+                return
+            if batch.num_rows > left:
+                batch = batch.slice(0, left)
+            left -= batch.num_rows
+            if batch.num_rows:
+                yield batch
+
+    def _csv_batches(self) -> Iterator[pa.RecordBatch]:
+        convert = pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in self.schema.names},
+            strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False)
+        reader = pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+                                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                                convert_options=convert)
+        try:
+            yield from reader
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"{self.path}: malformed CSV: {exc}") from exc
+
+
+def _csv_schema(path: Path) -> pa.Schema:
+    # The first block tells the column names; every column is then read as text.
+    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+                            parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    return pa.schema([(name, pa.string()) for name in reader.schema.names])
+
+
+def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{lineno}: each line must be a JSON object, "
+                                 f"got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    return "str" if isinstance(v, str) else "json"
+
+
+_ARROW = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+
+
+def _jsonl_scan(path: Path) -> tuple[pa.Schema, int]:
+    kinds: dict[str, set[str]] = {}
+    rows = 0
+    for _, obj in _jsonl_objects(path):
+        rows += 1
+        for key, value in obj.items():
+            kinds.setdefault(key, set()).add(_kind(value))
+    fields = []
+    for key, ks in kinds.items():
+        ks.discard("null")
+        if ks == {"int", "float"}:
+            ks = {"float"}
+        kind = ks.pop() if len(ks) == 1 else "json"
+        fields.append(pa.field(key, _ARROW.get(kind, pa.string())))
+    return pa.schema(fields), rows
+
+
+def _jsonl_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    as_text = [f.name for f in schema if f.type == pa.string()]
+    rows: list[dict[str, Any]] = []
+    for _, obj in _jsonl_objects(path):
+        for name in as_text:  # nested or mixed values travel as JSON text
+            v = obj.get(name)
+            if v is not None and not isinstance(v, str):
+                obj[name] = json.dumps(v, ensure_ascii=False)
+        rows.append(obj)
+        if len(rows) == BATCH_ROWS:
+            yield pa.RecordBatch.from_pylist(rows, schema=schema)
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=schema)

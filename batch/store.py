@@ -1,0 +1,168 @@
+"""The only module that speaks SQLite: one answer per request fingerprint, beside the output.
+
+The store is the run's journal (a crashed run resumes from it), its cache (an unchanged row is never
+paid for twice) and the place the output is assembled from. Answers are buffered and committed in
+small transactions — at least every `flush_s` seconds, every `flush_rows` answers and at close — so a
+`kill -9` loses at most the answers of the last second, never a committed one. WAL mode lets a
+reader (`status`) look while a run writes. An exclusive lock file keeps a second run of the same
+state away, instead of letting two runs pay for the same rows.
+
+A failed answer is kept with `permanent`: permanent failures (400, 413, bad input) are not re-sent by
+later runs; transient ones (retries exhausted) are, by the next run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import astuple, fields
+from pathlib import Path
+
+from .errors import JobError
+from .records import Answer
+
+SCHEMA_VERSION = 1
+_COLUMNS = [f.name for f in fields(Answer)]
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS answers (
+    fingerprint TEXT PRIMARY KEY, text TEXT, input_tokens INTEGER, output_tokens INTEGER,
+    total_tokens INTEGER, reasoning_tokens INTEGER, cached_tokens INTEGER, finish_reason TEXT,
+    request_id TEXT, model TEXT, latency_s REAL, queue_time REAL, total_time REAL,
+    attempts INTEGER NOT NULL, error TEXT, permanent INTEGER NOT NULL, run INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL,
+                                 summary TEXT);
+INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""
+_CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable limit
+
+
+class StoreError(JobError):
+    """The state file is unusable or busy; the message says what to do."""
+
+
+class Store:
+    def __init__(self, path: Path, *, flush_rows: int = 500, flush_s: float = 1.0) -> None:
+        self.path = path
+        self._flush_rows, self._flush_s = flush_rows, flush_s
+        self._buffer: dict[str, Answer] = {}
+        self._last_flush = time.monotonic()
+        self.run_id = 0
+        self._lock_fd = _lock(path)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: a kill -9 loses nothing committed
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            os.close(self._lock_fd)
+            raise StoreError(f"state file {path} is unreadable ({exc}). Move it aside to start over "
+                             "(its answers would then be requested again).") from exc
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            self.close()
+            raise StoreError(f"state file {path} was written by another version of batch "
+                             f"(schema {row[0] if row else '?'}, this one reads {SCHEMA_VERSION}). "
+                             "Move it aside to start over, or use the version that wrote it.")
+
+    # -- runs -------------------------------------------------------------------------------------
+    def begin_run(self) -> int:
+        cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
+        self.run_id = int(cur.lastrowid or 0)
+        return self.run_id
+
+    def finish_run(self, summary_json: str) -> None:
+        self.flush()
+        self._db.execute("UPDATE runs SET finished=?, summary=? WHERE id=?",
+                         (time.time(), summary_json, self.run_id))
+
+    def last_summary(self) -> str | None:
+        row = self._db.execute("SELECT summary FROM runs WHERE summary IS NOT NULL "
+                               "ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else str(row[0])
+
+    # -- answers ----------------------------------------------------------------------------------
+    def put(self, answer: Answer) -> None:
+        self._buffer[answer.fingerprint] = answer
+        if len(self._buffer) >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        rows = [(*astuple(a), self.run_id) for a in self._buffer.values()]
+        marks = ",".join("?" * (len(_COLUMNS) + 1))
+        self._db.execute("BEGIN")
+        self._db.executemany(f"INSERT OR REPLACE INTO answers VALUES ({marks})", rows)
+        self._db.execute("COMMIT")
+        self._buffer.clear()
+
+    def missing(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> set[str]:
+        """The fingerprints with no usable answer: never asked, or failed transiently in an earlier
+        run (or permanently, with `retry_failed`). A failure from this run counts as answered."""
+        wanted = set(fingerprints)
+        done = {fp for fp in wanted if fp in self._buffer}
+        todo = list(wanted - done)
+        cond = "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
+        for i in range(0, len(todo), _CHUNK):
+            chunk = todo[i:i + _CHUNK]
+            q = (f"SELECT fingerprint FROM answers WHERE fingerprint IN ({','.join('?' * len(chunk))}) "
+                 f"AND ({cond})")
+            done.update(r[0] for r in self._db.execute(q, (*chunk, self.run_id)))
+        return wanted - done
+
+    def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
+        """fingerprint -> (answer, whether an earlier run stored it)."""
+        self.flush()
+        todo = list(set(fingerprints))
+        out: dict[str, tuple[Answer, bool]] = {}
+        for i in range(0, len(todo), _CHUNK):
+            chunk = todo[i:i + _CHUNK]
+            q = (f"SELECT {','.join(_COLUMNS)}, run FROM answers "
+                 f"WHERE fingerprint IN ({','.join('?' * len(chunk))})")
+            for r in self._db.execute(q, chunk):
+                out[r[0]] = (_answer(r[:-1]), r[-1] != self.run_id)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        self.flush()
+        row = self._db.execute(
+            "SELECT COUNT(*), SUM(error IS NULL), SUM(error IS NOT NULL AND permanent = 1), "
+            "SUM(error IS NOT NULL AND permanent = 0) FROM answers").fetchone()
+        return {"answers": row[0] or 0, "ok": row[1] or 0, "failed_permanent": row[2] or 0,
+                "failed_retryable": row[3] or 0}
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+            os.close(self._lock_fd)
+
+    def __iter__(self) -> Iterator[Answer]:  # for tools and tests: every stored answer
+        self.flush()
+        for r in self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM answers"):
+            yield _answer(r)
+
+
+def _answer(row: tuple[object, ...]) -> Answer:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    values["permanent"] = bool(values["permanent"])  # SQLite hands it back as 0/1
+    return Answer(**values)  # type: ignore[arg-type]
+
+
+def _lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"another run is using {path} right now (lock {path}.lock is held); "
+                         "wait for it to finish, or stop it first") from None
+    return fd
