@@ -14,10 +14,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import simulator
-from .config import load_job
-from .errors import BatchError, FatalApiError, Stopped
+from .client import Client, check_base_url, is_loopback
+from .config import load_job, resolve_base_url
+from .errors import BatchError, FatalApiError, JobError, Stopped
 from .runner import Run, RunOptions, report_path
 
 log = logging.getLogger("batch")
@@ -158,15 +160,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 async def _models(args: argparse.Namespace) -> int:
-    from .client import Client, check_base_url
-    from .errors import JobError
 
     env = dict(os.environ)
-    url = args.base_url or (env["GROQ_BASE_URL"].rstrip("/") + "/openai/v1" if env.get("GROQ_BASE_URL")
-                            else "https://api.groq.com/openai/v1")
-    url = check_base_url(url)
+    url = check_base_url(resolve_base_url(args.base_url, None, env))
     key = env.get("GROQ_API_KEY")
-    if not key and url.startswith("https://"):
+    if not key and not is_loopback(urlsplit(url).hostname or ""):
         raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...)")
     async with Client(url, key, timeout_s=30, connections=1) as client:
         models = await client.models()

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from .config import DEFAULT_BASE_URL
 from .errors import (
     ApiError,
     BadRequest,
@@ -33,8 +34,6 @@ from .errors import (
     TransportError,
 )
 from .records import Completion, RateInfo
-
-DEFAULT_BASE_URL = "https://api.groq.com/openai/v1"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}

@@ -362,7 +362,7 @@ def output_columns(job: Job) -> tuple[str, ...]:
     return (job.output.text_column, *ANSWER_COLUMNS)
 
 
-def resolve_base_url(cli: str | None, job: Job, env: Mapping[str, str]) -> str:
+def resolve_base_url(cli: str | None, job: Job | None, env: Mapping[str, str]) -> str:
     """The OpenAI-style base URL, without a trailing slash; the client posts to `{it}/chat/completions`.
 
     Precedence: `--base-url`, `[api] base-url`, `GROQ_BASE_URL`, then Groq itself. GROQ_BASE_URL keeps
@@ -370,7 +370,8 @@ def resolve_base_url(cli: str | None, job: Job, env: Mapping[str, str]) -> str:
     points this tool at the same server. A source that is not an http(s) URL is a ConfigError.
     """
     host = env.get("GROQ_BASE_URL", "").strip().rstrip("/")
-    for source, url in (("--base-url", cli), (f"{job.file}: [api] base-url", job.api.base_url),
+    job_url = job.api.base_url if job else None
+    for source, url in (("--base-url", cli), (f"{job.file if job else ''}: [api] base-url", job_url),
                         ("GROQ_BASE_URL", host and host + "/openai/v1")):
         if url:
             if not url.startswith(("http://", "https://")):

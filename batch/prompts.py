@@ -19,11 +19,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from . import messages
 from .config import Placeholder, TaskSpec, parse_template
+from .messages import RowProblem
 from .records import Request
 
 # Completion budget assumed for pacing when the job sets no max-new-tokens.
 DEFAULT_COMPLETION_BUDGET = 1024
+# Tokens assumed per image for pacing (Groq does not publish a formula; this errs high).
+IMAGE_TOKENS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,12 @@ class Renderer:
         self.model = task.model
         self.prompt = Template(task.prompt)
         self.system = Template(task.system_message) if task.system_message else None
-        self.columns = list(dict.fromkeys(self.prompt.columns + (self.system.columns if self.system else [])))
+        # Template columns must hold a value; history and image columns may be null (none).
+        self.template_columns = list(dict.fromkeys(
+            self.prompt.columns + (self.system.columns if self.system else [])))
+        self.history_column, self.images_column = task.chat_history, task.prompt_images
+        optional = [c for c in (self.history_column, self.images_column) if c]
+        self.columns = list(dict.fromkeys(self.template_columns + optional))
         # Parameters in a fixed order; None means "not set" and is not sent. 0 is a value.
         params: dict[str, Any] = {
             "temperature": task.temperature,
@@ -85,43 +94,54 @@ class Renderer:
         out: list[Rendered] = []
         for i in range(batch.num_rows):
             row = first_row + i
-            values: dict[str, str] = {}
-            nulls = []
-            for name, col in cols.items():
-                v = col[i]
-                if v is None:
-                    nulls.append(name)
-                else:
-                    values[name] = as_text(v)
+            nulls = [name for name in self.template_columns if cols[name][i] is None]
             if nulls:
                 out.append(RowFailure(row, f"input row {row + 1}: column {_names(nulls)} is empty (null); "
                                            "the prompt needs a value there"))
                 continue
-            out.append(self.request(row, values))
+            try:
+                out.append(self.request(row, {name: cols[name][i] for name in self.columns}))
+            except RowProblem as exc:
+                out.append(RowFailure(row, f"input row {row + 1}: {exc}"))
         return out
 
-    def request(self, row: int, values: dict[str, str]) -> Request:
-        messages = []
-        if self.system is not None:
-            messages.append({"role": "system", "content": self.system.render(values)})
-        messages.append({"role": "user", "content": self.prompt.render(values)})
-        body = json.dumps({"model": self.model, "messages": messages, **self.params},
+    def request(self, row: int, cells: dict[str, Any]) -> Request:
+        """The request for one row; raises RowProblem when the row cannot become one."""
+        values = {name: as_text(cells[name]) for name in self.template_columns}
+        hist, imgs = self.history_column, self.images_column
+        past = messages.history(cells[hist], hist) if hist else []
+        pictures = messages.images(cells[imgs], imgs) if imgs else []
+        chat: list[dict[str, Any]] = []
+        if self.system is not None and not past:  # the component's rule: a history replaces it
+            chat.append({"role": "system", "content": self.system.render(values)})
+        chat.extend(past)
+        text = self.prompt.render(values)
+        # Images go before the prompt text in the final user message.
+        content = [*pictures, {"type": "text", "text": text}] if pictures else text
+        chat.append({"role": "user", "content": content})
+        inline = messages.base64_bytes(chat)
+        if inline > messages.MAX_BASE64_BYTES:
+            raise RowProblem(f"{inline / 1e6:.1f} MB of inline images; Groq refuses more than 4 MB of base64 "
+                             "per request (use https image URLs, or smaller images)")
+        body = json.dumps({"model": self.model, "messages": chat, **self.params},
                           ensure_ascii=False, separators=(",", ":")).encode()
+        # Inline image bytes are not text tokens: leave them out of the estimate.
+        est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * messages.count_images(chat)
         return Request(fingerprint=fingerprint(body), body=body, row=row,
-                       est_tokens=estimate_prompt_tokens(body) + self.completion_budget)
+                       est_tokens=est + self.completion_budget)
 
 
 def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:32]
 
 
-def estimate_prompt_tokens(body: bytes) -> int:
+def estimate_prompt_tokens(body_bytes: int) -> int:
     """Prompt tokens, estimated as UTF-8 bytes of the whole body / 4 (rounded up).
 
     Counting the JSON around the text errs on the high side, which is the safe side for pacing:
     about 4 bytes a token for English, and a CJK character (3 bytes) is about one token.
     """
-    return -(-len(body) // 4)
+    return -(-body_bytes // 4)
 
 
 def _names(names: Sequence[str]) -> str:

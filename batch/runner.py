@@ -189,7 +189,7 @@ def check_job(job: Job) -> Source:
     renderer = Renderer(job.task)
     absent = [c for c in renderer.columns if c not in columns]
     if absent:
-        raise InputError(f"{job.file}: the prompt uses column(s) {', '.join(map(repr, absent))}, which "
+        raise InputError(f"{job.file}: the job uses column(s) {', '.join(map(repr, absent))}, which "
                          f"{job.input.path} does not have; its columns are: {', '.join(map(repr, columns))}")
     clash = [c for c in output_columns(job) if c in columns]
     if clash:
