@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from . import simulator
 from .client import Client, check_base_url, is_loopback
 from .config import load_job, resolve_base_url
 from .errors import BatchError, FatalApiError, JobError, Stopped
-from .runner import Run, RunOptions, report_path
+from .runner import Run, RunOptions, report_path, status
 
 log = logging.getLogger("batch")
 
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true",
                      help="also re-send rows whose earlier failure was permanent")
     _verbosity(run)
+
+    st = sub.add_parser("status", help="how far a job is: answered, failed, pending (sends nothing)")
+    st.add_argument("job", type=Path, help="the job file (TOML)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _verbosity(st)
 
     sim = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
     simulator.add_cli_arguments(sim)
@@ -75,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "status":
+            return _status(args)
         return asyncio.run(_models(args))
     except BatchError as exc:
         return _fail(exc)
@@ -145,6 +153,23 @@ def _report_stop(run: Run, exc: BatchError) -> None:
         summary.write_json(report_path(run.job))
     except OSError as err:
         log.warning("could not write %s: %s", report_path(run.job), err)
+
+
+def _status(args: argparse.Namespace) -> int:
+    info = status(load_job(args.job))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{args.job}: {info['rows']} rows — {info['answered']} answered, "
+          f"{info['failed_permanent']} failed (permanent), {info['failed_retryable']} failed (retried next "
+          f"run), {info['invalid_rows']} invalid input rows, {info['pending']} pending")
+    print(f"state: {info['state']} ({int(str(info['state_bytes'])) / 1e6:.2f} MB)")
+    last = info["last_run"]
+    if isinstance(last, dict):
+        print(f"last run: {last.get('status')}, {last.get('rows_ok')} ok / {last.get('rows_failed')} failed, "
+              f"{last.get('requests_sent')} requests, {last.get('elapsed_s')} s, "
+              f"estimated cost ${last.get('estimated_cost_usd')}")
+    return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:

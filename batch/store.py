@@ -46,21 +46,28 @@ class StoreError(JobError):
 
 
 class Store:
-    def __init__(self, path: Path, *, flush_rows: int = 500, flush_s: float = 1.0) -> None:
+    def __init__(self, path: Path, *, flush_rows: int = 500, flush_s: float = 1.0,
+                 readonly: bool = False) -> None:
+        """Open (creating if needed) and lock the store; `readonly` neither creates nor locks, so a
+        reader can look while a run writes."""
         self.path = path
         self._flush_rows, self._flush_s = flush_rows, flush_s
         self._buffer: dict[str, Answer] = {}
         self._last_flush = time.monotonic()
         self.run_id = 0
-        self._lock_fd = _lock(path)
+        self._lock_fd = -1 if readonly else _lock(path)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: a kill -9 loses nothing committed
-            self._db.executescript(_SCHEMA)
+            if readonly:
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                           isolation_level=None)
+            else:
+                self._db = sqlite3.connect(path, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: kill -9 loses nothing committed
+                self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
-            os.close(self._lock_fd)
+            self._release()
             raise StoreError(f"state file {path} is unreadable ({exc}). Move it aside to start over "
                              "(its answers would then be requested again).") from exc
         if row is None or row[0] != str(SCHEMA_VERSION):
@@ -142,7 +149,16 @@ class Store:
             self.flush()
         finally:
             self._db.close()
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
             os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def size_bytes(self) -> int:
+        """The state on disk: the database and its write-ahead log."""
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
     def __iter__(self) -> Iterator[Answer]:  # for tools and tests: every stored answer
         self.flush()
