@@ -147,10 +147,10 @@ class Summary:
             f"batch: {self.status} — {self.rows} rows: {self.rows_ok} ok, {self.rows_failed} failed, "
             f"{self.rows_from_store} answered from the store",
             f"  requests {self.requests_sent} ({self.retries} retries, {self.rate_limited_429} rate-limited) "
-            f"in {_duration(self.elapsed_s)}: {self.requests_per_min:g} req/min, "
-            f"{self.tokens_per_min:g} tokens/min; latency {lat}",
-            f"  tokens this run: {self.input_tokens} in, {self.output_tokens} out "
-            f"({self.cached_tokens} cached); estimated cost {cost} ({self.model})",
+            f"in {_duration(self.elapsed_s)}: {self.requests_per_min:,.0f} req/min, "
+            f"{self.tokens_per_min:,.0f} tokens/min; latency {lat}",
+            f"  tokens this run: {self.input_tokens:,} in, {self.output_tokens:,} out "
+            f"({self.cached_tokens:,} cached); estimated cost {cost} ({self.model})",
         ]
         if self.errors:
             kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))

@@ -80,7 +80,7 @@ class Run:
                 if job.task.top_k is not None:
                     log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
                                 "parameter and rejects requests that carry it", job.task.top_k)
-                log.info("run: %d rows from %s -> %s; model %s at %s; %g req/min, %g tokens/min, "
+                log.info("run: %d rows from %s -> %s; model %s at %s; %.0f req/min, %.0f tokens/min, "
                          "concurrency %d", source.num_rows, job.input.path, job.output.path, job.task.model,
                          base_url, rpm, tpm, job.limits.concurrency)
                 renderer = Renderer(job.task)

@@ -1,0 +1,73 @@
+"""A virtual-time asyncio event loop: tests of pacing and backoff that never sleep.
+
+The trick: an event loop computes, on each turn, how long it may block in `select()` — zero when
+callbacks are ready, else the time until its earliest timer, else forever — and then asks its
+selector. `VirtualLoop.time()` reads a virtual clock (starting at 0.0), and the loop's selector is
+wrapped: it always polls the real file descriptors with timeout 0, and when nothing is ready it
+moves the virtual clock forward by the timeout instead of waiting. So `asyncio.sleep(60)` returns at
+once with `loop.time()` 60 s later, timers fire in order, and anything that reads `loop.time()`
+(aiolimiter, `asyncio.timeout`, `call_later`) lives on the same clock. Real I/O still works, but a
+wait for it takes no virtual time, so do not mix this loop with sockets or threads that take long.
+Blocking forever (no timer, nothing ready) is a deadlock in a test: it raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_DEADLOCK_S = 2.0  # real seconds a timer-less loop may wait for real I/O before it counts as stuck
+
+
+class _JumpingSelector(selectors.BaseSelector):
+    """Delegates to a real selector; a blocking select() advances the virtual clock instead."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._real = selectors.DefaultSelector()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.modify(fileobj, events, data)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._real.get_map()
+
+    def close(self) -> None:
+        self._real.close()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = self._real.select(0 if timeout is not None else _DEADLOCK_S)
+        if not ready and timeout is None:
+            raise RuntimeError("virtual loop deadlock: nothing scheduled and nothing to wait for")
+        if not ready and timeout:
+            self.now += timeout
+        return ready
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        self._virtual = _JumpingSelector()
+        super().__init__(self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
+def run_virtual(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion on a fresh virtual-time loop and return its result."""
+    with asyncio.Runner(loop_factory=VirtualLoop) as runner:
+        return runner.run(coro)
+
+
+def now() -> float:
+    """The running loop's clock: virtual seconds since the start, inside `run_virtual`."""
+    return asyncio.get_running_loop().time()
