@@ -94,8 +94,22 @@ class Run:
         job, total = self.job, _row_count(source, self.opts.limit)
         progress = Progress(total, self.stats, tty=self.opts.tty, enabled=self.opts.progress)
 
+        loop = asyncio.get_running_loop()
+        commit_pending = False
+
+        def commit() -> None:
+            nonlocal commit_pending
+            commit_pending = False
+            store.flush()
+
         def on_answer(answer: Answer) -> None:
+            # Commit right after the current loop iteration: answers that arrive together share one
+            # transaction, and a kill -9 loses no answer that was received (only those on the wire).
+            nonlocal commit_pending
             store.put(answer)
+            if not commit_pending:
+                commit_pending = True
+                loop.call_soon(commit)
             self.stats.record_answer(answer)
             progress.advance()
 
@@ -106,11 +120,9 @@ class Run:
             self.pool = pool
             if self.interrupted:
                 pool.stop("interrupted")
-            flusher = asyncio.create_task(_flush_every(store, 1.0))
             try:
                 await pool.run(self._pending(source, renderer, store, pool, progress))
             finally:
-                flusher.cancel()
                 progress.close()
                 store.flush()
         if pool.fatal is not None:
@@ -241,12 +253,6 @@ def _numbered(source: Source, limit: int | None) -> Iterator[tuple[int, pa.Recor
 
 def _row_count(source: Source, limit: int | None) -> int:
     return source.num_rows if limit is None else min(limit, source.num_rows)
-
-
-async def _flush_every(store: Store, seconds: float) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        store.flush()
 
 
 def _quota_message(limit: str | None, retry_after: float | None) -> str:

@@ -2,8 +2,9 @@
 
 The store is the run's journal (a crashed run resumes from it), its cache (an unchanged row is never
 paid for twice) and the place the output is assembled from. Answers are buffered and committed in
-small transactions — at least every `flush_s` seconds, every `flush_rows` answers and at close — so a
-`kill -9` loses at most the answers of the last second, never a committed one. WAL mode lets a
+small transactions: the runner commits after every event-loop iteration in which answers arrived
+(the store itself also commits every `flush_rows` answers, every `flush_s` seconds and at close), so
+a `kill -9` loses no answer that was received, only requests still on the wire. WAL mode lets a
 reader (`status`) look while a run writes. An exclusive lock file keeps a second run of the same
 state away, instead of letting two runs pay for the same rows.
 

@@ -124,7 +124,7 @@ def write_job(tmp_path: Path) -> Callable[..., Path]:
 
     def write(input_path: Path | str, *, name: str = "job.toml", **overrides: dict[str, Any]) -> Path:
         tables: dict[str, dict[str, Any]] = {"input": {"path": str(input_path)}}
-        for table in {*JOB_DEFAULTS, *overrides}:
+        for table in dict.fromkeys([*JOB_DEFAULTS, *overrides]):
             tables[table] = {**tables.get(table, {}), **JOB_DEFAULTS.get(table, {}),
                              **overrides.get(table, {})}
         path = tmp_path / name
