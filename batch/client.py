@@ -38,6 +38,7 @@ from .records import Completion, RateInfo
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _LIMIT_KIND = re.compile(r"\((RPM|TPM|RPD|TPD)\)")
+_LIMIT_VALUE = re.compile(r"Limit (\d+)")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 
 
@@ -117,7 +118,9 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
         after = parse_duration(headers.get("retry-after"))
         if wait is not None:  # the body's wait is precise; retry-after is rounded up to seconds
             after = max(after or 0.0, parse_duration(wait.group(1)) or 0.0)
-        return RateLimited(message, limit=kind.group(1).lower() if kind else None, retry_after=after, **kw)
+        value = _LIMIT_VALUE.search(message)
+        return RateLimited(message, limit=kind.group(1).lower() if kind else None,
+                           limit_value=float(value.group(1)) if value else None, retry_after=after, **kw)
     if status == 413:
         return RequestTooLarge(message, **kw)
     if code in ("model_not_found", "model_decommissioned"):

@@ -90,8 +90,10 @@ class TransportError(ApiError):
 class RateLimited(ApiError):
     """429. `limit` is "rpm", "tpm", "rpd", "tpd" or None when the body does not say."""
 
-    def __init__(self, message: str, *, limit: str | None = None, **kw: object) -> None:
+    def __init__(self, message: str, *, limit: str | None = None, limit_value: float | None = None,
+                 **kw: object) -> None:
         self.limit = limit
+        self.limit_value = limit_value  # the "Limit N" the body states, when it does
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
     @property

@@ -1,36 +1,94 @@
-"""Pacing: requests per minute, tokens per minute, and one shared cool-down after a 429.
+"""Pacing: requests per minute, tokens per minute, one shared cool-down after a 429, and what the
+server says about its limits.
 
-Two aiolimiter leaky buckets do the pacing. aiolimiter's bucket admits its whole `max_rate` at once,
-so a bucket sized to a minute (`AsyncLimiter(30, 60)`) would fire 30 requests in the first instant
-and then stall. Ours hold only `burst_s` seconds of the budget: at 30 requests/min and a 2 s burst the
-bucket holds one request and drips one every 2 s — the steady rate, from the first second.
+Requests are paced by an aiolimiter leaky bucket. aiolimiter's bucket admits its whole `max_rate` at
+once, so a bucket sized to a minute (`AsyncLimiter(30, 60)`) would fire 30 requests in the first
+instant and then stall; ours holds only `burst_s` seconds of the budget: at 30 requests/min and a
+2 s burst it holds one request and drips one every 2 s — the steady rate, from the first second.
 
-aiolimiter refuses `acquire(n)` above its capacity, and a token bucket that holds two seconds of an
-8,000 tokens/min budget (266 tokens) is smaller than many requests; `acquire_tokens` therefore takes
-a large request in capacity-sized pieces, which paces it exactly and never raises.
+Tokens are paced by `TokenBucket`, which aiolimiter cannot be: a request reserves its *estimate*
+(prompt estimate + completion budget) before it is sent, and when Groq reports the real usage the
+difference is handed back (`settle`), so generous estimates do not waste the budget. The bucket may
+go into debt: a request larger than the burst is admitted once the bucket is full, and the debt
+then delays the next ones, which keeps the average exact without ever refusing a legal request.
 
-Every wait goes through the running loop's clock, so tests drive it with a virtual-time loop.
+Learning: a job that states no limits starts from the model's base tier and follows the server:
+`x-ratelimit-limit-tokens` is the tokens-per-minute limit, and a 429 body's "Limit N" names the
+requests- or tokens-per-minute limit it hit. Limits the job states are never raised by the server,
+only lowered. Every wait goes through the running loop's clock, so tests drive it in virtual time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiolimiter import AsyncLimiter
+
+from .records import RateInfo
+
+log = logging.getLogger("batch.limits")
+
+
+class TokenBucket:
+    """A continuous token bucket on the loop's clock, holding `burst_s` seconds of the rate."""
+
+    def __init__(self, per_minute: float, burst_s: float) -> None:
+        self._burst_s = burst_s
+        self.set_rate(per_minute)
+        self.level = self.capacity  # a start-up burst of `burst_s` seconds' worth, no more
+        self._stamp: float | None = None
+        self._turn = asyncio.Lock()  # waiters are served in arrival order: a big request is not starved
+
+    def set_rate(self, per_minute: float) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * self._burst_s)
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None:
+            self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, amount: float) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._turn:
+            while True:
+                self._refill(loop.time())
+                need = min(amount, self.capacity)
+                if self.level >= need:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((need - self.level) / self.rate)
+
+    def give_back(self, amount: float) -> None:
+        """Return tokens reserved but not used (negative: charge tokens used beyond the reservation)."""
+        self._refill(asyncio.get_running_loop().time())
+        self.level = min(self.capacity, self.level + amount)
 
 
 class Pacer:
     """Shared by all workers of one run."""
 
-    def __init__(self, requests_per_minute: float, tokens_per_minute: float, *, burst_s: float = 2.0) -> None:
+    def __init__(self, requests_per_minute: float, tokens_per_minute: float, *, burst_s: float = 2.0,
+                 learn_requests: bool = False, learn_tokens: bool = False) -> None:
         if requests_per_minute <= 0 or tokens_per_minute <= 0:
             raise ValueError("limits must be positive")
+        self._burst_s = burst_s
+        # learn_*: the job did not state that limit, so the server's figure replaces it, up or down;
+        # otherwise the server may only lower it.
+        self._learn_requests, self._learn_tokens = learn_requests, learn_tokens
+        self._ceiling_rpm = requests_per_minute
+        self._ceiling_tpm = tokens_per_minute
         self.requests_per_minute = requests_per_minute
-        self.tokens_per_minute = tokens_per_minute
-        self._requests = _bucket(requests_per_minute / 60.0, burst_s)
-        self._tokens = _bucket(tokens_per_minute / 60.0, burst_s)
+        self._requests = _request_bucket(requests_per_minute, burst_s)
+        self._tokens = TokenBucket(tokens_per_minute, burst_s)
         self._resume_at = 0.0  # loop time before which nobody sends (shared 429 cool-down)
         self.cooldowns = 0
+
+    @property
+    def tokens_per_minute(self) -> float:
+        return self._tokens.per_minute
 
     def fits(self, tokens: int) -> bool:
         """Whether a request of `tokens` can ever be admitted (Groq answers 413 otherwise)."""
@@ -38,30 +96,54 @@ class Pacer:
 
     def cool_down(self, seconds: float) -> None:
         """Hold every worker for `seconds` from now (extends, never shortens, a running cool-down)."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + seconds
+        until = asyncio.get_running_loop().time() + seconds
         if until > self._resume_at:
             self._resume_at = until
             self.cooldowns += 1
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait until one request of `tokens` estimated tokens may be sent."""
+    async def _cooled(self) -> None:
         loop = asyncio.get_running_loop()
         while (wait := self._resume_at - loop.time()) > 0:
             await asyncio.sleep(wait)
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait until one request of `tokens` estimated tokens may be sent; reserves them."""
+        await self._cooled()
         await self._requests.acquire(1)
-        remaining = float(tokens)
-        cap = self._tokens.max_rate
-        while remaining > 0:
-            piece = min(remaining, cap)
-            await self._tokens.acquire(piece)
-            remaining -= piece
-        # A cool-down may have started while we waited in the buckets: honour it too.
-        while (wait := self._resume_at - loop.time()) > 0:
-            await asyncio.sleep(wait)
+        await self._tokens.take(tokens)
+        await self._cooled()  # a cool-down may have started while we waited in the buckets
+
+    def settle(self, reserved: int, used: int | None) -> None:
+        """Reconcile a reservation with the usage the server reported (None: keep the reservation)."""
+        if used is not None:
+            self._tokens.give_back(reserved - used)
+
+    def observe(self, rate: RateInfo) -> None:
+        """Follow the per-minute token limit a response's headers report."""
+        if rate.tokens_limit_minute:
+            self._set_tpm(float(rate.tokens_limit_minute))
+
+    def learn_limit(self, kind: str | None, limit: float | None) -> None:
+        """A 429 named the limit it hit ("rpm"/"tpm") and its value."""
+        if not limit or limit <= 0:
+            return
+        if kind == "tpm":
+            self._set_tpm(limit)
+        elif kind == "rpm":
+            rpm = limit if self._learn_requests else min(limit, self._ceiling_rpm)
+            if rpm != self.requests_per_minute:
+                log.info("requests per minute: now %g (the server's limit)", rpm)
+                self.requests_per_minute = rpm
+                self._requests = _request_bucket(rpm, self._burst_s)
+
+    def _set_tpm(self, limit: float) -> None:
+        tpm = limit if self._learn_tokens else min(limit, self._ceiling_tpm)
+        if tpm != self._tokens.per_minute:
+            log.info("tokens per minute: now %g (the server's limit)", tpm)
+            self._tokens.set_rate(tpm)
 
 
-def _bucket(rate_per_s: float, burst_s: float) -> AsyncLimiter:
-    # Capacity at least 1 so acquire(1) is legal even at very low rates.
-    capacity = max(1.0, rate_per_s * burst_s)
+def _request_bucket(per_minute: float, burst_s: float) -> AsyncLimiter:
+    rate_per_s = per_minute / 60.0
+    capacity = max(1.0, rate_per_s * burst_s)  # at least 1, so acquire(1) is legal at low rates
     return AsyncLimiter(capacity, capacity / rate_per_s)

@@ -36,6 +36,14 @@ log = logging.getLogger("batch.pool")
 Send = Callable[[bytes], Awaitable[Completion]]
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A daily quota ran out: which one ("rpd", "tpd") and, when known, seconds until it resets."""
+
+    limit: str
+    reset_s: float | None
+
+
 @dataclass(slots=True)
 class _Job:
     request: Request
@@ -61,7 +69,7 @@ class Pool:
         self.outstanding: set[str] = set()  # fingerprints admitted and not yet answered or dropped
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
-        self.quota: RateLimited | None = None
+        self.quota: Quota | None = None
         self._crash: Exception | None = None
 
     async def run(self, requests: Iterable[Request]) -> None:
@@ -157,15 +165,23 @@ class Pool:
         finally:
             self._sending.discard(me)
         latency = time.monotonic() - started
+        self._pacer.settle(req.est_tokens, completion.total_tokens)
+        self._pacer.observe(completion.rate)
         self._answer(job, Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
                                                  latency_s=round(latency, 4)))
+        if completion.rate.requests_remaining_day == 0:  # the daily request budget is spent: stop now
+            self.quota = self.quota or Quota("rpd", completion.rate.requests_reset_s)
+            self.stop("daily quota reached")
 
     def _failed(self, job: _Job, exc: ApiError) -> None:
         req = job.request
         decision = self._policy.decide(exc, job.attempts, self._rng)
         self.stats.record_error(exc)
-        if isinstance(exc, RateLimited) and decision.action is Action.RETRY:
-            self._pacer.cool_down(decision.delay_s)
+        if isinstance(exc, RateLimited):
+            self._pacer.settle(req.est_tokens, 0)  # a refused request used nothing
+            self._pacer.learn_limit(exc.limit, exc.limit_value)
+            if decision.action is Action.RETRY:
+                self._pacer.cool_down(decision.delay_s)
         if decision.action is Action.RETRY:
             self.stats.retries += 1
             log.debug("retry row=%d attempt=%d in %.2fs: %s", req.row + 1, job.attempts,
@@ -181,7 +197,7 @@ class Pool:
                                              attempts=job.attempts, request_id=exc.request_id))
         elif decision.action is Action.QUOTA:
             assert isinstance(exc, RateLimited)
-            self.quota = self.quota or exc
+            self.quota = self.quota or Quota(exc.limit or "daily", exc.retry_after)
             self._finish(job)
             self.stop("daily quota reached")
         else:

@@ -115,7 +115,9 @@ class Run:
 
         async with Client(base_url, key, timeout_s=job.limits.request_timeout,
                           connections=job.limits.concurrency) as client:
-            pool = Pool(client.chat, Pacer(rpm, tpm), RetryPolicy(max_attempts=job.limits.max_attempts),
+            pacer = Pacer(rpm, tpm, learn_requests=job.limits.requests_per_minute is None,
+                          learn_tokens=job.limits.tokens_per_minute is None)
+            pool = Pool(client.chat, pacer, RetryPolicy(max_attempts=job.limits.max_attempts),
                         concurrency=job.limits.concurrency, on_answer=on_answer, stats=self.stats)
             self.pool = pool
             if self.interrupted:
@@ -128,7 +130,7 @@ class Run:
         if pool.fatal is not None:
             raise pool.fatal
         if pool.quota is not None:
-            raise Stopped(_quota_message(pool.quota.limit, pool.quota.retry_after))
+            raise Stopped(_quota_message(pool.quota.limit, pool.quota.reset_s))
         if pool.stop_reason:
             raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
                           "(it sends only the rows that have no answer yet).")

@@ -1,0 +1,107 @@
+"""What the store costs: bytes per answered row, and the time to resume over N answered rows.
+
+    python bench/store_bench.py [--rows 1000000]
+
+Builds an input of N rows, answers every row straight into the store (as a finished run would have
+left it), then times `python -m batch run` on that job: a resume that finds every answer, sends
+nothing (the base URL points at a closed loopback port, so any request would fail the run) and
+rewrites the output. Prints a table; record results in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.config import load_job
+from batch.prompts import Renderer
+from batch.records import Answer, Request
+from batch.source import Source
+from batch.store import Store
+
+JOB = """
+[input]
+path = "in.parquet"
+[task]
+model = "openai/gpt-oss-20b"
+prompt = "Summarise this support ticket in one sentence: ${ticket}"
+max-new-tokens = 60
+temperature = 0
+[limits]
+requests-per-minute = 1000000
+tokens-per-minute = 100000000
+[output]
+path = "out.parquet"
+text-column = "summary"
+"""
+
+
+def make_input(path: Path, rows: int) -> None:
+    ids = pa.array(range(rows), pa.int64())
+    text = pa.array([f"Ticket {i}: the export to CSV fails with a timeout after {i % 97} minutes on "
+                     f"the reporting page; customer #{i * 7919 % 100003} is blocked." for i in range(rows)])
+    pq.write_table(pa.table({"id": ids, "ticket": text}), path)
+
+
+def fill_store(job_file: Path) -> float:
+    job = load_job(job_file)
+    renderer = Renderer(job.task)
+    store = Store(job.state.path, flush_rows=20_000)
+    store.begin_run()
+    t0, row = time.perf_counter(), 0
+    for batch in Source(job.input.path, job.input.format).batches():
+        for r in renderer.render_batch(batch, row):
+            assert isinstance(r, Request)
+            store.put(Answer(fingerprint=r.fingerprint, text="A one-sentence summary of the ticket, "
+                             "about as long as a real answer.", input_tokens=48, output_tokens=14,
+                             total_tokens=62, finish_reason="stop", request_id=f"req_{row:026x}",
+                             model=job.task.model, latency_s=0.412, queue_time=0.01, total_time=0.2,
+                             attempts=1))
+        row += batch.num_rows
+    store.finish_run("{}")
+    store.close()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "job.toml").write_text(JOB)
+        make_input(d / "in.parquet", args.rows)
+        fill_s = fill_store(d / "job.toml")
+        size = sum(p.stat().st_size for p in d.glob("out.parquet.state.sqlite*"))
+        env = {**os.environ, "GROQ_API_KEY": "unused"}
+        t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run([sys.executable, "-m", "batch", "run", str(d / "job.toml"), "-q",
+                               "--base-url", "http://127.0.0.1:9/v1"], env=env, capture_output=True, text=True)
+        resume_s = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            sys.exit(f"resume failed ({proc.returncode}):\n{proc.stderr}")
+        out_rows = pq.ParquetFile(d / "out.parquet").metadata.num_rows
+        assert out_rows == args.rows, out_rows
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        print(f"| rows | store bytes | bytes/row | fill store s | resume s (0 requests) | resume CPU s "
+              f"| resume peak RSS MB |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {args.rows:,} | {size:,} | {size / args.rows:.0f} | {fill_s:.1f} | {resume_s:.1f} "
+              f"| {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.1f} "
+              f"| {after.ru_maxrss / 1024:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
