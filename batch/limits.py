@@ -12,10 +12,13 @@ difference is handed back (`settle`), so generous estimates do not waste the bud
 go into debt: a request larger than the burst is admitted once the bucket is full, and the debt
 then delays the next ones, which keeps the average exact without ever refusing a legal request.
 
-Learning: a job that states no limits starts from the model's base tier and follows the server:
+Learning: a limit the job does not state starts from the model's base tier and follows the server:
 `x-ratelimit-limit-tokens` is the tokens-per-minute limit, and a 429 body's "Limit N" names the
-requests- or tokens-per-minute limit it hit. Limits the job states are never raised by the server,
-only lowered. Every wait goes through the running loop's clock, so tests drive it in virtual time.
+requests- or tokens-per-minute limit it hit. No header states requests per minute, so an unstated
+one is raised step by step while it is what holds the run back, until a 429 pins it. Limits the job
+states are never raised by the server, only lowered.
+
+Every wait goes through the running loop's clock, so tests drive it in virtual time.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from aiolimiter import AsyncLimiter
 from .records import RateInfo
 
 log = logging.getLogger("batch.limits")
+
+PROBE_S = 10.0  # seconds between two upward steps of an unstated requests-per-minute limit
+PROBE_STEP = 1.25
 
 
 class TokenBucket:
@@ -83,6 +89,8 @@ class Pacer:
         self.requests_per_minute = requests_per_minute
         self._requests = _request_bucket(requests_per_minute, burst_s)
         self._tokens = TokenBucket(tokens_per_minute, burst_s)
+        self._probing = learn_requests
+        self._last_probe: float | None = None
         self._resume_at = 0.0  # loop time before which nobody sends (shared 429 cool-down)
         self.cooldowns = 0
 
@@ -109,9 +117,22 @@ class Pacer:
     async def acquire(self, tokens: int) -> None:
         """Wait until one request of `tokens` estimated tokens may be sent; reserves them."""
         await self._cooled()
+        if self._probing and not self._requests.has_capacity(1):
+            self._probe()
         await self._requests.acquire(1)
         await self._tokens.take(tokens)
         await self._cooled()  # a cool-down may have started while we waited in the buckets
+
+    def _probe(self) -> None:
+        # Groq's headers never state the requests-per-minute limit, and only a 429 names it. When the
+        # job did not state it and requests are what holds us back, raise the pace a step at a time
+        # (at most every `PROBE_S` seconds); the first requests-per-minute 429 pins the real figure.
+        now = asyncio.get_running_loop().time()
+        if self._last_probe is None:
+            self._last_probe = now
+        elif now - self._last_probe >= PROBE_S:
+            self._last_probe = now
+            self._set_rpm(self.requests_per_minute * PROBE_STEP, why="probing upward")
 
     def settle(self, reserved: int, used: int | None) -> None:
         """Reconcile a reservation with the usage the server reported (None: keep the reservation)."""
@@ -130,11 +151,15 @@ class Pacer:
         if kind == "tpm":
             self._set_tpm(limit)
         elif kind == "rpm":
-            rpm = limit if self._learn_requests else min(limit, self._ceiling_rpm)
-            if rpm != self.requests_per_minute:
-                log.info("requests per minute: now %g (the server's limit)", rpm)
-                self.requests_per_minute = rpm
-                self._requests = _request_bucket(rpm, self._burst_s)
+            self._probing = False
+            self._set_rpm(limit if self._learn_requests else min(limit, self._ceiling_rpm),
+                          why="the server's limit")
+
+    def _set_rpm(self, rpm: float, *, why: str) -> None:
+        if rpm != self.requests_per_minute:
+            log.info("requests per minute: now %g (%s)", rpm, why)
+            self.requests_per_minute = rpm
+            self._requests = _request_bucket(rpm, self._burst_s)
 
     def _set_tpm(self, limit: float) -> None:
         tpm = limit if self._learn_tokens else min(limit, self._ceiling_tpm)
