@@ -32,8 +32,8 @@ from .records import RateInfo
 
 log = logging.getLogger("batch.limits")
 
-PROBE_S = 10.0  # seconds between two upward steps of an unstated requests-per-minute limit
-PROBE_STEP = 1.25
+PROBE_S = 5.0  # seconds between two upward steps of an unstated requests-per-minute limit
+PROBE_STEP = 1.5
 
 
 class TokenBucket:

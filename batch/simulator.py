@@ -102,6 +102,7 @@ class LogEntry:
     body_sha256: str | None
     model: str | None
     fault: str | None
+    tokens: int = 0  # what the answer charged (prompt + completion); 0 when nothing was answered
 
 
 def count_tokens(text: str) -> int:
@@ -530,7 +531,8 @@ class Simulator:
                 request.transport.close()
             response = web.Response()
         digest = hashlib.sha256(raw).hexdigest()
-        self.log.append(LogEntry(received, status, digest, trace.get("model"), trace.get("fault")))
+        self.log.append(LogEntry(received, status, digest, trace.get("model"), trace.get("fault"),
+                                 int(trace.get("tokens", 0)) if status == 200 else 0))
         return response
 
     async def _complete(self, request: web.Request, raw: bytes, received: float, request_id: str,
@@ -558,6 +560,7 @@ class Simulator:
         text, completion, finish = _answer(body, cap)
         budget = self._budget(model)
         budget.charge(prompt + completion - requested)  # Groq charges what was used, not what was asked
+        trace["tokens"] = str(prompt + completion)
         usage = _usage(model, prompt, completion, admitted - received, time.monotonic() - admitted)
         return web.json_response({
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

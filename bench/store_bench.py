@@ -86,8 +86,9 @@ def main() -> None:
         env = {**os.environ, "GROQ_API_KEY": "unused"}
         t0 = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.run([sys.executable, "-m", "batch", "run", str(d / "job.toml"), "-q",
-                               "--base-url", "http://127.0.0.1:9/v1"], env=env, capture_output=True, text=True)
+        argv = [sys.executable, "-m", "batch", "run", str(d / "job.toml"), "-q",
+                "--base-url", "http://127.0.0.1:9/v1"]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
         resume_s = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
@@ -95,8 +96,8 @@ def main() -> None:
         out_rows = pq.ParquetFile(d / "out.parquet").metadata.num_rows
         assert out_rows == args.rows, out_rows
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-        print(f"| rows | store bytes | bytes/row | fill store s | resume s (0 requests) | resume CPU s "
-              f"| resume peak RSS MB |")
+        print("| rows | store bytes | bytes/row | fill store s | resume s (0 requests) | resume CPU s "
+              "| resume peak RSS MB |")
         print("|---|---|---|---|---|---|---|")
         print(f"| {args.rows:,} | {size:,} | {size / args.rows:.0f} | {fill_s:.1f} | {resume_s:.1f} "
               f"| {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.1f} "

@@ -295,8 +295,8 @@ def test_aimock_non_finite_retry_after_is_ignored(aimock: Server, user: str) -> 
 
 # -- a whole run ------------------------------------------------------------------------------------------
 
-def _run_job(tmp_path: Path, words: list[str], base_url: str, *,
-             concurrency: int) -> tuple[subprocess.CompletedProcess[str], list[dict[str, str]]]:
+def _run_job(tmp_path: Path, words: list[str], base_url: str, *, concurrency: int,
+             timeout: float = RUN_TIMEOUT_S) -> tuple[subprocess.CompletedProcess[str], list[dict[str, str]]]:
     """`python -m batch run` over a tiny CSV; returns the process and the output rows."""
     with (tmp_path / "in.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -327,7 +327,7 @@ text-column = "answer"
     env["GROQ_API_KEY"] = KEY
     proc = subprocess.run([sys.executable, "-m", "batch", "run", str(tmp_path / "job.toml"),
                            "--base-url", base_url, "-v"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     assert KEY not in proc.stdout + proc.stderr
     out = tmp_path / "out.csv"
@@ -365,24 +365,24 @@ def test_aimock_full_run_retries_through_injected_faults(tmp_path: Path) -> None
 def test_mocklimit_counts_requests_per_key(mocklimit_groq: Server) -> None:
     url = mocklimit_groq.base_url
     first = asyncio.run(_chats(url, ["one", "two", "three", "four"], key="gsk_key_a"))
-    answers, [limited] = first[:3], first[3:]
+    answers = [c for c in first[:3] if isinstance(c, Completion)]
+    assert len(answers) == 3, first
     for c in answers:
-        assert isinstance(c, Completion), c
         assert (c.text, c.finish_reason, c.model) == ("Answer from mocklimit.", "stop", MODEL)
         assert (c.input_tokens, c.output_tokens, c.total_tokens) == (21, 5, 26)
         assert c.request_id == "chatcmpl-mocklimit"  # no X-Request-Id header: the body's id
-    # Groq's names for these headers (x-ratelimit-*-requests), which the client reads as per-day.
-    assert [c.rate.requests_remaining_day for c in answers if isinstance(c, Completion)] == [2, 1, 0]
-    assert all(c.rate.requests_limit_day == 3 for c in answers if isinstance(c, Completion))
-    assert all(0 < (c.rate.requests_reset_s or 0) <= 4 for c in answers if isinstance(c, Completion))
-    # The 4th request in the 4 s window: a 429 whose Retry-After (whole seconds) says when.
+        assert c.rate.requests_limit_day == 1000
+        assert 86_000 < (c.rate.requests_reset_s or 0) <= 86_400  # "23h59m59.9s"
+    assert [c.rate.requests_remaining_day for c in answers] == [999, 998, 997]
+    # The 4th request within 4 s: a 429 whose `retry-after` (whole seconds) says when to come back.
+    limited = first[3]
     assert type(limited) is RateLimited, limited
-    assert (limited.status, limited.code) == (429, "rate_limit_exceeded")
+    assert limited.status == 429
     assert limited.retry_after is not None and 0 < limited.retry_after <= 4
     assert not limited.daily
-    # Another key has its own budget.
+    # Another key has its own budgets.
     other = chat(url, "five", key="gsk_key_b")
-    assert other.rate.requests_remaining_day == 2
+    assert other.rate.requests_remaining_day == 999
 
 
 def test_mocklimit_models_list(mocklimit_groq: Server) -> None:
@@ -390,7 +390,7 @@ def test_mocklimit_models_list(mocklimit_groq: Server) -> None:
 
 
 def test_mocklimit_full_run_waits_out_its_429s(tmp_path: Path, mocklimit_groq: Server) -> None:
-    """6 rows at 3 in flight against a limit of 3 requests per 4 s: some rows get 429, wait, succeed."""
+    """6 rows, 3 in flight, against 3 requests per 4 s: rows 4-6 get 429, wait it out, succeed."""
     started = time.monotonic()
     proc, rows = _run_job(tmp_path, [f"w{i}" for i in range(6)], mocklimit_groq.base_url, concurrency=3)
     assert proc.returncode == 0, proc.stderr
@@ -398,19 +398,34 @@ def test_mocklimit_full_run_waits_out_its_429s(tmp_path: Path, mocklimit_groq: S
     assert all(r["error"] == "" for r in rows)
     attempts = [int(r["attempts"]) for r in rows]
     assert sum(attempts) > 6 and max(attempts) <= 3, (attempts, proc.stderr)
-    assert "429 rate_limit_exceeded" in proc.stderr
-    assert time.monotonic() - started >= 3  # it waited for the window, it did not hammer through
+    assert "retry row=" in proc.stderr and " 429" in proc.stderr
+    assert time.monotonic() - started >= 3  # it waited for the window; it did not hammer through
 
 
-@pytest.mark.xfail(reason="client gap: a 429 that gives its wait only as OpenAI's `retry-after-ms` header "
-                          "(mocklimit's OpenAI style, and OpenAI's API) leaves retry_after None, so the "
-                          "run retries on blind backoff instead of the server's wait", strict=False)
-def test_mocklimit_retry_after_ms_is_read(tmp_path: Path) -> None:
-    server = _mocklimit("mocklimit-openai.yaml", tmp_path / "server.log")
+@pytest.fixture(scope="module")
+def mocklimit_openai(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = _mocklimit("mocklimit-openai.yaml", tmp_path_factory.mktemp("mocklimit") / "server.log")
     try:
-        got = asyncio.run(_chats(server.base_url, ["a", "b", "c", "d"]))
+        yield server
     finally:
         _stop(server.proc)
+
+
+@pytest.mark.xfail(reason="client gap: a 429 that gives its wait only in OpenAI's `retry-after-ms` header "
+                          "leaves retry_after None, so the run retries on blind backoff", strict=False)
+def test_mocklimit_retry_after_ms_is_read(mocklimit_openai: Server) -> None:
+    got = asyncio.run(_chats(mocklimit_openai.base_url, ["a", "b", "c", "d"], key="gsk_key_c"))
     limited = got[3]
     assert type(limited) is RateLimited, limited
     assert limited.retry_after is not None and 0 < limited.retry_after <= 4
+
+
+@pytest.mark.xfail(reason="batch reads x-ratelimit-*-requests as Groq's per-DAY budget, so an OpenAI-style "
+                          "server's per-minute `remaining: 0` on a 200 stops the run as 'daily quota used "
+                          "up' (exit 3); and mocklimit's 429 text '(TPM): Limit 3' cuts the run's "
+                          "tokens-per-minute pace to 3", strict=False)
+def test_mocklimit_openai_style_full_run(tmp_path: Path, mocklimit_openai: Server) -> None:
+    proc, rows = _run_job(tmp_path, [f"w{i}" for i in range(6)], mocklimit_openai.base_url,
+                          concurrency=3, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["answer"] for r in rows] == ["Answer from mocklimit."] * 6
