@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,28 +66,46 @@ def check_base_url(url: str) -> str:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """Seconds in a Go duration such as '7.66s', '2m59.56s', '1h2m3s', '450ms'; None if unparsable."""
+    """Seconds in a Go duration such as '7.66s', '2m59.56s', '1h2m3s', '450ms', or plain seconds;
+    None if unparsable, negative or not finite (a 'NaN' or 'Infinity' must never become a wait)."""
     if not text:
         return None
     text = text.strip()
     try:
-        return float(text)  # retry-after and some servers send plain seconds
+        seconds = float(text)  # retry-after and some servers send plain seconds
     except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
+        seconds, pos = 0.0, 0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                return None
+            seconds += float(m.group(1)) * _UNIT_S[m.group(2)]
+            pos = m.end()
+        if pos != len(text) or pos == 0:
             return None
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    return total if pos == len(text) and pos > 0 else None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def retry_after(h: Mapping[str, str]) -> float | None:
+    """The server's wait: `retry-after` in seconds or as an HTTP date, else OpenAI's `retry-after-ms`."""
+    value = h.get("retry-after")
+    seconds = parse_duration(value)
+    if seconds is None and value:
+        try:
+            seconds = max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+        except (TypeError, ValueError, IndexError):
+            seconds = None
+    if seconds is None:
+        ms = parse_duration(h.get("retry-after-ms"))
+        seconds = None if ms is None else ms / 1000.0
+    return seconds
 
 
 def _int(value: str | None) -> int | None:
     try:
-        return int(float(value)) if value is not None else None
+        number = float(value) if value is not None else math.nan
     except ValueError:
         return None
+    return int(number) if math.isfinite(number) else None
 
 
 def parse_rate_headers(h: Mapping[str, str]) -> RateInfo:
@@ -102,25 +123,31 @@ def parse_rate_headers(h: Mapping[str, str]) -> RateInfo:
 def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
     """Map a non-200 answer to its error class. The `code` field decides, never message wording,
     except for naming *which* rate limit a 429 hit: Groq says that only in the message."""
-    message, code = f"HTTP {status}", None
+    message, code, kind_of = f"HTTP {status}", None, None
     try:
         err = json.loads(body)["error"]
         message = str(err.get("message") or message)
         code = err.get("code") or None
+        kind_of = err.get("type")
     except (ValueError, KeyError, TypeError, AttributeError):
         snippet = body[:200].decode("utf-8", "replace").strip()
         if snippet:
             message = f"HTTP {status}: {snippet}"
     kw: dict[str, Any] = {"status": status, "code": code, "request_id": headers.get("x-request-id")}
     if status == 429:
-        kind = _LIMIT_KIND.search(message)
+        found = _LIMIT_KIND.search(message)
+        limit = found.group(1).lower() if found else None
+        # Groq's body `type` says "requests" or "tokens"; a message naming the other kind of limit is
+        # not Groq's wording, and learning a limit from it could throttle the run to a crawl.
+        if kind_of in ("requests", "tokens") and limit is not None and kind_of[0] != limit[0]:
+            limit = None
+        value = _LIMIT_VALUE.search(message) if limit else None
         wait = _TRY_AGAIN.search(message)
-        after = parse_duration(headers.get("retry-after"))
+        after = retry_after(headers)
         if wait is not None:  # the body's wait is precise; retry-after is rounded up to seconds
             after = max(after or 0.0, parse_duration(wait.group(1)) or 0.0)
-        value = _LIMIT_VALUE.search(message)
-        return RateLimited(message, limit=kind.group(1).lower() if kind else None,
-                           limit_value=float(value.group(1)) if value else None, retry_after=after, **kw)
+        return RateLimited(message, limit=limit, limit_value=float(value.group(1)) if value else None,
+                           retry_after=after, **kw)
     if status == 413:
         return RequestTooLarge(message, **kw)
     if code in ("model_not_found", "model_decommissioned"):

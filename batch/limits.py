@@ -90,6 +90,7 @@ class Pacer:
         self._requests = _request_bucket(requests_per_minute, burst_s)
         self._tokens = TokenBucket(tokens_per_minute, burst_s)
         self._probing = learn_requests
+        self._largest = 0  # the largest usage the server has accepted for one request
         self._last_probe: float | None = None
         self._resume_at = 0.0  # loop time before which nobody sends (shared 429 cool-down)
         self.cooldowns = 0
@@ -138,6 +139,7 @@ class Pacer:
         """Reconcile a reservation with the usage the server reported (None: keep the reservation)."""
         if used is not None:
             self._tokens.give_back(reserved - used)
+            self._largest = max(self._largest, used)
 
     def observe(self, rate: RateInfo) -> None:
         """Follow the per-minute token limit a response's headers report."""
@@ -149,6 +151,8 @@ class Pacer:
         if not limit or limit <= 0:
             return
         if kind == "tpm":
+            if limit < self._largest:  # below a request the server just accepted: not a real TPM limit
+                return
             self._set_tpm(limit)
         elif kind == "rpm":
             self._probing = False

@@ -34,6 +34,7 @@ from .retry import Action, RetryPolicy
 log = logging.getLogger("batch.pool")
 
 Send = Callable[[bytes], Awaitable[Completion]]
+SHORT_RESET_S = 900.0  # a spent request budget that resets sooner than this is waited out, not quit
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +170,18 @@ class Pool:
         self._pacer.observe(completion.rate)
         self._answer(job, Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
                                                  latency_s=round(latency, 4)))
-        if completion.rate.requests_remaining_day == 0:  # the daily request budget is spent: stop now
-            self.quota = self.quota or Quota("rpd", completion.rate.requests_reset_s)
+        self._budget_spent(completion.rate.requests_remaining_day, completion.rate.requests_reset_s)
+
+    def _budget_spent(self, remaining: int | None, reset_s: float | None) -> None:
+        """Groq's `-requests` headers count the DAY's budget: when none is left, stop cleanly rather
+        than collect 429s. A budget that refills within minutes (as OpenAI-style servers, whose same
+        headers count per minute) is waited out instead."""
+        if remaining != 0:
+            return
+        if reset_s is not None and reset_s <= SHORT_RESET_S:
+            self._pacer.cool_down(reset_s)
+        else:
+            self.quota = self.quota or Quota("rpd", reset_s)
             self.stop("daily quota reached")
 
     def _failed(self, job: _Job, exc: ApiError) -> None:

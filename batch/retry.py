@@ -40,6 +40,7 @@ class RetryPolicy:
     base_s: float = 0.5
     cap_s: float = 30.0
     max_422_attempts: int = 3
+    max_wait_s: float = 900.0  # a server's requested wait is honoured up to this
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
@@ -55,7 +56,8 @@ class RetryPolicy:
         if isinstance(exc, RateLimited):
             if exhausted:
                 return Decision(Action.GIVE_UP)
-            wait = exc.retry_after if exc.retry_after is not None else self.backoff(attempt, rng)
+            wait = self.backoff(attempt, rng) if exc.retry_after is None else min(exc.retry_after,
+                                                                                 self.max_wait_s)
             return Decision(Action.RETRY, delay_s=wait + rng.uniform(0.0, 0.25))
         if isinstance(exc, ServerError | TransportError):
             if exhausted:

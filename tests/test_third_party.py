@@ -16,7 +16,6 @@ server is not installed is skipped with the command that installs it:
     npm ci --prefix tests/thirdparty
     pip install -r tests/thirdparty/requirements.txt
 
-Tests marked xfail document where our client misreads these servers (see each reason).
 """
 
 from __future__ import annotations
@@ -229,7 +228,7 @@ def test_aimock_completion_parses(aimock: Server) -> None:
     assert c.request_id and c.request_id.startswith("req-")  # aimock's X-Request-Id header
     [entry] = journal(aimock)[before:]
     assert entry["path"] == "/openai/v1/chat/completions"
-    assert entry["headers"]["authorization"] == f"Bearer {KEY}"
+    assert entry["headers"].get("authorization")  # sent (aimock's journal shows it "[REDACTED]")
     assert entry["body"]["messages"][-1] == {"role": "user", "content": "tp-ok: say hello"}
 
 
@@ -283,9 +282,6 @@ def test_aimock_same_session_survives_faults(aimock: Server) -> None:
                                                 "Completion"]
 
 
-@pytest.mark.xfail(reason="client bug: parse_duration() takes float() of Retry-After, so 'NaN' and "
-                          "'Infinity' become retry_after=nan/inf; a run then stalls (nan corrupts "
-                          "asyncio's timer heap) or waits forever (inf cool-down)", strict=False)
 @pytest.mark.parametrize("user", ["tp-429-nan", "tp-429-inf"])
 def test_aimock_non_finite_retry_after_is_ignored(aimock: Server, user: str) -> None:
     err = chat_error(aimock.base_url, user)
@@ -353,7 +349,7 @@ def test_aimock_full_run_retries_through_injected_faults(tmp_path: Path) -> None
         }, proc.stderr
         entries = journal(server)
         assert len(entries) == 10  # exactly the attempts above: no request lost or sent twice
-        assert all(e["headers"].get("authorization") == f"Bearer {KEY}" for e in entries)
+        assert all(e["headers"].get("authorization") for e in entries)
         assert "429" in proc.stderr and "chaos_drop" in proc.stderr  # -v logs every retry
     finally:
         _stop(server.proc)
@@ -411,8 +407,6 @@ def mocklimit_openai(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         _stop(server.proc)
 
 
-@pytest.mark.xfail(reason="client gap: a 429 that gives its wait only in OpenAI's `retry-after-ms` header "
-                          "leaves retry_after None, so the run retries on blind backoff", strict=False)
 def test_mocklimit_retry_after_ms_is_read(mocklimit_openai: Server) -> None:
     got = asyncio.run(_chats(mocklimit_openai.base_url, ["a", "b", "c", "d"], key="gsk_key_c"))
     limited = got[3]
@@ -420,10 +414,6 @@ def test_mocklimit_retry_after_ms_is_read(mocklimit_openai: Server) -> None:
     assert limited.retry_after is not None and 0 < limited.retry_after <= 4
 
 
-@pytest.mark.xfail(reason="batch reads x-ratelimit-*-requests as Groq's per-DAY budget, so an OpenAI-style "
-                          "server's per-minute `remaining: 0` on a 200 stops the run as 'daily quota used "
-                          "up' (exit 3); and mocklimit's 429 text '(TPM): Limit 3' cuts the run's "
-                          "tokens-per-minute pace to 3", strict=False)
 def test_mocklimit_openai_style_full_run(tmp_path: Path, mocklimit_openai: Server) -> None:
     proc, rows = _run_job(tmp_path, [f"w{i}" for i in range(6)], mocklimit_openai.base_url,
                           concurrency=3, timeout=20)
