@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job (sends requests)")
     run.add_argument("job", type=Path, help="the job file (TOML)")
-    run.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    run.add_argument("--limit", type=_positive, metavar="N", help="only the first N input rows")
     run.add_argument("--base-url", help="OpenAI-style base URL, e.g. http://127.0.0.1:8080/v1")
     run.add_argument("--simulate", action="store_true",
                      help="run against the built-in Groq simulator (no key, no network)")
@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--base-url", help="OpenAI-style base URL")
     _verbosity(models)
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of rows, at least 1 (got {text!r})")
+    return n
 
 
 def _verbosity(p: argparse.ArgumentParser) -> None:
@@ -92,8 +102,10 @@ def _fail(exc: BatchError) -> int:
     if isinstance(exc, Stopped):
         log.warning("stopped: %s", exc)
     elif isinstance(exc, FatalApiError):
-        log.error("the API refused the run: %s. Nothing more was sent; fix this and run again "
-                  "(answers so far are saved).", exc)
+        hint = " Check GROQ_API_KEY (is it set to a valid key for this base URL?)." if exc.status in (
+            401, 403) else ""
+        log.error("the API refused the run: %s.%s Nothing more was sent; fix this and run again "
+                  "(answers so far are saved).", exc, hint)
     else:
         log.error("%s", exc)
     return exc.exit_code

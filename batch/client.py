@@ -198,6 +198,7 @@ class Client:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._secret = api_key.encode() if api_key else b""
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -221,6 +222,8 @@ class Client:
                 raw = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 if resp.status != 200:
+                    if self._secret:  # a server or proxy that echoes the request must not leak the key
+                        raw = raw.replace(self._secret, b"***")
                     raise error_from_response(resp.status, raw, headers)
         except ApiError:
             raise

@@ -42,7 +42,9 @@ class TokenBucket:
     def __init__(self, per_minute: float, burst_s: float) -> None:
         self._burst_s = burst_s
         self.set_rate(per_minute)
-        self.level = self.capacity  # a start-up burst of `burst_s` seconds' worth, no more
+        # Start as if it had been sending at full rate: the burst builds up only in idle time, so
+        # no window of a minute, the first included, sees more than the limit.
+        self.level = 0.0
         self._stamp: float | None = None
         self._turn = asyncio.Lock()  # waiters are served in arrival order: a big request is not starved
 
@@ -88,6 +90,7 @@ class Pacer:
         self._ceiling_tpm = tokens_per_minute
         self.requests_per_minute = requests_per_minute
         self._requests = _request_bucket(requests_per_minute, burst_s)
+        self._primed = False
         self._tokens = TokenBucket(tokens_per_minute, burst_s)
         self._probing = learn_requests
         self._largest = 0  # the largest usage the server has accepted for one request
@@ -120,6 +123,11 @@ class Pacer:
         await self._cooled()
         if self._probing and not self._requests.has_capacity(1):
             self._probe()
+        if not self._primed:
+            # aiolimiter's bucket starts empty, i.e. with its whole burst available at once; fill it
+            # to one below capacity so the first minute runs at the steady rate like every other.
+            self._primed = True
+            await self._requests.acquire(self._requests.max_rate - 1)
         await self._requests.acquire(1)
         await self._tokens.take(tokens)
         await self._cooled()  # a cool-down may have started while we waited in the buckets
@@ -164,6 +172,7 @@ class Pacer:
             log.info("requests per minute: now %g (%s)", rpm, why)
             self.requests_per_minute = rpm
             self._requests = _request_bucket(rpm, self._burst_s)
+            self._primed = False
 
     def _set_tpm(self, limit: float) -> None:
         tpm = limit if self._learn_tokens else min(limit, self._ceiling_tpm)

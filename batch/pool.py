@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import ApiError, FatalApiError, RateLimited
 from .limits import Pacer
@@ -70,7 +70,8 @@ class Pool:
         self.outstanding: set[str] = set()  # fingerprints admitted and not yet answered or dropped
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
-        self.quota: Quota | None = None
+        self.quota: Quota | None = None  # set when a spent daily quota left requests unsent
+        self._spent: Quota | None = None  # the daily request budget is used up (from the headers)
         self._crash: Exception | None = None
 
     async def run(self, requests: Iterable[Request]) -> None:
@@ -143,6 +144,11 @@ class Pool:
 
     async def _attempt(self, job: _Job, me: asyncio.Task[None]) -> None:
         req = job.request
+        if self._spent is not None:
+            self.quota = self.quota or self._spent
+            self._finish(job)
+            self.stop("daily quota reached")
+            return
         if job.attempts == 0 and not self._pacer.fits(req.est_tokens):
             self._answer(job, Answer.failure(
                 req.fingerprint, permanent=True, attempts=0,
@@ -168,8 +174,15 @@ class Pool:
         latency = time.monotonic() - started
         self._pacer.settle(req.est_tokens, completion.total_tokens)
         self._pacer.observe(completion.rate)
-        self._answer(job, Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
-                                                 latency_s=round(latency, 4)))
+        answer = Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
+                                        latency_s=round(latency, 4))
+        if completion.text is None or (not completion.text and completion.finish_reason == "length"):
+            # Paid for, but no answer: a reasoning model spent the whole budget thinking. The same
+            # request would do the same again, so the row fails for good (usage is kept).
+            answer = replace(answer, permanent=True, error=(
+                f"the model returned no text (finish_reason {completion.finish_reason!r}); with "
+                "finish_reason 'length' the completion budget ran out first: raise max-new-tokens"))
+        self._answer(job, answer)
         self._budget_spent(completion.rate.requests_remaining_day, completion.rate.requests_reset_s)
 
     def _budget_spent(self, remaining: int | None, reset_s: float | None) -> None:
@@ -180,9 +193,8 @@ class Pool:
             return
         if reset_s is not None and reset_s <= SHORT_RESET_S:
             self._pacer.cool_down(reset_s)
-        else:
-            self.quota = self.quota or Quota("rpd", reset_s)
-            self.stop("daily quota reached")
+        else:  # stop when the next request would need the budget; if none does, the run completes
+            self._spent = self._spent or Quota("rpd", reset_s)
 
     def _failed(self, job: _Job, exc: ApiError) -> None:
         req = job.request

@@ -119,6 +119,10 @@ class Renderer:
         # Images go before the prompt text in the final user message.
         content = [*pictures, {"type": "text", "text": text}] if pictures else text
         chat.append({"role": "user", "content": content})
+        count = messages.count_images(chat)
+        if count > messages.MAX_IMAGES:
+            raise RowProblem(f"{count} images in one request (history and images together); Groq takes "
+                             f"at most {messages.MAX_IMAGES}")
         inline = messages.base64_bytes(chat)
         if inline > messages.MAX_BASE64_BYTES:
             raise RowProblem(f"{inline / 1e6:.1f} MB of inline images; Groq refuses more than 4 MB of base64 "
@@ -126,7 +130,7 @@ class Renderer:
         body = json.dumps({"model": self.model, "messages": chat, **self.params},
                           ensure_ascii=False, separators=(",", ":")).encode()
         # Inline image bytes are not text tokens: leave them out of the estimate.
-        est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * messages.count_images(chat)
+        est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * count
         return Request(fingerprint=fingerprint(body), body=body, row=row,
                        est_tokens=est + self.completion_budget)
 

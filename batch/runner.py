@@ -152,6 +152,14 @@ class Run:
 
     def _finish(self, source: Source, renderer: Renderer, store: Store) -> Summary:
         job = self.job
+        try:
+            return self._write(source, renderer, store)
+        except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
+            raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved; "
+                          "fix this and run the same command again (it sends nothing more).") from exc
+
+    def _write(self, source: Source, renderer: Renderer, store: Store) -> Summary:
+        job = self.job
         ok = failed = from_store = 0
         with OutputWriter(job.output.path, job.output.format, source.schema, job.output.text_column) as out:
             for row0, batch in _numbered(source, self.opts.limit):
@@ -214,7 +222,20 @@ def check_job(job: Job) -> Source:
     if job.input.key is not None and job.input.key not in columns:
         raise InputError(f"{job.file}: [input] key: column {job.input.key!r} is not in {job.input.path}; "
                          f"its columns are: {', '.join(map(repr, columns))}")
+    for what, path in (("[output] path", job.output.path), ("[state] path", job.state.path)):
+        _check_writable(job, what, path)
     return source
+
+
+def _check_writable(job: Job, what: str, path: Path) -> None:
+    """Fail before sending if an answer could never be saved or written where the job says."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the nearest existing ancestor must let us create the rest
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (
+            path.exists() and (path.is_dir() or not os.access(path, os.W_OK))):
+        raise InputError(f"{job.file}: {what}: cannot write {path} (check that its folder exists or can "
+                         "be created, and is writable)")
 
 
 @contextlib.asynccontextmanager

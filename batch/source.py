@@ -101,6 +101,12 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(line)
             except ValueError as exc:
                 raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+            if "\\ud" in line.lower():  # a \udXXXX escape may be a lone surrogate: not storable text
+                try:
+                    json.dumps(obj, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InputError(f"{path}:{lineno}: a string holds a lone surrogate escape "
+                                     "(\\ud800-\\udfff); it is not valid text") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{lineno}: each line must be a JSON object, "
                                  f"got {type(obj).__name__}")
@@ -113,7 +119,7 @@ def _kind(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
     if isinstance(v, int):
-        return "int"
+        return "int" if -(2**63) <= v < 2**63 else "json"  # beyond int64: kept as text
     if isinstance(v, float):
         return "float"
     return "str" if isinstance(v, str) else "json"

@@ -8,7 +8,10 @@ moves the virtual clock forward by the timeout instead of waiting. So `asyncio.s
 once with `loop.time()` 60 s later, timers fire in order, and anything that reads `loop.time()`
 (aiolimiter, `asyncio.timeout`, `call_later`) lives on the same clock. Real I/O still works, but a
 wait for it takes no virtual time, so do not mix this loop with sockets or threads that take long.
-Blocking forever (no timer, nothing ready) is a deadlock in a test: it raises instead of hanging.
+Every non-blocking turn costs 1 ns of virtual time, as a real turn costs real time: without it, a
+callback that re-arms a timer for "now" (aiolimiter does, when float rounding leaves its bucket a hair
+too full) would spin forever on a clock that never moves. Blocking forever (no timer, nothing ready,
+no real I/O within 2 real seconds) is a deadlock in a test: it raises instead of hanging.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 _DEADLOCK_S = 2.0  # real seconds a timer-less loop may wait for real I/O before it counts as stuck
+_TURN_S = 1e-9  # virtual cost of one loop turn
 
 
 class _JumpingSelector(selectors.BaseSelector):
@@ -48,8 +52,7 @@ class _JumpingSelector(selectors.BaseSelector):
         ready = self._real.select(0 if timeout is not None else _DEADLOCK_S)
         if not ready and timeout is None:
             raise RuntimeError("virtual loop deadlock: nothing scheduled and nothing to wait for")
-        if not ready and timeout:
-            self.now += timeout
+        self.now += timeout if not ready and timeout else _TURN_S
         return ready
 
 

@@ -406,6 +406,20 @@ def test_row_the_server_finds_too_large_fails_alone(tmp_path: Path, start_sim: S
     assert [e.status for e in chat_log(sim)].count(413) == 2
 
 
+def test_unwritable_output_is_refused_before_sending(tmp_path: Path, simulator: tuple[str, Simulator],
+                                                     write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = simulator
+    write_csv(plain_rows(5), tmp_path / "in.csv")
+    (tmp_path / "results").write_text("a file where the output directory should be", encoding="utf-8")
+    job = write_job("in.csv", output={"path": "results/out.parquet"}, state={"path": "state.sqlite"})
+
+    proc = run_batch(job, "--base-url", url)
+
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert chat_log(sim) == [], "requests were paid for before the output turned out unwritable"
+    assert proc.returncode == 2, proc.stderr
+
+
 # -- 8: the store is a journal and a cache -------------------------------------------------------------------
 
 def test_rerun_is_free_and_only_new_rows_are_sent(tmp_path: Path, simulator: tuple[str, Simulator],
@@ -527,9 +541,6 @@ def test_daily_quota_stops_resumably(tmp_path: Path, start_sim: StartSim, write_
     assert answered_twice(sim) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pool.py stops with 'daily quota reached' when the last answer "
-                   "reports x-ratelimit-remaining-requests: 0, and runner.py raises Stopped (exit 3, no "
-                   "output) although every row is answered and nothing is left to send")
 def test_daily_quota_spent_by_the_last_row_still_completes(tmp_path: Path, start_sim: StartSim,
                                                            write_job: WriteJob, run_batch: RunBatch) -> None:
     url, sim = start_sim(rpd=5)  # exactly the job's size: a user who sized the job to the daily budget
@@ -545,9 +556,6 @@ def test_daily_quota_spent_by_the_last_row_still_completes(tmp_path: Path, start
 
 # -- 10: --limit and --simulate ----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli.py accepts --limit -1 (type=int, no check); "
-                   "source.batches() then yields nothing and the run exits 0, replacing the previous "
-                   "output with an empty table")
 def test_negative_limit_is_refused(tmp_path: Path, simulator: tuple[str, Simulator], write_job: WriteJob,
                                    run_batch: RunBatch) -> None:
     url, _ = simulator
@@ -813,6 +821,20 @@ def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path, write_job: Write
     assert "example.com" in proc.stderr and "https" in proc.stderr
     assert time.monotonic() - started < 5
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_base_url_precedence(tmp_path: Path, simulator: tuple[str, Simulator], write_job: WriteJob,
+                             run_batch: RunBatch, api_key: str) -> None:
+    """--base-url beats [api] base-url, which beats GROQ_BASE_URL (each loser here would be refused)."""
+    url, sim = simulator
+    write_csv(plain_rows(2), tmp_path / "in.csv")
+    env = cli_env(api_key, GROQ_BASE_URL="http://example.com")
+    cli_wins = write_job("in.csv", api={"base-url": "http://example.com/v1"})
+    job_wins = write_job("in.csv", name="job2.toml", api={"base-url": url}, output={"path": "out2.parquet"})
+
+    assert run_batch(cli_wins, "--base-url", url, env=env).returncode == 0
+    assert run_batch(job_wins, env=env).returncode == 0
+    assert len(chat_log(sim)) == 4  # two jobs, two states: both sent their 2 rows to the simulator
 
 
 def test_missing_key_for_groq_is_a_job_error(tmp_path: Path, write_job: WriteJob,

@@ -1,0 +1,148 @@
+"""Tests for batch.limits.Pacer, in virtual time (tests/fakeclock.py): nothing here sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from fakeclock import now, run_virtual
+
+from batch.limits import Pacer
+
+UNLIMITED_TPM = 10**12
+UNLIMITED_RPM = 10**9
+
+
+async def admissions(pacer: Pacer, tokens: int, *, until: float, workers: int = 8) -> list[float]:
+    """Virtual times at which `workers` greedy workers were admitted, up to `until`."""
+    times: list[float] = []
+
+    async def worker() -> None:
+        while True:
+            await pacer.acquire(tokens)
+            if now() >= until:
+                return
+            times.append(now())
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return sorted(times)
+
+
+def first_minute(times: list[float]) -> int:
+    return sum(1 for t in times if t < 60.0)
+
+
+def test_30_rpm_admits_about_30_in_the_first_minute_not_a_burst() -> None:
+    times = run_virtual(admissions(Pacer(30, UNLIMITED_TPM), 1, until=120.0))
+    at_start = sum(1 for t in times if t < 0.001)
+    assert at_start <= 2, f"{at_start} requests at t=0: a whole-minute burst"
+    assert 29 <= first_minute(times) <= 32
+    # Evenly spread: no gap much longer than the 2 s spacing, and none much shorter after the start.
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) <= 2.0 + 1e-6
+    assert min(gaps[2:]) >= 2.0 - 1e-6
+
+
+def test_600_rpm_steady_rate_is_exact() -> None:
+    times = run_virtual(admissions(Pacer(600, UNLIMITED_TPM, burst_s=3.0), 1, until=130.0))
+    # Any full minute after the start-up: within 2% of 600.
+    for start in (10.0, 30.0, 60.0):
+        n = sum(1 for t in times if start <= t < start + 60.0)
+        assert abs(n - 600) <= 12, (start, n)
+
+
+def test_600_rpm_first_minute_within_2_percent() -> None:
+    times = run_virtual(admissions(Pacer(600, UNLIMITED_TPM, burst_s=3.0), 1, until=60.0))
+    assert abs(first_minute(times) - 600) <= 12, first_minute(times)
+
+
+def test_token_pacing_8000_tpm_with_500_token_requests() -> None:
+    times = run_virtual(admissions(Pacer(UNLIMITED_RPM, 8000), 500, until=180.0))
+    per_minute = [sum(1 for t in times if m * 60 <= t < (m + 1) * 60) for m in range(3)]
+    for n in per_minute:
+        assert 15 <= n <= 17, per_minute
+
+
+def test_request_larger_than_the_bucket_is_admitted_and_paced() -> None:
+    # 8000 tokens/min with a 2 s burst holds ~267 tokens; a 2000-token request must still pass
+    # (aiolimiter alone would raise ValueError), at 4 per minute.
+    pacer = Pacer(UNLIMITED_RPM, 8000, burst_s=2.0)
+    times = run_virtual(admissions(pacer, 2000, until=120.0, workers=3))
+    assert times, "a request larger than the bucket was never admitted"
+    assert 7 <= len(times) <= 9, times
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 15.0 - 1e-3, gaps
+
+
+def test_fits_is_false_above_the_tokens_per_minute_limit() -> None:
+    pacer = Pacer(30, 8000)
+    assert pacer.fits(1)
+    assert pacer.fits(8000)
+    assert not pacer.fits(8001)
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Pacer(0, 8000)
+    with pytest.raises(ValueError):
+        Pacer(30, -1)
+
+
+def test_cool_down_holds_every_waiting_worker() -> None:
+    async def scenario() -> tuple[float, list[float]]:
+        pacer = Pacer(UNLIMITED_RPM, UNLIMITED_TPM)
+        await asyncio.sleep(10.0)
+        start = now()
+        pacer.cool_down(5.0)
+        done = await asyncio.gather(*(_acquire_at(pacer) for _ in range(6)))
+        return start, done
+
+    start, done = run_virtual(scenario())
+    assert all(t >= start + 5.0 - 1e-6 for t in done), (start, done)
+    assert all(t <= start + 5.0 + 0.01 for t in done), (start, done)
+
+
+def test_shorter_later_cool_down_does_not_shorten_it() -> None:
+    async def scenario() -> list[float]:
+        pacer = Pacer(UNLIMITED_RPM, UNLIMITED_TPM)
+        pacer.cool_down(5.0)  # until t=5
+        waiters = [asyncio.create_task(_acquire_at(pacer)) for _ in range(3)]
+        await asyncio.sleep(2.0)
+        pacer.cool_down(1.0)  # until t=3: must not shorten
+        assert pacer.cooldowns == 1
+        return await asyncio.gather(*waiters)
+
+    done = run_virtual(scenario())
+    assert all(t >= 5.0 - 1e-6 for t in done), done
+
+
+def test_longer_later_cool_down_extends_it_even_for_workers_already_waiting() -> None:
+    async def scenario() -> list[float]:
+        pacer = Pacer(UNLIMITED_RPM, UNLIMITED_TPM)
+        pacer.cool_down(5.0)
+        waiters = [asyncio.create_task(_acquire_at(pacer)) for _ in range(3)]
+        await asyncio.sleep(4.0)
+        pacer.cool_down(4.0)  # until t=8
+        return await asyncio.gather(*waiters)
+
+    done = run_virtual(scenario())
+    assert all(t >= 8.0 - 1e-6 for t in done), done
+
+
+def test_cool_down_started_while_waiting_in_the_bucket_is_honoured() -> None:
+    async def scenario() -> list[float]:
+        pacer = Pacer(30, UNLIMITED_TPM)  # one request every 2 s
+        await pacer.acquire(1)  # t=0: the bucket is now empty
+        waiter = asyncio.create_task(_acquire_at(pacer))  # would pass at t=2
+        await asyncio.sleep(1.0)
+        pacer.cool_down(10.0)  # until t=11
+        return [await waiter]
+
+    done = run_virtual(scenario())
+    assert done[0] >= 11.0 - 1e-6, done
+
+
+async def _acquire_at(pacer: Pacer, tokens: int = 1) -> float:
+    await pacer.acquire(tokens)
+    return now()
