@@ -703,8 +703,36 @@ def test_after_a_kill_the_lock_is_free_and_committed_answers_are_kept(
     assert again.returncode == 0, again.stderr
     check_rows(rows, read_output(tmp_path / "out.parquet")[1])
     assert len({e.body_sha256 for e in chat_log(sim) if e.status == 200}) == 100
-    # Answers are committed at least every second: a kill loses about a second's worth (here ~20).
-    assert len(answered_twice(sim)) <= 25
+    # Answers are committed as they arrive: a kill loses only the requests on the wire (concurrency 4).
+    assert len(answered_twice(sim)) <= 4
+
+
+def test_two_kills_in_a_600_row_run_pay_only_what_was_in_flight(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
+    url, sim = start_sim(latency_ms=60, jitter_ms=60)
+    rows = plain_rows(600)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, limits={"concurrency": 16})
+
+    for name, after in (("first", 150), ("second", 350)):  # kill -9 twice, well inside the run
+        proc = _spawn(job, url, api_key, tmp_path, name)
+        try:
+            _wait_for(lambda n=after: sum(e.status == 200 for e in chat_log(sim)) >= n, 30, "answers")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+    assert sum(e.status == 200 for e in chat_log(sim)) < 600, "a run finished before its kill"
+
+    again = run_batch(job, "--base-url", url)
+    assert again.returncode == 0, again.stderr
+    check_rows(rows, read_output(tmp_path / "out.parquet")[1])
+    assert len({e.body_sha256 for e in chat_log(sim) if e.status == 200}) == 600
+    # At most the 16 requests on the wire at each kill are paid twice.
+    assert len(answered_twice(sim)) <= 32, len(answered_twice(sim))
+    before = len(chat_log(sim))
+    assert run_batch(job, "--base-url", url).returncode == 0
+    assert len(chat_log(sim)) == before, "a re-run of a finished job sent requests"
 
 
 def test_second_concurrent_run_is_refused(tmp_path: Path, start_sim: StartSim, write_job: WriteJob,
@@ -843,3 +871,48 @@ def test_missing_key_for_groq_is_a_job_error(tmp_path: Path, write_job: WriteJob
     proc = run_batch(write_job("in.csv"), key=None, timeout=20)
     assert proc.returncode == 2, proc.stderr
     assert "GROQ_API_KEY" in proc.stderr
+
+
+def test_a_corrupt_store_is_a_clear_error_that_sends_nothing(
+        tmp_path: Path, simulator: tuple[str, Simulator], write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = simulator
+    write_csv(plain_rows(5), tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT})
+    (tmp_path / "out.parquet.state.sqlite").write_bytes(b"this is not a database" * 100)
+
+    proc = run_batch(job, "--base-url", url)
+
+    assert proc.returncode == 2, proc.stderr
+    assert "out.parquet.state.sqlite" in proc.stderr and "Move it aside" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert chat_log(sim) == []
+
+
+def test_status_counts_answered_failed_and_pending_without_sending(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
+    url, sim = start_sim()
+    rows = plain_rows(20)
+    rows[3]["experience"] = None  # an invalid row
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, limits={"max-attempts": 1})
+
+    def status() -> dict[str, Any]:
+        proc = subprocess.run([sys.executable, "-m", "batch", "status", str(job), "--json"],
+                              env=cli_env(api_key), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    before = status()
+    assert (before["rows"], before["pending"], before["answered"], before["last_run"]) == (20, 20, 0, None)
+
+    assert run_batch(job, "--base-url", url, "--limit", "10").returncode == 1  # row 4 is invalid
+    sim.config.fault_rate, sim.config.faults = 1.0, ("503",)
+    write_csv(rows + plain_rows(2, start=20), tmp_path / "in.csv")  # 2 more rows; they will fail
+    assert run_batch(job, "--base-url", url).returncode == 1
+    sent = len(chat_log(sim))
+
+    after = status()
+    assert len(chat_log(sim)) == sent, "status sent a request"
+    assert after["rows"] == 22 and after["invalid_rows"] == 1
+    assert after["answered"] == 9 and after["failed_retryable"] == 12 and after["pending"] == 0
+    assert after["state_bytes"] > 0 and after["last_run"]["status"] == "failed-rows"
