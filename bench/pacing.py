@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ class Scenario:
     words: int = 20  # prompt length
     max_new_tokens: int = 40
     binding: str = "rpm"  # "rpm", "tpm" or "none": which server limit the ratio is against
+    fast: bool = False  # against bench/fastserver.py instead of the simulator (overhead scenarios)
 
 
 def write_input(path: Path, rows: int, words: int) -> None:
@@ -126,9 +128,10 @@ SCENARIOS = {
                         SimConfig(rpm=BIG, tpm=BIG, latency_ms=1000, rpd=BIG, tpd=BIG),
                         "requests-per-minute = 1000000\ntokens-per-minute = 1000000000\nconcurrency = 64",
                         rows=1280, binding="none"),
-    "overhead": Scenario("overhead", "no latency, no limits", SimConfig(rpm=BIG, tpm=BIG, rpd=BIG, tpd=BIG),
+    "overhead": Scenario("overhead", "no latency, no limits (fast server)",
+                         SimConfig(rpm=BIG, tpm=BIG, rpd=BIG, tpd=BIG),
                          "requests-per-minute = 10000000\ntokens-per-minute = 1000000000\nconcurrency = 64",
-                         rows=20_000, binding="none"),
+                         rows=20_000, binding="none", fast=True),
 }
 
 
@@ -146,16 +149,44 @@ def main() -> None:
         if name == "memory":
             for rows in (10_000, 100_000, *((1_000_000,) if args.big else ())):
                 base = SCENARIOS["overhead"]
-                sc = Scenario("memory", f"{rows:,} rows", base.sim, base.limits, rows=rows, binding="none")
+                sc = Scenario("memory", f"{rows:,} rows", base.sim, base.limits, rows=rows, binding="none",
+                              fast=True)
                 measure(sc)
             continue
         measure(SCENARIOS[name])
 
 
+@contextmanager
+def fast_server() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Path(__file__).with_name("fastserver.py")
+    proc = subprocess.Popen([sys.executable, str(server), "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def measure(sc: Scenario) -> None:
-    with tempfile.TemporaryDirectory() as tmp, simulator(sc.sim) as (url, sim):
-        _, wall, cpu, rss = run_job(Path(tmp), url, sc)
-        rpm, tpm, n429, total = steady(sim)
+    if sc.fast:
+        with tempfile.TemporaryDirectory() as tmp, fast_server() as url:
+            _, wall, cpu, rss = run_job(Path(tmp), url, sc)
+        rpm = tpm = 0.0
+        n429, total = 0, sc.rows
+    else:
+        with tempfile.TemporaryDirectory() as tmp, simulator(sc.sim) as (url, sim):
+            _, wall, cpu, rss = run_job(Path(tmp), url, sc)
+            rpm, tpm, n429, total = steady(sim)
     if sc.binding == "rpm":
         achieved, ratio = f"{rpm:,.0f} req/min", rpm / sc.sim.rpm
     elif sc.binding == "tpm":
