@@ -146,3 +146,73 @@ def test_cool_down_started_while_waiting_in_the_bucket_is_honoured() -> None:
 async def _acquire_at(pacer: Pacer, tokens: int = 1) -> float:
     await pacer.acquire(tokens)
     return now()
+
+
+# -- reservations, refunds and learning ---------------------------------------------------------
+
+
+def test_refunds_let_overestimated_requests_use_the_whole_budget() -> None:
+    """Each request reserves 1,000 tokens but uses 250: settled, the pace follows the 250."""
+
+    async def run(settle: bool) -> int:
+        pacer = Pacer(UNLIMITED_RPM, 6_000)
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            while True:
+                await pacer.acquire(1_000)
+                if now() >= 120.0:
+                    return
+                count += 1
+                if settle:
+                    pacer.settle(1_000, 250)
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+        return count
+
+    unsettled, settled = run_virtual(run(False)), run_virtual(run(True))
+    assert 11 <= unsettled <= 13  # 12,000 tokens in 2 minutes / 1,000 reserved each
+    assert 44 <= settled <= 50  # / 250 actually used each
+    assert settled >= 3.5 * unsettled
+
+
+def test_headers_raise_an_unstated_token_limit_and_lower_a_stated_one() -> None:
+    from batch.records import RateInfo
+
+    async def tpm_after(learn: bool, stated: int, reported: int) -> float:
+        pacer = Pacer(30, stated, learn_tokens=learn)
+        pacer.observe(RateInfo(tokens_limit_minute=reported))
+        return pacer.tokens_per_minute
+
+    assert run_virtual(tpm_after(True, 8_000, 30_000)) == 30_000  # unstated: follows the server up
+    assert run_virtual(tpm_after(True, 8_000, 5_000)) == 5_000  # ... and down
+    assert run_virtual(tpm_after(False, 8_000, 30_000)) == 8_000  # stated: never raised
+    assert run_virtual(tpm_after(False, 8_000, 5_000)) == 5_000  # ... but lowered
+
+
+def test_a_429_pins_the_request_limit_and_implausible_token_limits_are_ignored() -> None:
+    async def scenario() -> tuple[float, float]:
+        pacer = Pacer(30, 8_000, learn_requests=True, learn_tokens=True)
+        pacer.settle(600, 500)  # the server accepted a 500-token request
+        pacer.learn_limit("tpm", 3)  # "Limit 3" tokens/min cannot be right
+        pacer.learn_limit("rpm", 120)
+        return pacer.requests_per_minute, pacer.tokens_per_minute
+
+    assert run_virtual(scenario()) == (120, 8_000)
+
+
+def test_an_unstated_request_limit_is_probed_upward_while_it_binds() -> None:
+    async def scenario() -> tuple[float, int]:
+        pacer = Pacer(30, UNLIMITED_TPM, learn_requests=True)
+        times = await admissions(pacer, 1, until=60.0)
+        return pacer.requests_per_minute, len(times)
+
+    rpm, admitted = run_virtual(scenario())
+    assert rpm > 300  # 30 x 1.5 every 5 s while requests were the bottleneck
+    assert admitted > 90  # well above the 30 a fixed base-tier pace would give
+
+
+def test_a_stated_request_limit_is_never_probed() -> None:
+    times = run_virtual(admissions(Pacer(30, UNLIMITED_TPM), 1, until=60.0))
+    assert len(times) <= 31
