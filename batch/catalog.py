@@ -18,6 +18,7 @@ class ModelInfo:
     rpd: int
     tpd: int
     context_window: int = 131_072
+    max_completion: int = 65_536
 
 
 MODELS: dict[str, ModelInfo] = {

@@ -68,8 +68,9 @@ def as_text(value: Any) -> str:
 class Renderer:
     """Turns record batches into requests for one task."""
 
-    def __init__(self, task: TaskSpec) -> None:
+    def __init__(self, task: TaskSpec, *, key: str | None = None) -> None:
         self.model = task.model
+        self.key = key  # a column that names a row in messages
         self.prompt = Template(task.prompt)
         self.system = Template(task.system_message) if task.system_message else None
         # Template columns must hold a value; history and image columns may be null (none).
@@ -77,7 +78,7 @@ class Renderer:
             self.prompt.columns + (self.system.columns if self.system else [])))
         self.history_column, self.images_column = task.chat_history, task.prompt_images
         optional = [c for c in (self.history_column, self.images_column) if c]
-        self.columns = list(dict.fromkeys(self.template_columns + optional))
+        self.columns = list(dict.fromkeys(self.template_columns + optional + ([key] if key else [])))
         # Parameters in a fixed order; None means "not set" and is not sent. 0 is a value.
         params: dict[str, Any] = {
             "temperature": task.temperature,
@@ -94,15 +95,16 @@ class Renderer:
         out: list[Rendered] = []
         for i in range(batch.num_rows):
             row = first_row + i
+            where = f"input row {row + 1}" + (f" ({self.key} {cols[self.key][i]!r})" if self.key else "")
             nulls = [name for name in self.template_columns if cols[name][i] is None]
             if nulls:
-                out.append(RowFailure(row, f"input row {row + 1}: column {_names(nulls)} is empty (null); "
+                out.append(RowFailure(row, f"{where}: column {_names(nulls)} is empty (null); "
                                            "the prompt needs a value there"))
                 continue
             try:
                 out.append(self.request(row, {name: cols[name][i] for name in self.columns}))
             except RowProblem as exc:
-                out.append(RowFailure(row, f"input row {row + 1}: {exc}"))
+                out.append(RowFailure(row, f"{where}: {exc}"))
         return out
 
     def request(self, row: int, cells: dict[str, Any]) -> Request:

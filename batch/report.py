@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .catalog import cost_usd
-from .errors import ApiError, RateLimited
+from .errors import ApiError, RateLimited, TransportError
 from .records import Answer
 
 
@@ -62,7 +62,9 @@ class RunStats:
     latency: Histogram = field(default_factory=Histogram)
 
     def record_error(self, exc: ApiError) -> None:
-        self.errors[f"{exc.status or type(exc).__name__}"] += 1
+        # HTTP errors by status; a transport failure (even a 200 with a broken body) by its class.
+        self.errors[type(exc).__name__ if isinstance(exc, TransportError) or not exc.status
+                    else str(exc.status)] += 1
         if isinstance(exc, RateLimited):
             self.rate_limited += 1
 
@@ -143,9 +145,14 @@ class Summary:
         cost = "unknown price" if self.estimated_cost_usd is None else f"${self.estimated_cost_usd:.4f}"
         lat = ("-" if self.latency_p50_s is None
                else f"p50 {self.latency_p50_s:.2f}s, p95 {self.latency_p95_s or 0:.2f}s")
+        if self.status in ("stopped", "fatal"):  # no output was written: speak of this run only
+            head = (f"batch: {self.status} — this run answered {self.rows_ok} requests, "
+                    f"{self.rows_failed} failed; no output written")
+        else:
+            head = (f"batch: {self.status} — {self.rows} rows: {self.rows_ok} ok, {self.rows_failed} failed, "
+                    f"{self.rows_from_store} answered from the store")
         lines = [
-            f"batch: {self.status} — {self.rows} rows: {self.rows_ok} ok, {self.rows_failed} failed, "
-            f"{self.rows_from_store} answered from the store",
+            head,
             f"  requests {self.requests_sent} ({self.retries} retries, {self.rate_limited_429} rate-limited) "
             f"in {_duration(self.elapsed_s)}: {self.requests_per_min:,.0f} req/min, "
             f"{self.tokens_per_min:,.0f} tokens/min; latency {lat}",

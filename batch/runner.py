@@ -83,7 +83,7 @@ class Run:
                 log.info("run: %d rows from %s -> %s; model %s at %s; %.0f req/min, %.0f tokens/min, "
                          "concurrency %d", source.num_rows, job.input.path, job.output.path, job.task.model,
                          base_url, rpm, tpm, job.limits.concurrency)
-                renderer = Renderer(job.task)
+                renderer = Renderer(job.task, key=job.input.key)
                 await self._send_missing(source, renderer, store, base_url, key, rpm, tpm)
                 return self._finish(source, renderer, store)
             finally:
@@ -207,9 +207,13 @@ def check_job(job: Job) -> Source:
     gone = catalog.decommission_message(job.task.model)
     if gone:
         raise JobError(f"{job.file}: [task] model: {gone}")
+    info = catalog.MODELS.get(job.task.model)
+    if info and job.task.max_new_tokens and job.task.max_new_tokens > info.max_completion:
+        raise JobError(f"{job.file}: [task] max-new-tokens: {job.task.model} writes at most "
+                       f"{info.max_completion} tokens per answer, got {job.task.max_new_tokens}; lower it")
     source = Source(job.input.path, job.input.format)
     columns = source.columns
-    renderer = Renderer(job.task)
+    renderer = Renderer(job.task, key=job.input.key)
     absent = [c for c in renderer.columns if c not in columns]
     if absent:
         raise InputError(f"{job.file}: the job uses column(s) {', '.join(map(repr, absent))}, which "
@@ -291,7 +295,7 @@ def _quota_message(limit: str | None, retry_after: float | None) -> str:
 def status(job: Job) -> dict[str, object]:
     """Where a job stands, from its input and its store; sends nothing and takes no lock."""
     source = check_job(job)
-    renderer = Renderer(job.task)
+    renderer = Renderer(job.task, key=job.input.key)
     counts = {"rows": 0, "answered": 0, "failed_permanent": 0, "failed_retryable": 0, "pending": 0,
               "invalid_rows": 0}
     if not job.state.path.exists():

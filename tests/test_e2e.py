@@ -916,3 +916,27 @@ def test_status_counts_answered_failed_and_pending_without_sending(
     assert after["rows"] == 22 and after["invalid_rows"] == 1
     assert after["answered"] == 9 and after["failed_retryable"] == 12 and after["pending"] == 0
     assert after["state_bytes"] > 0 and after["last_run"]["status"] == "failed-rows"
+
+
+def test_max_new_tokens_above_the_models_maximum_is_refused_before_sending(
+        tmp_path: Path, simulator: tuple[str, Simulator], write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = simulator
+    write_csv(plain_rows(3), tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT, "max-new-tokens": 100_000})
+    proc = run_batch(job, "--base-url", url)
+    assert proc.returncode == 2, proc.stderr
+    assert "max-new-tokens" in proc.stderr and "65536" in proc.stderr
+    assert chat_log(sim) == []
+
+
+def test_row_errors_name_the_row_by_its_key(
+        tmp_path: Path, simulator: tuple[str, Simulator], write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, _ = simulator
+    rows = plain_rows(3)
+    rows[1]["experience"] = None
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", input={"path": "in.csv", "key": "id"}, task={"prompt": PROMPT})
+    assert run_batch(job, "--base-url", url).returncode == 1
+    out = read_output(tmp_path / "out.parquet")[1]
+    assert out[1]["error"] == ("input row 2 (id '1'): column 'experience' is empty (null); "
+                               "the prompt needs a value there")

@@ -318,3 +318,23 @@ def test_a_spent_daily_request_budget_in_the_headers_stops_the_run() -> None:
     assert pool.quota is not None and pool.stop_reason
     assert len(api.starts) == 5
     assert len(r.answers) == 5 and all(a.ok for a in r.answers)
+
+
+def test_the_same_rejection_for_every_first_request_ends_the_run() -> None:
+    """A job wrong for the server (every request a 400) stops after a handful, not one row at a time."""
+    api = FakeApi(latency=0.05, fail=lambda call, i: BadRequest("max_completion_tokens too large",
+                                                               status=400, code="invalid_value"))
+    r = Run(api, concurrency=4)
+    pool = run_virtual(r.run(requests(500)))
+    assert isinstance(pool.fatal, FatalApiError) and "rejected the same way" in str(pool.fatal)
+    assert len(api.starts) <= 10 + 4  # the streak, plus what was on the wire
+
+
+def test_rejected_rows_after_a_success_are_only_row_failures() -> None:
+    """Once anything succeeded, a run of bad rows is the rows' problem: every row gets its answer."""
+    api = FakeApi(latency=0.01, fail=lambda call, i: None if i == 0 else BadRequest(
+        "context_length_exceeded", status=400, code="context_length_exceeded"))
+    r = Run(api, concurrency=1)
+    pool = run_virtual(r.run(requests(40)))
+    assert pool.fatal is None
+    assert len(r.answers) == 40 and sum(a.ok for a in r.answers) == 1
