@@ -116,7 +116,7 @@ TABLES: dict[str, tuple[Key, ...]] = {
             example='path = "data/rows.csv"'),
         Key("format", "string", "Overrides the extension (.csv .parquet .pq .jsonl .ndjson).",
             choices=("csv", "parquet", "jsonl")),
-        Key("key", "column", "A column that identifies a row (checked to exist)."),
+        Key("key", "column", "A column that names a row in error messages."),
     ),
     "task": (
         Key("model", "string", "The Groq model id.", required=True, example='model = "openai/gpt-oss-20b"'),
