@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,9 @@ from . import simulator
 from .client import Client, check_base_url, is_loopback
 from .config import load_job, resolve_base_url
 from .errors import BatchError, FatalApiError, JobError, Stopped
-from .runner import Run, RunOptions, report_path, status
+from .plan import describe, make_plan
+from .runner import Run, RunOptions, report_path
+from .status import status
 
 log = logging.getLogger("batch")
 
@@ -42,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true",
                      help="also re-send rows whose earlier failure was permanent")
     _verbosity(run)
+
+    pl = sub.add_parser("plan", help="validate, preview requests, estimate tokens, cost and time "
+                                     "(sends nothing)")
+    pl.add_argument("job", type=Path, help="the job file (TOML)")
+    pl.add_argument("--limit", type=_positive, metavar="N", help="only the first N input rows")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _verbosity(pl)
 
     st = sub.add_parser("status", help="how far a job is: answered, failed, pending (sends nothing)")
     st.add_argument("job", type=Path, help="the job file (TOML)")
@@ -93,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "plan":
+            return _plan(args)
         return asyncio.run(_models(args))
     except BatchError as exc:
         return _fail(exc)
@@ -165,6 +177,14 @@ def _report_stop(run: Run, exc: BatchError) -> None:
         summary.write_json(report_path(run.job))
     except OSError as err:
         log.warning("could not write %s: %s", report_path(run.job), err)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    plan = make_plan(job, args.limit)
+    print(json.dumps(dataclasses.asdict(plan), indent=2, ensure_ascii=False) if args.json
+          else describe(job=job, plan=plan))
+    return EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:

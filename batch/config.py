@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batch.errors import ConfigError
+from batch.template import parse_template
 
 DEFAULT_BASE_URL = "https://api.groq.com/openai/v1"
 ANSWER_COLUMNS: tuple[str, ...] = (
@@ -155,49 +156,6 @@ TABLES: dict[str, tuple[Key, ...]] = {
     "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`."),),
 }
 REQUIRED_TABLES = ("input", "task")
-
-
-@dataclass(frozen=True)
-class Placeholder:
-    """A `${column}` in a template: replaced by that column's value in each row."""
-
-    column: str
-
-
-def parse_template(template: str) -> list[str | Placeholder]:
-    """Split a template into literal text and placeholders (adjacent text merged, no empty strings).
-
-    `${name}` is a placeholder (name non-empty, without `}`); `$$` is a literal `$`; any other `$` is
-    literal too, so "$5" needs no escaping; braces without a `$` are plain text, so JSON in a prompt
-    stays as written. Raises ValueError on an unterminated or empty placeholder.
-    """
-    parts: list[str | Placeholder] = []
-    text, i = "", 0
-    while (j := template.find("$", i)) != -1:
-        text += template[i:j]
-        nxt = template[j + 1 : j + 2]
-        if nxt != "{":
-            text, i = text + "$", j + (2 if nxt == "$" else 1)
-            continue
-        end = template.find("}", j + 2)
-        name = template[j + 2 : end]
-        where = f"line {template.count(chr(10), 0, j) + 1}, column {j - template.rfind(chr(10), 0, j)}"
-        # "${a ${b}" is a forgotten brace, not a column named "a ${b": report the first "${".
-        if end == -1 or "${" in name:
-            raise ValueError(f"unterminated '${{' at {where} of the template; close it with '}}' "
-                             "or write '$$' for a literal '$'")
-        if not name:
-            raise ValueError(f"empty placeholder '${{}}' at {where} of the template; "
-                             "put a column name inside, e.g. ${text}")
-        parts += [text, Placeholder(name)] if text else [Placeholder(name)]
-        text, i = "", end + 1
-    text += template[i:]
-    return [*parts, text] if text else parts
-
-
-def template_columns(template: str) -> list[str]:
-    """The columns a template uses, in order of first use, without duplicates."""
-    return list(dict.fromkeys(p.column for p in parse_template(template) if isinstance(p, Placeholder)))
 
 
 def _show(value: object) -> str:

@@ -20,9 +20,10 @@ from typing import Any
 import pyarrow as pa
 
 from . import messages
-from .config import Placeholder, TaskSpec, parse_template
+from .config import TaskSpec
 from .messages import RowProblem
 from .records import Request
+from .template import Template
 
 # Completion budget assumed for pacing when the job sets no max-new-tokens.
 DEFAULT_COMPLETION_BUDGET = 1024
@@ -39,15 +40,6 @@ class RowFailure:
 
 
 Rendered = Request | RowFailure
-
-
-class Template:
-    def __init__(self, text: str) -> None:
-        self.parts = parse_template(text)
-        self.columns = list(dict.fromkeys(p.column for p in self.parts if isinstance(p, Placeholder)))
-
-    def render(self, values: dict[str, str]) -> str:
-        return "".join(values[p.column] if isinstance(p, Placeholder) else p for p in self.parts)
 
 
 def as_text(value: Any) -> str:

@@ -1,6 +1,6 @@
 """One run of a job: the only module that knows every stage, and wires them in one direction.
 
-    check (model, input columns, key) ─► store ─► pass 1: source ─► prompts ─► store.missing ─► pool
+    preflight (model, input, key) ─► store ─► pass 1: source ─► prompts ─► store.missing ─► pool
                                                   pass 2: source ─► prompts ─► store.get ─► sink ─► report
 
 Everything that can make the job fail is checked before the first request. Pass 1 sends only what the
@@ -12,24 +12,19 @@ any, stays as it was — and the store keeps every answer, so the same command r
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import pyarrow as pa
-
-from . import catalog
-from .client import Client, check_base_url, is_loopback
-from .config import Job, output_columns, resolve_base_url
-from .errors import InputError, JobError, Stopped
+from .client import Client
+from .config import Job
+from .errors import Stopped
 from .limits import Pacer
 from .pool import Pool
+from .preflight import check_job, endpoint
 from .progress import Progress
 from .prompts import Renderer, RowFailure
 from .records import Answer, Request
@@ -40,10 +35,6 @@ from .source import Source
 from .store import Store
 
 log = logging.getLogger("batch")
-
-SIMULATED_KEY = "gsk_simulated"  # what --simulate sends instead of the user's key
-SIMULATED_RPM, SIMULATED_TPM = 6000, 2_000_000
-
 
 @dataclass
 class RunOptions:
@@ -73,7 +64,8 @@ class Run:
     async def execute(self) -> Summary:
         job = self.job
         source = check_job(job)
-        async with _endpoint(job, self.opts) as (base_url, key, rpm, tpm):
+        async with endpoint(job, simulate=self.opts.simulate, base_url=self.opts.base_url,
+                            env=self.opts.env) as (base_url, key, rpm, tpm):
             store = Store(job.state.path)
             try:
                 store.begin_run()
@@ -138,7 +130,7 @@ class Run:
     def _pending(self, source: Source, renderer: Renderer, store: Store, pool: Pool,
                  progress: Progress) -> Iterator[Request]:
         """The requests that still need sending, in input order, each once."""
-        for row0, batch in _numbered(source, self.opts.limit):
+        for row0, batch in source.numbered(self.opts.limit):
             rendered = renderer.render_batch(batch, row0)
             fps = {r.fingerprint for r in rendered if isinstance(r, Request)} - pool.outstanding
             missing = store.missing(fps, retry_failed=self.opts.retry_failed)
@@ -162,7 +154,7 @@ class Run:
         job = self.job
         ok = failed = from_store = 0
         with OutputWriter(job.output.path, job.output.format, source.schema, job.output.text_column) as out:
-            for row0, batch in _numbered(source, self.opts.limit):
+            for row0, batch in source.numbered(self.opts.limit):
                 rendered = renderer.render_batch(batch, row0)
                 answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
                 outcomes: list[Outcome] = []
@@ -202,82 +194,6 @@ def report_path(job: Job) -> Path:
     return job.output.path.with_name(job.output.path.name + ".report.json")
 
 
-def check_job(job: Job) -> Source:
-    """Everything about the job and its input that can be known before sending anything."""
-    gone = catalog.decommission_message(job.task.model)
-    if gone:
-        raise JobError(f"{job.file}: [task] model: {gone}")
-    info = catalog.MODELS.get(job.task.model)
-    if info and job.task.max_new_tokens and job.task.max_new_tokens > info.max_completion:
-        raise JobError(f"{job.file}: [task] max-new-tokens: {job.task.model} writes at most "
-                       f"{info.max_completion} tokens per answer, got {job.task.max_new_tokens}; lower it")
-    source = Source(job.input.path, job.input.format)
-    columns = source.columns
-    renderer = Renderer(job.task, key=job.input.key)
-    absent = [c for c in renderer.columns if c not in columns]
-    if absent:
-        raise InputError(f"{job.file}: the job uses column(s) {', '.join(map(repr, absent))}, which "
-                         f"{job.input.path} does not have; its columns are: {', '.join(map(repr, columns))}")
-    clash = [c for c in output_columns(job) if c in columns]
-    if clash:
-        raise InputError(f"{job.input.path} already has column(s) {', '.join(map(repr, clash))}, which the "
-                         "output would add; rename them in the input, or set [output] text-column "
-                         "if the clash is the text column")
-    if job.input.key is not None and job.input.key not in columns:
-        raise InputError(f"{job.file}: [input] key: column {job.input.key!r} is not in {job.input.path}; "
-                         f"its columns are: {', '.join(map(repr, columns))}")
-    for what, path in (("[output] path", job.output.path), ("[state] path", job.state.path)):
-        _check_writable(job, what, path)
-    return source
-
-
-def _check_writable(job: Job, what: str, path: Path) -> None:
-    """Fail before sending if an answer could never be saved or written where the job says."""
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # the nearest existing ancestor must let us create the rest
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (
-            path.exists() and (path.is_dir() or not os.access(path, os.W_OK))):
-        raise InputError(f"{job.file}: {what}: cannot write {path} (check that its folder exists or can "
-                         "be created, and is writable)")
-
-
-@contextlib.asynccontextmanager
-async def _endpoint(job: Job, opts: RunOptions) -> AsyncIterator[tuple[str, str | None, float, float]]:
-    """(base URL, key, rpm, tpm) to run against: the simulator in-process, or the configured API."""
-    base = catalog.limits_for(job.task.model)
-    rpm = float(job.limits.requests_per_minute or base.rpm)
-    tpm = float(job.limits.tokens_per_minute or base.tpm)
-    if opts.simulate:
-        from .simulator import SimConfig, Simulator
-
-        # A demo of the whole path: generous limits (the job's are the real account's), a little
-        # latency, and a few faults so retries show.
-        sim = Simulator(SimConfig(rpm=SIMULATED_RPM, tpm=SIMULATED_TPM, rpd=1_000_000, tpd=10**9,
-                                  latency_ms=40, jitter_ms=40, fault_rate=0.03,
-                                  faults=("500", "502", "503", "drop", "malformed"), seed=7))
-        url = await sim.start()
-        log.info("simulate: using the built-in Groq simulator at %s (no key, no network)", url)
-        try:
-            yield url, SIMULATED_KEY, SIMULATED_RPM, SIMULATED_TPM
-        finally:
-            await sim.stop()
-        return
-    url = check_base_url(resolve_base_url(opts.base_url, job, opts.env))
-    key = opts.env.get("GROQ_API_KEY") or None
-    if key is None and not is_loopback(urlsplit(url).hostname or ""):
-        raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...), "
-                       "or try the job without one: python -m batch run JOB.toml --simulate")
-    yield url, key, rpm, tpm
-
-
-def _numbered(source: Source, limit: int | None) -> Iterator[tuple[int, pa.RecordBatch]]:
-    row = 0
-    for batch in source.batches(limit):
-        yield row, batch
-        row += batch.num_rows
-
-
 def _row_count(source: Source, limit: int | None) -> int:
     return source.num_rows if limit is None else min(limit, source.num_rows)
 
@@ -290,35 +206,3 @@ def _quota_message(limit: str | None, retry_after: float | None) -> str:
         when = f"; it resets in about {timedelta(seconds=round(retry_after))} (at {at:%Y-%m-%d %H:%M} UTC)"
     return (f"Groq's {what} quota for this model is used up{when}. Answers so far are saved; run the same "
             "command again after the reset to continue.")
-
-
-def status(job: Job) -> dict[str, object]:
-    """Where a job stands, from its input and its store; sends nothing and takes no lock."""
-    source = check_job(job)
-    renderer = Renderer(job.task, key=job.input.key)
-    counts = {"rows": 0, "answered": 0, "failed_permanent": 0, "failed_retryable": 0, "pending": 0,
-              "invalid_rows": 0}
-    if not job.state.path.exists():
-        counts.update(rows=source.num_rows, pending=source.num_rows)
-        return {**counts, "state": str(job.state.path), "state_bytes": 0, "last_run": None}
-    store = Store(job.state.path, readonly=True)
-    try:
-        for row0, batch in _numbered(source, None):
-            rendered = renderer.render_batch(batch, row0)
-            answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
-            for r in rendered:
-                counts["rows"] += 1
-                found = answers.get(r.fingerprint) if isinstance(r, Request) else None
-                if isinstance(r, RowFailure):
-                    counts["invalid_rows"] += 1
-                elif found is None:
-                    counts["pending"] += 1
-                elif found[0].ok:
-                    counts["answered"] += 1
-                else:
-                    counts["failed_permanent" if found[0].permanent else "failed_retryable"] += 1
-        last = store.last_summary()
-        return {**counts, "state": str(job.state.path), "state_bytes": store.size_bytes(),
-                "last_run": json.loads(last) if last else None}
-    finally:
-        store.close()

@@ -72,6 +72,13 @@ class Source:
             if batch.num_rows:
                 yield batch
 
+    def numbered(self, limit: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """`batches()` with the 0-based number of each batch's first row."""
+        row = 0
+        for batch in self.batches(limit):
+            yield row, batch
+            row += batch.num_rows
+
     def _csv_batches(self) -> Iterator[pa.RecordBatch]:
         convert = pacsv.ConvertOptions(
             column_types={name: pa.string() for name in self.schema.names},

@@ -11,16 +11,14 @@ from batch.config import (
     DEFAULT_BASE_URL,
     TABLES,
     Job,
-    Placeholder,
     describe_keys,
     load_job,
     output_columns,
     parse_job,
-    parse_template,
     resolve_base_url,
-    template_columns,
 )
 from batch.errors import ConfigError, JobError
+from batch.template import Placeholder, parse_template, template_columns
 
 MINIMAL = """
 [input]

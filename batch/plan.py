@@ -1,0 +1,111 @@
+"""`python -m batch plan`: what a run would send, cost and take — without sending anything.
+
+Tokens are estimated the way the pacer reserves them: prompt tokens as the request body's UTF-8 bytes
+/ 4 (counting the JSON around the text, so it errs high), and output tokens as the completion budget
+(`max-new-tokens`, or 1,024 when unset) — an upper bound, since most answers stop earlier. The cost
+uses the model's list price (and the Batch API's half price for comparison); the duration is the
+larger of requests / requests-per-minute and tokens / tokens-per-minute, at the job's limits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import catalog
+from .config import Job
+from .preflight import check_job
+from .prompts import Renderer, RowFailure
+from .records import Request
+from .store import Store
+
+SHOWN = 3  # rendered requests shown
+SHORTEN = 200  # characters of a long string (an inline image, a long prompt) shown
+
+
+@dataclass
+class Plan:
+    rows: int
+    invalid_rows: int
+    requests: int  # distinct requests (identical rows share one)
+    answered: int  # of those, already answered in the store (a run would not send them)
+    prompt_tokens: int  # estimated, for the requests still to send
+    completion_tokens: int  # upper bound: the completion budget of each
+    cost_usd: float | None
+    batch_cost_usd: float | None
+    minutes: float
+    requests_per_minute: float
+    tokens_per_minute: float
+    examples: list[dict[str, Any]]
+
+
+def make_plan(job: Job, limit: int | None = None) -> Plan:
+    source = check_job(job)
+    renderer = Renderer(job.task, key=job.input.key)
+    store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
+    rows = invalid = answered = prompt = completion = 0
+    seen: set[str] = set()  # distinct fingerprints; the plan is a one-off, so this may grow
+    examples: list[dict[str, Any]] = []
+    try:
+        for row0, batch in source.numbered(limit):
+            rendered = renderer.render_batch(batch, row0)
+            fresh = [r for r in rendered if isinstance(r, Request) and r.fingerprint not in seen]
+            done = store.get_many(r.fingerprint for r in fresh) if store else {}
+            for r in rendered:
+                rows += 1
+                if isinstance(r, RowFailure):
+                    invalid += 1
+                    continue
+                if r.fingerprint in seen:
+                    continue
+                seen.add(r.fingerprint)
+                if len(examples) < SHOWN:
+                    examples.append(_shorten(json.loads(r.body)))
+                if r.fingerprint in done and (done[r.fingerprint][0].ok or done[r.fingerprint][0].permanent):
+                    answered += 1
+                    continue
+                prompt += r.est_tokens - renderer.completion_budget
+                completion += renderer.completion_budget
+    finally:
+        if store:
+            store.close()
+    base = catalog.limits_for(job.task.model)
+    rpm = float(job.limits.requests_per_minute or base.rpm)
+    tpm = float(job.limits.tokens_per_minute or base.tpm)
+    to_send = len(seen) - answered
+    cost = catalog.cost_usd(job.task.model, prompt, completion)
+    return Plan(rows=rows, invalid_rows=invalid, requests=len(seen), answered=answered,
+                prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
+                batch_cost_usd=None if cost is None else cost / 2,
+                minutes=max(to_send / rpm, (prompt + completion) / tpm), requests_per_minute=rpm,
+                tokens_per_minute=tpm, examples=examples)
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > SHORTEN:
+        return f"{value[:SHORTEN]}... ({len(value):,} characters)"
+    if isinstance(value, list):
+        return [_shorten(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    return value
+
+
+def describe(plan: Plan, job: Job) -> str:
+    usd = "unknown (no price for this model)" if plan.cost_usd is None else (
+        f"${plan.cost_usd:,.4f} at most (Batch API: ${plan.batch_cost_usd or 0:,.4f})")
+    lines = [f"{job.file}: {plan.rows:,} rows -> {plan.requests:,} distinct requests "
+             f"({plan.invalid_rows:,} invalid rows, {plan.answered:,} already answered in the store)",
+             f"to send: {plan.requests - plan.answered:,} requests, about {plan.prompt_tokens:,} prompt "
+             f"tokens + at most {plan.completion_tokens:,} completion tokens ({job.task.model})",
+             f"cost: {usd}",
+             f"time: about {_minutes(plan.minutes)} at {plan.requests_per_minute:,.0f} requests/min and "
+             f"{plan.tokens_per_minute:,.0f} tokens/min (completion tokens counted at their budget)",
+             "", f"first {len(plan.examples)} request bodies:"]
+    lines += [json.dumps(e, ensure_ascii=False, indent=2) for e in plan.examples]
+    return "\n".join(lines)
+
+
+def _minutes(m: float) -> str:
+    return f"{m * 60:.0f} s" if m < 1 else f"{m:.1f} min" if m < 120 else f"{m / 60:.1f} h"

@@ -1,0 +1,43 @@
+"""`python -m batch status`: where a job stands, from its input and its store. Sends nothing."""
+
+from __future__ import annotations
+
+import json
+
+from .config import Job
+from .preflight import check_job
+from .prompts import Renderer, RowFailure
+from .records import Request
+from .store import Store
+
+
+def status(job: Job) -> dict[str, object]:
+    """Where a job stands, from its input and its store; sends nothing and takes no lock."""
+    source = check_job(job)
+    renderer = Renderer(job.task, key=job.input.key)
+    counts = {"rows": 0, "answered": 0, "failed_permanent": 0, "failed_retryable": 0, "pending": 0,
+              "invalid_rows": 0}
+    if not job.state.path.exists():
+        counts.update(rows=source.num_rows, pending=source.num_rows)
+        return {**counts, "state": str(job.state.path), "state_bytes": 0, "last_run": None}
+    store = Store(job.state.path, readonly=True)
+    try:
+        for row0, batch in source.numbered(None):
+            rendered = renderer.render_batch(batch, row0)
+            answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
+            for r in rendered:
+                counts["rows"] += 1
+                found = answers.get(r.fingerprint) if isinstance(r, Request) else None
+                if isinstance(r, RowFailure):
+                    counts["invalid_rows"] += 1
+                elif found is None:
+                    counts["pending"] += 1
+                elif found[0].ok:
+                    counts["answered"] += 1
+                else:
+                    counts["failed_permanent" if found[0].permanent else "failed_retryable"] += 1
+        last = store.last_summary()
+        return {**counts, "state": str(job.state.path), "state_bytes": store.size_bytes(),
+                "last_run": json.loads(last) if last else None}
+    finally:
+        store.close()
