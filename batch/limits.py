@@ -69,6 +69,11 @@ class TokenBucket:
                     return
                 await asyncio.sleep((need - self.level) / self.rate)
 
+    def cap(self, available: float) -> None:
+        """Hold no more than `available` tokens (the server's count of what is left)."""
+        self._refill(asyncio.get_running_loop().time())
+        self.level = min(self.level, available)
+
     def give_back(self, amount: float) -> None:
         """Return tokens reserved but not used (negative: charge tokens used beyond the reservation)."""
         self._refill(asyncio.get_running_loop().time())
@@ -150,9 +155,13 @@ class Pacer:
             self._largest = max(self._largest, used)
 
     def observe(self, rate: RateInfo) -> None:
-        """Follow the per-minute token limit a response's headers report."""
+        """Follow what a response's headers report: the per-minute token limit, and how many tokens
+        of the minute are left — fewer than this run's bucket holds means someone else (another job
+        on the same organization) is spending the same budget, so this run slows down to match."""
         if rate.tokens_limit_minute:
             self._set_tpm(float(rate.tokens_limit_minute))
+        if rate.tokens_remaining_minute is not None:
+            self._tokens.cap(float(rate.tokens_remaining_minute))
 
     def learn_limit(self, kind: str | None, limit: float | None) -> None:
         """A 429 named the limit it hit ("rpm"/"tpm") and its value."""

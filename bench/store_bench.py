@@ -46,11 +46,11 @@ text-column = "summary"
 """
 
 
-def make_input(path: Path, rows: int) -> None:
+def make_input(path: Path, rows: int, row_group: int) -> None:
     ids = pa.array(range(rows), pa.int64())
     text = pa.array([f"Ticket {i}: the export to CSV fails with a timeout after {i % 97} minutes on "
                      f"the reporting page; customer #{i * 7919 % 100003} is blocked." for i in range(rows)])
-    pq.write_table(pa.table({"id": ids, "ticket": text}), path)
+    pq.write_table(pa.table({"id": ids, "ticket": text}), path, row_group_size=row_group)
 
 
 def fill_store(job_file: Path) -> float:
@@ -76,11 +76,13 @@ def fill_store(job_file: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--row-group", type=int, default=1 << 20,
+                    help="rows per Parquet row group of the input (pyarrow's default: 1Mi)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "job.toml").write_text(JOB)
-        make_input(d / "in.parquet", args.rows)
+        make_input(d / "in.parquet", args.rows, args.row_group)
         fill_s = fill_store(d / "job.toml")
         size = sum(p.stat().st_size for p in d.glob("out.parquet.state.sqlite*"))
         env = {**os.environ, "GROQ_API_KEY": "unused"}

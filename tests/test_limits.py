@@ -216,3 +216,20 @@ def test_an_unstated_request_limit_is_probed_upward_while_it_binds() -> None:
 def test_a_stated_request_limit_is_never_probed() -> None:
     times = run_virtual(admissions(Pacer(30, UNLIMITED_TPM), 1, until=60.0))
     assert len(times) <= 31
+
+
+def test_a_low_remaining_tokens_header_slows_the_run_down() -> None:
+    """Another job spending the organization's budget shows as few tokens left: wait for them."""
+    from batch.records import RateInfo
+
+    async def scenario(remaining: int | None) -> float:
+        pacer = Pacer(UNLIMITED_RPM, 6_000)  # 100 tokens/s
+        await pacer.acquire(1)
+        await asyncio.sleep(10)  # idle: the bucket fills to its 2 s burst (200 tokens)
+        pacer.observe(RateInfo(tokens_remaining_minute=remaining))
+        start = now()
+        await pacer.acquire(100)
+        return now() - start
+
+    assert run_virtual(scenario(None)) < 0.01  # the burst covers it at once
+    assert 0.99 <= run_virtual(scenario(0)) <= 1.01  # the server has none left: wait 1 s for 100 tokens
