@@ -107,6 +107,7 @@ class Summary:
     tokens_per_min: float
     latency_p50_s: float | None
     latency_p95_s: float | None
+    peak_rss_mb: float | None
     model: str
     output: str | None
     errors: dict[str, int]
@@ -130,6 +131,7 @@ class Summary:
             tokens_per_min=round(stats.per_minute(tokens), 1),
             latency_p50_s=_round(stats.latency.quantile(0.5), 3),
             latency_p95_s=_round(stats.latency.quantile(0.95), 3),
+            peak_rss_mb=peak_rss_mb(),
             model=model, output=str(output) if output else None,
             errors=dict(stats.errors), message=message)
 
@@ -167,6 +169,19 @@ class Summary:
         if self.message:
             lines.append(f"  {self.message}")
         return "\n".join(lines)
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory, in MB (Linux; None elsewhere). Read from VmHWM, which
+    starts afresh at exec — unlike ru_maxrss, which inherits the peak of the process that forked it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _round(v: float | None, digits: int) -> float | None:

@@ -97,7 +97,9 @@ text-column = "answer"
     if proc.returncode != 0:
         raise SystemExit(f"{sc.name}: exit {proc.returncode}\n{stderr[-2000:]}")
     report = json.loads((d / "out.parquet.report.json").read_text())
-    return report, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+    # Peak memory as the run itself measured it (VmHWM): the child's ru_maxrss would include this
+    # process's memory at the fork.
+    return report, wall, usage.ru_utime + usage.ru_stime, int(float(report["peak_rss_mb"]) * 1024)
 
 
 def steady(sim: Simulator) -> tuple[float, float, int, int]:

@@ -11,6 +11,7 @@ rewrites the output. Prints a table; record results in bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -103,7 +104,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         print(f"| {args.rows:,} | {size:,} | {size / args.rows:.0f} | {fill_s:.1f} | {resume_s:.1f} "
               f"| {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.1f} "
-              f"| {after.ru_maxrss / 1024:.0f} |")
+              f"| {json.loads((d / 'out.parquet.report.json').read_text())['peak_rss_mb']:.0f} |")
 
 
 if __name__ == "__main__":
