@@ -23,6 +23,7 @@ from .client import Client, check_base_url, is_loopback
 from .config import load_job, resolve_base_url
 from .errors import BatchError, FatalApiError, JobError, Stopped
 from .plan import describe, make_plan
+from .preflight import SIMULATED_KEY
 from .runner import Run, RunOptions, report_path
 from .status import status
 
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the models the key can use")
     models.add_argument("--base-url", help="OpenAI-style base URL")
+    models.add_argument("--simulate", action="store_true",
+                        help="ask the built-in Groq simulator (no key, no network)")
     _verbosity(models)
     return p
 
@@ -217,15 +220,27 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 async def _models(args: argparse.Namespace) -> int:
-
+    if args.simulate:
+        sim = simulator.Simulator()
+        url = await sim.start()
+        try:
+            return await _list_models(url, SIMULATED_KEY)
+        finally:
+            await sim.stop()
     env = dict(os.environ)
     url = check_base_url(resolve_base_url(args.base_url, None, env))
     key = env.get("GROQ_API_KEY")
     if not key and not is_loopback(urlsplit(url).hostname or ""):
         raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...)")
+    return await _list_models(url, key)
+
+
+async def _list_models(url: str, key: str | None) -> int:
     async with Client(url, key, timeout_s=30, connections=1) as client:
         models = await client.models()
     for m in sorted(models, key=lambda m: str(m.get("id"))):
-        ctx = m.get("context_window")
-        print(f"{m.get('id')}\t{'context ' + format(ctx, ',') if isinstance(ctx, int) else ''}")
+        ctx, most = m.get("context_window"), m.get("max_completion_tokens")
+        details = [f"context {ctx:,}" if isinstance(ctx, int) else "",
+                   f"max completion {most:,}" if isinstance(most, int) else ""]
+        print("\t".join([str(m.get("id")), *filter(None, details)]))
     return EXIT_OK

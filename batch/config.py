@@ -28,6 +28,7 @@ DEFAULT_BASE_URL = "https://api.groq.com/openai/v1"
 ANSWER_COLUMNS: tuple[str, ...] = (
     "input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens",
     "finish_reason", "error", "attempts", "latency_s", "request_id", "model", "queue_time", "total_time",
+    "reasoning",
 )
 INPUT_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
                     ".ndjson": "jsonl"}
@@ -56,6 +57,15 @@ class TaskSpec:
     user: str | None = None
     chat_history: str | None = None
     prompt_images: str | None = None
+    stop: str | tuple[str, ...] | None = None
+    reasoning_effort: str | None = None
+    reasoning_format: str | None = None
+    include_reasoning: bool | None = None
+    service_tier: str | None = None
+    # Already in Groq's shape: {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}},
+    # with a schema-file read and parsed at load time.
+    response_format: Mapping[str, Any] | None = None
+    image_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,8 @@ class Key:
     """One key of a job-file table: how it is validated, and how it is documented."""
 
     name: str
-    kind: Literal["string", "column", "template", "path", "url", "integer", "number"]
+    kind: Literal["string", "column", "template", "path", "url", "integer", "number", "boolean", "strings",
+                  "response-format"]
     doc: str
     default: object = None
     required: bool = False
@@ -109,8 +120,10 @@ class Key:
     above: bool = False  # `lo` is exclusive: a timeout must be > 0, while a temperature may be 0
     choices: tuple[str, ...] = ()
     example: str = ""  # shown when a required key is missing
+    max_items: int = 0  # "strings": the most items an array may hold
 
 
+REASONING_EFFORTS = ("low", "medium", "high", "none", "default")
 TABLES: dict[str, tuple[Key, ...]] = {
     "input": (
         Key("path", "path", "The input table, relative to the job file.", required=True,
@@ -136,6 +149,21 @@ TABLES: dict[str, tuple[Key, ...]] = {
             "A column of `[{role, content}]` (a Parquet list of structs, or JSON text)."),
         Key("prompt-images", "column",
             "A column of image URLs, data URLs or base64 images (one, or a list)."),
+        Key("image-dir", "path", "A folder, relative to the job file, that image file paths in "
+            "`prompt-images` are read from (and must stay inside).", example='image-dir = "images"'),
+        Key("stop", "strings", "Where the answer stops: a string, or an array of up to 4; sent as `stop`.",
+            max_items=4),
+        Key("reasoning-effort", "string", "Sent as `reasoning_effort`: gpt-oss takes low, medium, high; "
+            "qwen takes none, default.", choices=REASONING_EFFORTS),
+        Key("reasoning-format", "string", "Sent as `reasoning_format`; not with `include-reasoning`.",
+            choices=("hidden", "raw", "parsed")),
+        Key("include-reasoning", "boolean", "Sent as `include_reasoning`; not with `reasoning-format`."),
+        Key("service-tier", "string", "Sent as `service_tier` (a flex 498 is retried).",
+            choices=("on_demand", "flex", "auto", "performance")),
+        Key("response-format", "response-format",
+            '`{type = "json_object"}`, or `{type = "json_schema", name = "...", schema = {...}}` (or '
+            '`schema-file = "x.json"`, relative to the job file) with optional `strict`; sent as '
+            '`response_format`. An object schema\'s properties become typed output columns.'),
     ),
     "limits": (
         Key("requests-per-minute", "integer",
@@ -156,6 +184,8 @@ TABLES: dict[str, tuple[Key, ...]] = {
     "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`."),),
 }
 REQUIRED_TABLES = ("input", "task")
+# Which reasoning efforts a model family takes (GROQ_API.md); other families are not second-guessed.
+EFFORTS_BY_FAMILY = {"openai/gpt-oss": ("low", "medium", "high"), "qwen/": ("none", "default")}
 
 
 def _show(value: object) -> str:
@@ -175,10 +205,18 @@ def _bounds(key: Key) -> str:
     return f"greater than {key.lo}" if key.above else f"at least {key.lo}"
 
 
-def _check(key: Key, value: object) -> tuple[Any, str | None]:
-    """One present value, converted, or the problem with it (without the file/table/key prefix)."""
+def _check(key: Key, value: object, base: Path) -> tuple[Any, str | None]:
+    """One present value, converted, or the problem with it (without the file/table/key prefix).
+    `base` is the job file's directory, where a relative file named by the value is looked for."""
     if isinstance(value, str) and value.startswith("gsk_"):  # a pasted key: say so, never echo it
         return None, "looks like an API key; secrets never live in job files: set GROQ_API_KEY instead"
+    if key.kind == "boolean":
+        return (value, None) if isinstance(value, bool) else (None, f"must be true or false, got "
+                                                                    f"{_show(value)}")
+    if key.kind == "strings":
+        return _check_strings(key, value)
+    if key.kind == "response-format":
+        return _check_response_format(value, base)
     if key.kind in ("integer", "number"):
         # bool is an int to Python but not to TOML: `concurrency = true` is a mistake, not 1.
         if isinstance(value, bool) or not isinstance(value, int if key.kind == "integer" else int | float):
@@ -205,6 +243,63 @@ def _check(key: Key, value: object) -> tuple[Any, str | None]:
     return value.lower() if key.choices else value, None
 
 
+def _check_strings(key: Key, value: object) -> tuple[Any, str | None]:
+    """A string, or an array of at most `key.max_items` non-empty strings (kept as a tuple)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        return None, f"must be a string or an array of strings, got {_show(value)}"
+    if not items or not all(items):
+        return None, "must not be empty (nor hold an empty string); remove the key to send none"
+    if len(items) > key.max_items:
+        return None, f"takes at most {key.max_items} strings, got {len(items)}"
+    return (value if isinstance(value, str) else tuple(items)), None
+
+
+_FORMAT_KEYS = {"json_object": {"type"}, "json_schema": {"type", "name", "schema", "schema-file", "strict"}}
+
+
+def _check_response_format(value: object, base: Path) -> tuple[Any, str | None]:
+    """An inline table, as Groq's `response_format`; a schema-file is read and parsed now, so a bad one
+    stops the job before anything is sent."""
+    if not isinstance(value, dict):
+        return None, f'must be an inline table such as {{type = "json_object"}}, got {_show(value)}'
+    kind = value.get("type")
+    if kind not in _FORMAT_KEYS:
+        return None, f'type must be "json_object" or "json_schema", got {_show(kind)}'
+    extra = sorted(set(value) - _FORMAT_KEYS[kind])
+    if extra:
+        return None, f"unknown key(s) {', '.join(extra)} for type {json.dumps(kind)}; known: " + \
+            ", ".join(sorted(_FORMAT_KEYS[kind]))
+    if kind == "json_object":
+        return {"type": "json_object"}, None
+    name, strict = value.get("name"), value.get("strict")
+    if not isinstance(name, str) or not name.strip():
+        return None, 'json_schema needs a name = "..." (a non-empty string)'
+    if strict is not None and not isinstance(strict, bool):
+        return None, f"strict must be true or false, got {_show(strict)}"
+    if ("schema" in value) == ("schema-file" in value):
+        return None, "json_schema needs exactly one of schema = {...} or schema-file = \"path.json\""
+    schema = value.get("schema")
+    if "schema-file" in value:
+        if not isinstance(value["schema-file"], str) or not value["schema-file"].strip():
+            return None, f"schema-file must be a path, got {_show(value['schema-file'])}"
+        file = base / value["schema-file"]
+        try:
+            schema = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, f"schema-file {file} not found"
+        except (OSError, UnicodeDecodeError) as exc:
+            return None, f"cannot read schema-file {file}: {exc}"
+        except ValueError as exc:
+            return None, f"schema-file {file} is not valid JSON: {exc}"
+    if not isinstance(schema, dict):
+        return None, f"the schema must be a JSON object, got {_show(schema)}"
+    spec: dict[str, Any] = {"name": name, "schema": schema}
+    if strict is not None:
+        spec["strict"] = strict
+    return {"type": "json_schema", "json_schema": spec}, None
+
+
 def _unknown(label: str, table: str | None, name: str, value: object) -> str:
     """The problem with a name the contract does not know (table None: top level), with a likely fix."""
     norm = name.replace("_", "-").lower()  # snake_case and capitals are near-misses, not new keys
@@ -225,7 +320,8 @@ def _unknown(label: str, table: str | None, name: str, value: object) -> str:
     return f"{where}: unknown key; " + (f"known keys: {', '.join(names)}" if names else "keys go in a table")
 
 
-def _check_table(label: str, table: str, raw: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+def _check_table(label: str, table: str, raw: Mapping[str, Any], problems: list[str],
+                 base: Path) -> dict[str, Any]:
     """The table's values by field name, defaults filled in; a key with a problem is reported and left out."""
     known = {k.name for k in TABLES[table]}
     problems += [_unknown(label, table, n, v) for n, v in raw.items() if n not in known]
@@ -233,7 +329,7 @@ def _check_table(label: str, table: str, raw: Mapping[str, Any], problems: list[
     for key in TABLES[table]:
         where, field = f"{label}: [{table}] {key.name}", key.name.replace("-", "_")
         if key.name in raw:
-            value, problem = _check(key, raw[key.name])
+            value, problem = _check(key, raw[key.name], base)
             if problem:
                 problems.append(f"{where}: {problem}")
             else:
@@ -268,7 +364,7 @@ def parse_job(text: str, file: Path) -> Job:
             problems.append(f"{label}: [{table}]: must be a table ([{table}] on its own line, then its keys),"
                             f" got {_show(raw)}")
         else:
-            values[table] = _check_table(label, table, raw, problems)
+            values[table] = _check_table(label, table, raw, problems, file.resolve().parent)
 
     # Derived values: each is computed only from valid keys (a key with a problem is absent from
     # `values` and already reported), so one mistake yields one message, not a cascade.
@@ -293,6 +389,12 @@ def parse_job(text: str, file: Path) -> Job:
     if out.get("text_column") in ANSWER_COLUMNS:
         problems.append(f"{label}: [output] text-column: {json.dumps(out['text_column'])} is one of the "
                         f"answer columns the output appends ({', '.join(ANSWER_COLUMNS)}); choose another")
+    task = values.get("task", {})
+    if task.get("image_dir"):
+        task["image_dir"] = _beside(job_file, task["image_dir"])
+        if not task["image_dir"].is_dir():
+            problems.append(f"{label}: [task] image-dir: {task['image_dir']} is not a folder")
+    problems += _task_conflicts(label, task)
     if problems:
         raise ConfigError(problems)
     assert in_path and in_format and out_path and out_format  # no problems: every piece was derived
@@ -307,6 +409,20 @@ def parse_job(text: str, file: Path) -> Job:
         api=ApiSpec(**values["api"]),
         state=StateSpec(path=state_path),
     )
+
+
+def _task_conflicts(label: str, task: Mapping[str, Any]) -> list[str]:
+    """Problems between [task] keys that are each valid alone."""
+    problems = []
+    if task.get("reasoning_format") is not None and task.get("include_reasoning") is not None:
+        problems.append(f"{label}: [task] reasoning-format, include-reasoning: Groq takes one or the other, "
+                        "not both; remove one")
+    effort, model = task.get("reasoning_effort"), task.get("model") or ""
+    for family, efforts in EFFORTS_BY_FAMILY.items():
+        if effort is not None and model.startswith(family) and effort not in efforts:
+            problems.append(f"{label}: [task] reasoning-effort: {model} takes {', '.join(efforts)}, "
+                            f"got {json.dumps(effort)}")
+    return problems
 
 
 def load_job(path: Path) -> Job:
@@ -343,12 +459,15 @@ def resolve_base_url(cli: str | None, job: Job | None, env: Mapping[str, str]) -
     return DEFAULT_BASE_URL
 
 
+_KIND_DOC = {"strings": "string or array of strings", "response-format": "inline table"}
+
+
 def describe_keys() -> str:
     """Every job-file key as Markdown table rows (header included), rendered from TABLES for the README."""
     rows = ["| Table | Key | Type | Default | Description |", "|---|---|---|---|---|"]
     for table, keys in TABLES.items():
         for k in keys:
-            kind = f"one of {', '.join(k.choices)}" if k.choices else k.kind
+            kind = f"one of {', '.join(k.choices)}" if k.choices else _KIND_DOC.get(k.kind, k.kind)
             kind += f", {_bounds(k)}" if _bounds(k) else ""
             default = "required" if k.required else "" if k.default is None else f"`{json.dumps(k.default)}`"
             rows.append(f"| `[{table}]` | `{k.name}` | {kind} | {default} | {k.doc} |")

@@ -1,7 +1,9 @@
 """Before the first request: everything about a job that can make it fail, and where requests go.
 
 A job that cannot succeed (a decommissioned model, a missing column, an output that cannot be
-written, no key) fails here with exit 2, before anything is sent or paid for.
+written, no key) fails here with exit 2, before anything is sent or paid for. For a real run, the
+server's model list is asked once (`check_model`) before the first chat request: a model it does not
+serve is exit 2, a refused key exit 4, and a server without /models (404) is simply not asked.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import catalog
-from .client import check_base_url, is_loopback
+from . import catalog, structured
+from .client import Client, check_base_url, is_loopback
 from .config import Job, output_columns, resolve_base_url
-from .errors import InputError, JobError
+from .errors import ApiError, FatalApiError, InputError, JobError
 from .prompts import Renderer
 from .source import Source
 
@@ -47,12 +49,42 @@ def check_job(job: Job) -> Source:
         raise InputError(f"{job.input.path} already has column(s) {', '.join(map(repr, clash))}, which the "
                          "output would add; rename them in the input, or set [output] text-column "
                          "if the clash is the text column")
+    shape = structured.shape_of(job.task.response_format)
+    taken = {*columns, *output_columns(job)}
+    clash = [c for c in (shape.columns if shape else ()) if c in taken]
+    if clash:
+        raise InputError(f"{job.file}: [task] response-format: the schema's propert(ies) "
+                         f"{', '.join(map(repr, clash))} would become output columns, but the input or "
+                         "the answer columns already have that name; rename the property (or the input "
+                         "column, or [output] text-column)")
     if job.input.key is not None and job.input.key not in columns:
         raise InputError(f"{job.file}: [input] key: column {job.input.key!r} is not in {job.input.path}; "
                          f"its columns are: {', '.join(map(repr, columns))}")
     for what, path in (("[output] path", job.output.path), ("[state] path", job.state.path)):
         _check_writable(job, what, path)
     return source
+
+
+async def check_model(job: Job, base_url: str, key: str | None) -> None:
+    """Ask the server's model list once; refuse a model it does not serve before any chat request."""
+    model = job.task.model
+    try:
+        async with Client(base_url, key, timeout_s=30, connections=1) as client:
+            served = await client.models()
+    except FatalApiError as exc:
+        if exc.status != 404:
+            raise  # 401/403: the key is refused; every chat request would be too (exit 4)
+        log.info("models check skipped: %s has no /models endpoint (HTTP 404)", base_url)
+        return
+    except ApiError as exc:  # a flaky or odd models endpoint is no reason to stop a nightly run
+        log.warning("models check skipped: GET %s/models failed: %s", base_url, exc)
+        return
+    ids = sorted(str(m.get("id")) for m in served if m.get("active", True) is not False)
+    if model in ids:
+        return
+    gone = catalog.decommission_message(model)
+    raise JobError(f"{job.file}: [task] model: " + (gone or (
+        f"{model!r} is not served at {base_url}; available models: {', '.join(ids) or '(none)'}")))
 
 
 def _check_writable(job: Job, what: str, path: Path) -> None:

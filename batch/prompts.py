@@ -6,7 +6,9 @@ A null in a column the templates use fails that row (it is never sent as "None" 
 
 The body is serialised here, once, with a fixed key order; the fingerprint is the SHA-256 of exactly
 those bytes, so it changes when anything sent changes (model, messages, any parameter) and only then.
-`top_k` is never sent: Groq has no such parameter and rejects requests that carry it.
+`top_k` is never sent: Groq has no such parameter and rejects requests that carry it. Groq's extras
+(stop, reasoning, service tier, response format) follow the original parameters, so a job that sets
+none of them keeps the fingerprints it had before they existed.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Renderer:
         self.template_columns = list(dict.fromkeys(
             self.prompt.columns + (self.system.columns if self.system else [])))
         self.history_column, self.images_column = task.chat_history, task.prompt_images
+        self.image_dir = str(task.image_dir) if task.image_dir is not None else None
         optional = [c for c in (self.history_column, self.images_column) if c]
         self.columns = list(dict.fromkeys(self.template_columns + optional + ([key] if key else [])))
         # Parameters in a fixed order; None means "not set" and is not sent. 0 is a value.
@@ -78,6 +81,14 @@ class Renderer:
             "max_completion_tokens": task.max_new_tokens,
             "seed": task.seed,
             "user": task.user,
+            # Groq's extras, after the original component's parameters: a job that sets none of them
+            # sends (and fingerprints) exactly what it sent before they existed.
+            "stop": list(task.stop) if isinstance(task.stop, tuple) else task.stop,
+            "reasoning_effort": task.reasoning_effort,
+            "reasoning_format": task.reasoning_format,
+            "include_reasoning": task.include_reasoning,
+            "service_tier": task.service_tier,
+            "response_format": task.response_format,
         }
         self.params = {k: v for k, v in params.items() if v is not None}
         self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
@@ -104,7 +115,7 @@ class Renderer:
         values = {name: as_text(cells[name]) for name in self.template_columns}
         hist, imgs = self.history_column, self.images_column
         past = messages.history(cells[hist], hist) if hist else []
-        pictures = messages.images(cells[imgs], imgs) if imgs else []
+        pictures = messages.images(cells[imgs], imgs, self.image_dir) if imgs else []
         chat: list[dict[str, Any]] = []
         if self.system is not None and not past:  # the component's rule: a history replaces it
             chat.append({"role": "system", "content": self.system.render(values)})

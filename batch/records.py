@@ -74,6 +74,7 @@ class Answer:
     latency_s: float | None = None
     queue_time: float | None = None
     total_time: float | None = None
+    reasoning: str | None = None  # the model's reasoning, when the request asked for it
     attempts: int = 0
     error: str | None = None
     permanent: bool = False  # for errors: True when re-sending the same request cannot help
@@ -98,6 +99,7 @@ class Answer:
             latency_s=latency_s,
             queue_time=c.queue_time,
             total_time=c.total_time,
+            reasoning=c.reasoning,
             attempts=attempts,
         )
 

@@ -15,16 +15,17 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from . import structured
 from .client import Client
 from .config import Job
 from .errors import Stopped
 from .limits import Pacer
 from .pool import Pool
-from .preflight import check_job, endpoint
+from .preflight import check_job, check_model, endpoint
 from .progress import Progress
 from .prompts import Renderer, RowFailure
 from .records import Answer, Request
@@ -66,6 +67,8 @@ class Run:
         source = check_job(job)
         async with endpoint(job, simulate=self.opts.simulate, base_url=self.opts.base_url,
                             env=self.opts.env) as (base_url, key, rpm, tpm):
+            if not self.opts.simulate:  # the built-in simulator serves every model batch knows
+                await check_model(job, base_url, key)
             store = Store(job.state.path)
             try:
                 store.begin_run()
@@ -153,12 +156,16 @@ class Run:
     def _write(self, source: Source, renderer: Renderer, store: Store) -> Summary:
         job = self.job
         ok = failed = from_store = 0
-        with OutputWriter(job.output.path, job.output.format, source.schema, job.output.text_column) as out:
+        shape = structured.shape_of(job.task.response_format)
+        with OutputWriter(job.output.path, job.output.format, source.schema, job.output.text_column,
+                          shape) as out:
             for row0, batch in source.numbered(self.opts.limit):
                 rendered = renderer.render_batch(batch, row0)
                 answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
                 outcomes: list[Outcome] = []
+                cells: list[dict[str, object]] = []
                 for r in rendered:
+                    cells.append({})
                     if isinstance(r, RowFailure):
                         outcomes.append(r.error)
                         failed += 1
@@ -169,11 +176,17 @@ class Run:
                         failed += 1
                         continue
                     answer, earlier = found
+                    if shape is not None and answer.ok:
+                        # Checked here, not when it arrives: the store keeps what Groq answered, and
+                        # the row fails (with its raw text) only in the output.
+                        cells[-1], problem = structured.check(shape, answer.text)
+                        if problem:
+                            answer = replace(answer, error=problem)
                     outcomes.append(answer)
                     ok += answer.ok
                     failed += not answer.ok
                     from_store += earlier
-                out.write(batch, outcomes)
+                out.write(batch, outcomes, cells)
             rows = out.rows
         status = "complete" if failed == 0 else "failed-rows"
         message = None if failed == 0 else (f"{failed} rows failed; see the error column. Rows that failed "

@@ -5,8 +5,9 @@ This module owns everything about imitating Groq and nothing else: the ``/openai
 bodies and codes, its per-model rate limits (RPM/TPM token buckets, RPD/TPD daily counters) with
 the ``x-ratelimit-*`` headers and ``retry-after``, the 200 body with usage and timings, and
 injectable faults (500/502/503/498, dropped connections, malformed JSON, hangs). Every answer is a
-pure function of its request (:func:`sim_answer` echoes the last user message), so a test can
-prove that each answer landed on its own row. ``Simulator.log`` records every chat request.
+pure function of its request (:func:`sim_answer` echoes the last user message; a request with a JSON
+``response_format`` gets :func:`sim_json_answer`, an object that fits the schema's top level), so a
+test can prove that each answer landed on its own row. ``Simulator.log`` records every chat request.
 
 It imports nothing from ``batch``: the simulator must stay an independent witness of the client.
 The facts it imitates are in GROQ_API.md; where Groq is uncertain the stricter reading is taken
@@ -140,6 +141,45 @@ def sim_answer(body: dict[str, Any]) -> str:
     return f"[{body.get('model')}] " + (_message_text(users[-1], markers=True) if users else "")
 
 
+def _prompt_text(body: dict[str, Any]) -> str:
+    return sim_answer(body).split("] ", 1)[1]
+
+
+def _sample(json_type: str, prompt: str) -> Any:
+    """A deterministic value of a JSON type, computed from the prompt."""
+    values: dict[str, Any] = {"string": prompt, "integer": len(prompt), "number": len(prompt) / 4,
+                              "boolean": len(prompt) % 2 == 0, "object": {}, "array": [], "null": None}
+    return values.get(json_type, prompt)
+
+
+def sim_json_answer(body: dict[str, Any]) -> str:
+    """The answer when the request asks for JSON: an object that satisfies the schema's top level.
+
+    For json_schema, every top-level property gets a value of its (first) type: strings are the last
+    user message's text, integers its length, numbers a quarter of it, booleans whether it is even.
+    For json_object (no schema), the object holds the model and the prompt.
+    """
+    prompt = _prompt_text(body)
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict):
+        return json.dumps({"model": body.get("model"), "prompt": prompt}, ensure_ascii=False)
+    out: dict[str, Any] = {}
+    for name, sub in props.items():
+        declared = sub.get("type") if isinstance(sub, dict) else None
+        first = declared[0] if isinstance(declared, list) and declared else declared
+        out[name] = _sample(first if isinstance(first, str) else "string", prompt)
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _valid_response_format(v: Any) -> bool:
+    if not isinstance(v, dict) or v.get("type") not in ("text", "json_object", "json_schema"):
+        return False
+    spec = v.get("json_schema")
+    return v["type"] != "json_schema" or (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+                                          and isinstance(spec.get("schema", {}), dict))
+
+
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Prompt tokens: text tokens + 4 per message + 85 per image part."""
     return sum(count_tokens(_message_text(m, markers=False)) + 4
@@ -215,6 +255,8 @@ _PARAM_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
                                               and all(isinstance(s, str) for s in v)),
      "value must be a string or an array of at most 4 strings"),
     ("n", lambda v: v == 1, "only n = 1 is supported"),
+    ("response_format", _valid_response_format,
+     "value must be {type: text | json_object} or {type: json_schema, json_schema: {name, schema, strict}}"),
     ("service_tier", *_one_of("auto", "on_demand", "flex", "performance")),
     ("reasoning_effort", *_one_of("none", "default", "low", "medium", "high")),
     ("reasoning_format", *_one_of("hidden", "raw", "parsed")),
@@ -400,7 +442,8 @@ def _size_up(body: dict[str, Any]) -> tuple[str, int | None, int, int]:
 
 def _answer(body: dict[str, Any], cap: int | None) -> tuple[str, int, str]:
     """The answer's text, completion tokens and finish reason, cut short at the cap as Groq does."""
-    text = sim_answer(body)
+    kind = (body.get("response_format") or {}).get("type")
+    text = sim_json_answer(body) if kind in ("json_object", "json_schema") else sim_answer(body)
     completion = count_tokens(text)
     if cap is None or completion <= cap:
         return text, completion, "stop"

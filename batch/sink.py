@@ -1,5 +1,8 @@
 """The output table: every input row once, in input order, with the answer columns appended.
 
+With a json_schema response format, the schema's top-level properties follow the answer columns, one
+typed column each (`structured` says which; nested values are JSON text).
+
 Written to a temporary file beside the target and renamed into place only when complete, so a
 failure at any point leaves the previous output untouched. Parquet by default; CSV when the output
 path ends in .csv.
@@ -8,15 +11,17 @@ path ends in .csv.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .records import Answer
+from .structured import Shape
 
 # (column, type, Answer attribute); the text column's name comes from the job.
 _ANSWER_FIELDS: list[tuple[str, pa.DataType]] = [
@@ -24,17 +29,23 @@ _ANSWER_FIELDS: list[tuple[str, pa.DataType]] = [
     ("reasoning_tokens", pa.int64()), ("cached_tokens", pa.int64()), ("finish_reason", pa.string()),
     ("error", pa.string()), ("attempts", pa.int64()), ("latency_s", pa.float64()),
     ("request_id", pa.string()), ("model", pa.string()), ("queue_time", pa.float64()),
-    ("total_time", pa.float64()),
+    ("total_time", pa.float64()), ("reasoning", pa.string()),
 ]
+
+_KIND_TYPES: dict[str, pa.DataType] = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(),
+                                       "boolean": pa.bool_(), "json": pa.string()}
 
 Outcome = Answer | str  # an answer, or the reason the row never became a request
 
 
 class OutputWriter:
-    def __init__(self, path: Path, fmt: str, input_schema: pa.Schema, text_column: str) -> None:
+    def __init__(self, path: Path, fmt: str, input_schema: pa.Schema, text_column: str,
+                 shape: Shape | None = None) -> None:
         self.path, self.format = path, fmt
+        self.properties = shape.properties if shape else ()
         self.schema = pa.schema([*input_schema.remove_metadata(), pa.field(text_column, pa.string()),
-                                 *(pa.field(n, t) for n, t in _ANSWER_FIELDS)])
+                                 *(pa.field(n, t) for n, t in _ANSWER_FIELDS),
+                                 *(pa.field(n, _KIND_TYPES[k]) for n, k in self.properties)])
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._writer: pq.ParquetWriter | pacsv.CSVWriter
@@ -44,10 +55,14 @@ class OutputWriter:
             self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
         self.rows = 0
 
-    def write(self, batch: pa.RecordBatch, outcomes: Sequence[Outcome]) -> None:
+    def write(self, batch: pa.RecordBatch, outcomes: Sequence[Outcome],
+              cells: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """One output batch; `cells` holds each row's structured property values ({} for none)."""
         assert len(outcomes) == batch.num_rows, "one outcome per input row"
         answers = [o if isinstance(o, Answer) else None for o in outcomes]
-        text = pa.array([a.text if a is not None and a.ok else None for a in answers], pa.string())
+        # A failed request has no text; an answer that failed the response format keeps its raw text,
+        # so the user can see what the model wrote.
+        text = pa.array([None if a is None else a.text for a in answers], pa.string())
         cols = [text]
         for name, typ in _ANSWER_FIELDS:
             values: list[object]
@@ -58,6 +73,8 @@ class OutputWriter:
             else:
                 values = [None if a is None else getattr(a, name) for a in answers]
             cols.append(pa.array(values, typ))
+        rows = cells or [{}] * batch.num_rows
+        cols += [pa.array([c.get(name) for c in rows], _KIND_TYPES[kind]) for name, kind in self.properties]
         out = pa.RecordBatch.from_arrays([*batch.columns, *cols], schema=self.schema)
         self._writer.write_batch(out)
         self.rows += batch.num_rows

@@ -8,6 +8,10 @@ a `kill -9` loses no answer that was received, only requests still on the wire. 
 reader (`status`) look while a run writes. An exclusive lock file keeps a second run of the same
 state away, instead of letting two runs pay for the same rows.
 
+Columns added after schema 1 (`reasoning`) are added to an older store when it is opened for a run
+(ALTER TABLE ... ADD COLUMN), and read as NULL from a read-only one, so a store keeps working across
+versions without a schema bump. Writes and reads name their columns, never rely on their order.
+
 A failed answer is kept with `permanent`: permanent failures (400, 413, bad input) are not re-sent by
 later runs; transient ones (retries exhausted) are, by the next run.
 """
@@ -27,13 +31,14 @@ from .records import Answer
 
 SCHEMA_VERSION = 1
 _COLUMNS = [f.name for f in fields(Answer)]
+_ADDED_COLUMNS = {"reasoning": "TEXT"}  # since schema 1: added in place when missing
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
     fingerprint TEXT PRIMARY KEY, text TEXT, input_tokens INTEGER, output_tokens INTEGER,
     total_tokens INTEGER, reasoning_tokens INTEGER, cached_tokens INTEGER, finish_reason TEXT,
     request_id TEXT, model TEXT, latency_s REAL, queue_time REAL, total_time REAL,
-    attempts INTEGER NOT NULL, error TEXT, permanent INTEGER NOT NULL, run INTEGER NOT NULL
+    attempts INTEGER NOT NULL, error TEXT, permanent INTEGER NOT NULL, run INTEGER NOT NULL, reasoning TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL,
                                  summary TEXT);
@@ -67,10 +72,18 @@ class Store:
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: kill -9 loses nothing committed
                 self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            present = {r[1] for r in self._db.execute("PRAGMA table_info(answers)")}
+            if not readonly:
+                for name, sql_type in _ADDED_COLUMNS.items():
+                    if name not in present:
+                        self._db.execute(f"ALTER TABLE answers ADD COLUMN {name} {sql_type}")
+                        present.add(name)
         except sqlite3.DatabaseError as exc:
             self._release()
             raise StoreError(f"state file {path} is unreadable ({exc}). Move it aside to start over "
                              "(its answers would then be requested again).") from exc
+        # A read-only look at an older store reads a column it lacks as NULL.
+        self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
         if row is None or row[0] != str(SCHEMA_VERSION):
             self.close()
             raise StoreError(f"state file {path} was written by another version of batch "
@@ -106,7 +119,8 @@ class Store:
         rows = [(*astuple(a), self.run_id) for a in self._buffer.values()]
         marks = ",".join("?" * (len(_COLUMNS) + 1))
         self._db.execute("BEGIN")
-        self._db.executemany(f"INSERT OR REPLACE INTO answers VALUES ({marks})", rows)
+        self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) VALUES ({marks})",
+                             rows)
         self._db.execute("COMMIT")
         self._buffer.clear()
 
@@ -131,7 +145,7 @@ class Store:
         out: dict[str, tuple[Answer, bool]] = {}
         for i in range(0, len(todo), _CHUNK):
             chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT {','.join(_COLUMNS)}, run FROM answers "
+            q = (f"SELECT {self._select}, run FROM answers "
                  f"WHERE fingerprint IN ({','.join('?' * len(chunk))})")
             for r in self._db.execute(q, chunk):
                 out[r[0]] = (_answer(r[:-1]), r[-1] != self.run_id)
@@ -163,7 +177,7 @@ class Store:
 
     def __iter__(self) -> Iterator[Answer]:  # for tools and tests: every stored answer
         self.flush()
-        for r in self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM answers"):
+        for r in self._db.execute(f"SELECT {self._select} FROM answers"):
             yield _answer(r)
 
 

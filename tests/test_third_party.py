@@ -291,7 +291,7 @@ def test_aimock_non_finite_retry_after_is_ignored(aimock: Server, user: str) -> 
 
 # -- a whole run ------------------------------------------------------------------------------------------
 
-def _run_job(tmp_path: Path, words: list[str], base_url: str, *, concurrency: int,
+def _run_job(tmp_path: Path, words: list[str], base_url: str, *, concurrency: int, model: str = MODEL,
              timeout: float = RUN_TIMEOUT_S) -> tuple[subprocess.CompletedProcess[str], list[dict[str, str]]]:
     """`python -m batch run` over a tiny CSV; returns the process and the output rows."""
     with (tmp_path / "in.csv").open("w", newline="") as f:
@@ -304,7 +304,7 @@ path = "in.csv"
 key = "id"
 
 [task]
-model = "{MODEL}"
+model = "{model}"
 prompt = "Answer for ${{word}}, please."
 max-new-tokens = 20
 
@@ -336,7 +336,9 @@ def test_aimock_full_run_retries_through_injected_faults(tmp_path: Path) -> None
     server = _aimock("aimock-run-fixtures.json", tmp_path / "server.log")
     try:
         words = ["row alpha", "row bravo", "row charlie", "row delta", "row echo"]
-        proc, rows = _run_job(tmp_path, words, server.base_url, concurrency=3)
+        # batch checks the job's model against GET /models before sending; aimock lists its own
+        # built-in models (and answers by fixture whatever the model), so ask for one it lists.
+        proc, rows = _run_job(tmp_path, words, server.base_url, concurrency=3, model="gpt-4o")
         assert proc.returncode == 0, proc.stderr
         got = {r["word"]: (r["answer"], int(r["attempts"]), int(r["input_tokens"]), r["error"])
                for r in rows}

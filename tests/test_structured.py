@@ -1,0 +1,189 @@
+"""json_schema response formats: typed output columns, checked answers, the simulator's JSON answers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
+from conftest import BackgroundLoop
+from nasty import write_csv
+
+from batch.simulator import Simulator, sim_answer, sim_json_answer
+from batch.structured import Shape, check, shape_of
+
+RunBatch = Callable[..., subprocess.CompletedProcess[str]]
+WriteJob = Callable[..., Path]
+StartSim = Callable[..., tuple[str, Simulator]]
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "words": {"type": "integer"}, "score": {"type": "number"},
+                   "short": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}},
+                   "meta": {"type": "object"}},
+    "required": ["title", "words"],
+    "additionalProperties": False,
+}
+FORMAT = {"type": "json_schema", "json_schema": {"name": "summary", "schema": SCHEMA}}
+# The same schema as a TOML inline table, for job files.
+FORMAT_TOML = ('{type = "json_schema", name = "summary", schema-file = "schema.json"}')
+
+
+def shape() -> Shape:
+    found = shape_of(FORMAT)
+    assert found is not None
+    return found
+
+
+def test_properties_become_typed_columns_in_schema_order() -> None:
+    assert shape().properties == (("title", "string"), ("words", "integer"), ("score", "number"),
+                                  ("short", "boolean"), ("tags", "json"), ("meta", "json"))
+    union = {"type": "json_schema", "json_schema": {"name": "u", "schema": {
+        "type": "object", "properties": {"x": {"type": ["string", "null"]}, "y": {}}}}}
+    got = shape_of(union)
+    assert got is not None and got.properties == (("x", "json"), ("y", "json"))
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+
+
+@pytest.mark.parametrize("fmt", [None, {"type": "json_object"}, schema_format({"type": "array"}),
+                                 schema_format({"type": "object"})])
+def test_no_columns_without_an_object_schema_with_properties(fmt: dict[str, Any] | None) -> None:
+    assert shape_of(fmt) is None
+
+
+def test_a_valid_answer_gives_cells() -> None:
+    cells, problem = check(shape(), json.dumps({"title": "t", "words": 3.0, "score": 2, "short": True,
+                                                "tags": ["a", "é"], "meta": {"k": 1}}, ensure_ascii=False))
+    assert problem is None
+    assert cells == {"title": "t", "words": 3, "score": 2.0, "short": True, "tags": '["a", "é"]',
+                     "meta": '{"k": 1}'}
+    cells, problem = check(shape(), '{"title": "t", "words": 1}')
+    assert problem is None and cells["score"] is None and cells["tags"] is None
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "not an object"),
+    ('{"title": "t"}', "'words'"),
+    ('{"title": "t", "words": "3"}', "'words' must be integer"),
+    ('{"title": "t", "words": true}', "'words' must be integer"),
+    ('{"title": "t", "words": 1, "short": 1}', "'short' must be boolean"),
+    ('{"title": "t", "words": 1, "extra": 1}', "'extra'"),
+    (None, "empty"),
+])
+def test_a_bad_answer_says_why(text: str | None, fragment: str) -> None:
+    cells, problem = check(shape(), text)
+    assert cells == {} and problem is not None and fragment in problem, problem
+
+
+def test_the_simulator_answers_json_that_fits_the_schema() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "response_format": FORMAT}
+    answer = json.loads(sim_json_answer(body))
+    assert answer == {"title": "hello", "words": 5, "score": 1.25, "short": False, "tags": [], "meta": {}}
+    assert check(shape(), sim_json_answer(body))[1] is None
+    plain = {"model": "m", "messages": [{"role": "user", "content": "hello"}],
+             "response_format": {"type": "json_object"}}
+    assert json.loads(sim_json_answer(plain)) == {"model": "m", "prompt": "hello"}
+    assert sim_answer(body) == "[m] hello"  # the plain echo is unchanged
+
+
+def write_schema_job(tmp_path: Path, write_job: WriteJob, **task: Any) -> Path:
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA), encoding="utf-8")
+    path = write_job("in.csv", task={"prompt": "${experience}", **task})
+    text = path.read_text(encoding="utf-8").replace("[task]\n", f"[task]\nresponse-format = {FORMAT_TOML}\n")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+ROWS = [{"id": str(i), "name": f"n{i}", "experience": "x" * (i + 1)} for i in range(4)]
+
+
+def test_a_json_schema_job_writes_typed_columns(tmp_path: Path, simulator: tuple[str, Simulator],
+                                                write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, _ = simulator
+    write_csv(ROWS, tmp_path / "in.csv")
+    proc = run_batch(write_schema_job(tmp_path, write_job), "--base-url", url)
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names[-7:] == ["reasoning", "title", "words", "score", "short", "tags", "meta"]
+    schema = table.schema
+    assert (schema.field("title").type, schema.field("words").type, schema.field("score").type,
+            schema.field("short").type, schema.field("tags").type, schema.field("meta").type) == (
+        pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.string(), pa.string())
+    assert table.column("words").to_pylist() == [1, 2, 3, 4]
+    assert table.column("title").to_pylist() == [r["experience"] for r in ROWS]
+    assert table.column("score").to_pylist() == [0.25, 0.5, 0.75, 1.0]
+    assert table.column("short").to_pylist() == [False, True, False, True]
+    assert table.column("tags").to_pylist() == ["[]"] * 4 and table.column("meta").to_pylist() == ["{}"] * 4
+    assert table.column("error").to_pylist() == [None] * 4
+
+
+class BadJson:
+    """A server at /v1 whose answer to a prompt starting with "bad" is not JSON."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.runner = web.AppRunner(self.app)
+
+    async def start(self) -> str:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+
+    async def chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        prompt = body["messages"][-1]["content"]
+        good = json.dumps({"title": prompt, "words": 2})
+        text = "Sure! {title: oops" if prompt.startswith("bad") else good
+        return web.json_response({
+            "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        })
+
+
+def test_an_invalid_answer_fails_its_row_and_keeps_the_raw_text(
+        tmp_path: Path, background_loop: BackgroundLoop, write_job: WriteJob, run_batch: RunBatch) -> None:
+    server = BadJson()
+    url = background_loop.run(server.start())
+    rows = [{"id": "1", "name": "a", "experience": "good one"},
+            {"id": "2", "name": "b", "experience": "bad one"}]
+    write_csv(rows, tmp_path / "in.csv")
+    try:
+        proc = run_batch(write_schema_job(tmp_path, write_job), "--base-url", url)
+    finally:
+        background_loop.run(server.runner.cleanup())
+    assert proc.returncode == 1, proc.stderr
+    table = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert table[0]["error"] is None and table[0]["title"] == "good one" and table[0]["words"] == 2
+    assert table[1]["text"] == "Sure! {title: oops"
+    assert "not valid JSON" in table[1]["error"]
+    assert table[1]["title"] is None and table[1]["words"] is None
+
+
+@pytest.mark.parametrize("clash", ["name", "total_tokens", "text"])
+def test_a_property_named_like_a_column_is_refused(tmp_path: Path, simulator: tuple[str, Simulator],
+                                                   write_job: WriteJob, run_batch: RunBatch,
+                                                   clash: str) -> None:
+    url, sim = simulator
+    write_csv(ROWS, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": "${experience}"})
+    props = f"{{{clash} = {{}}}}"
+    fmt = f'{{type = "json_schema", name = "s", schema = {{type = "object", properties = {props}}}}}'
+    job.write_text(job.read_text(encoding="utf-8").replace("[task]\n", f"[task]\nresponse-format = {fmt}\n"),
+                   encoding="utf-8")
+    proc = run_batch(job, "--base-url", url)
+    assert proc.returncode == 2, proc.stderr
+    assert repr(clash) in proc.stderr and "response-format" in proc.stderr
+    assert list(sim.log) == []
