@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 
 from batch.simulator import SimConfig, Simulator
 
@@ -176,3 +177,21 @@ def run_batch(tmp_path: Path, api_key: str) -> Iterator[Callable[..., subprocess
 
     yield run
     assert find_secret(tmp_path, api_key) == [], "the API key was written to a file"
+
+
+class LocalServer:
+    """An OpenAI-style server of a test's own at `/v1` on a loopback port (like llama.cpp: no /models).
+    Subclasses define `chat(request)`; `start()` returns the base URL."""
+
+    def __init__(self, *, client_max_size: int = 1024**2) -> None:
+        self.app = web.Application(client_max_size=client_max_size)
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.runner = web.AppRunner(self.app)
+
+    async def chat(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def start(self) -> str:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"

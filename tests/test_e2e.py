@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import MODEL, REPO, BackgroundLoop, cli_env
+from conftest import MODEL, REPO, BackgroundLoop, LocalServer, cli_env
 from nasty import COLUMNS, nasty_rows, write_csv, write_jsonl, write_parquet
 
 from batch.simulator import Simulator, count_prompt_tokens, count_tokens, sim_answer
@@ -763,19 +763,12 @@ def test_second_concurrent_run_is_refused(tmp_path: Path, start_sim: StartSim, w
 
 # -- 13: exactly what goes on the wire --------------------------------------------------------------------
 
-class Capture:
+class Capture(LocalServer):
     """A minimal OpenAI-style server at /v1 (like llama.cpp) that records what it is sent."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
-        self.app = web.Application()
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.runner = web.AppRunner(self.app)
-
-    async def start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+        super().__init__()
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop
+from conftest import BackgroundLoop, LocalServer
 from nasty import write_csv
 
 from batch.config import TaskSpec, parse_job
@@ -171,20 +171,13 @@ def test_an_old_store_gains_the_reasoning_column(tmp_path: Path) -> None:
     assert got["new"][0].reasoning == "because"
 
 
-class Capture:
+class Capture(LocalServer):
     """An OpenAI-style server at /v1 without /models (like llama.cpp): records bodies, answers with
     reasoning when asked for it."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
-        self.app = web.Application()
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.runner = web.AppRunner(self.app)
-
-    async def start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+        super().__init__()
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop
+from conftest import BackgroundLoop, LocalServer
 
 from batch import messages
 from batch.config import parse_job
@@ -106,19 +106,12 @@ def test_image_dir_is_relative_to_the_job_and_must_exist(tree: Path) -> None:
         parse_job(head + 'image-dir = "nowhere"\n', tree / "job.toml")
 
 
-class Capture:
+class Capture(LocalServer):
     """A chat server at /v1 that keeps every raw request body."""
 
     def __init__(self) -> None:
         self.raw: list[bytes] = []
-        self.app = web.Application(client_max_size=32 * 1024 * 1024)
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.runner = web.AppRunner(self.app)
-
-    async def start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+        super().__init__(client_max_size=32 * 1024 * 1024)
 
     async def chat(self, request: web.Request) -> web.Response:
         self.raw.append(await request.read())

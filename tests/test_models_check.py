@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import REPO, BackgroundLoop, cli_env
+from conftest import REPO, BackgroundLoop, LocalServer, cli_env
 from nasty import write_csv
 
 from batch.config import load_job
@@ -26,19 +26,12 @@ StartSim = Callable[..., tuple[str, Simulator]]
 ROWS = [{"id": str(i), "name": f"n{i}", "experience": f"e{i}"} for i in range(3)]
 
 
-class NoModels:
+class NoModels(LocalServer):
     """A chat-only server at /v1 (like some local servers): GET /models is a 404."""
 
     def __init__(self) -> None:
         self.chats = 0
-        self.app = web.Application()
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.runner = web.AppRunner(self.app)
-
-    async def start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+        super().__init__()
 
     async def chat(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = await request.json()

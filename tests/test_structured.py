@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop
+from conftest import BackgroundLoop, LocalServer
 from nasty import write_csv
 
 from batch.simulator import Simulator, sim_answer, sim_json_answer
@@ -127,18 +127,11 @@ def test_a_json_schema_job_writes_typed_columns(tmp_path: Path, simulator: tuple
     assert table.column("error").to_pylist() == [None] * 4
 
 
-class BadJson:
+class BadJson(LocalServer):
     """A server at /v1 whose answer to a prompt starting with "bad" is not JSON."""
 
     def __init__(self) -> None:
-        self.app = web.Application()
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.runner = web.AppRunner(self.app)
-
-    async def start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+        super().__init__()
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
