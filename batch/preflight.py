@@ -112,7 +112,7 @@ async def endpoint(job: Job, *, simulate: bool, base_url: str | None, env: Mappi
         # latency, and a few faults so retries show.
         sim = Simulator(SimConfig(rpm=SIMULATED_RPM, tpm=SIMULATED_TPM, rpd=1_000_000, tpd=10**9,
                                   latency_ms=40, jitter_ms=40, fault_rate=0.03,
-                                  faults=("500", "502", "503", "drop", "malformed"), seed=7))
+                                  faults=("500", "502", "503", "drop", "malformed"), seed=2))
         url = await sim.start()
         log.info("simulate: using the built-in Groq simulator at %s (no key, no network)", url)
         try:
