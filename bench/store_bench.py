@@ -98,7 +98,8 @@ def main() -> None:
             sys.exit(f"resume failed ({proc.returncode}):\n{proc.stderr}")
         out_rows = pq.ParquetFile(d / "out.parquet").metadata.num_rows
         assert out_rows == args.rows, out_rows
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+              f"input row groups of {args.row_group:,} rows")
         print("| rows | store bytes | bytes/row | fill store s | resume s (0 requests) | resume CPU s "
               "| resume peak RSS MB |")
         print("|---|---|---|---|---|---|---|")
