@@ -34,6 +34,7 @@ log = logging.getLogger("batch.limits")
 
 PROBE_S = 5.0  # seconds between two upward steps of an unstated requests-per-minute limit
 PROBE_STEP = 1.5
+RPM_MARGIN = 0.97  # pace at this share of a requests-per-minute limit learned from a 429
 
 
 class TokenBucket:
@@ -172,9 +173,12 @@ class Pacer:
                 return
             self._set_tpm(limit)
         elif kind == "rpm":
+            # Found by overshooting it: the server's bucket is empty now, and pacing at exactly its
+            # refill rate would collect a 429 at every jitter. Stay a little below.
             self._probing = False
+            limit *= RPM_MARGIN
             self._set_rpm(limit if self._learn_requests else min(limit, self._ceiling_rpm),
-                          why="the server's limit")
+                          why="just below the server's limit")
 
     def _set_rpm(self, rpm: float, *, why: str) -> None:
         if rpm != self.requests_per_minute:

@@ -129,7 +129,7 @@ SCENARIOS = {
     "learned-rpm": Scenario("learned-rpm", "120 req/min, limits not in the job",
                             SimConfig(rpm=120, tpm=BIG, burst_s=60, latency_ms=80, jitter_ms=40, rpd=BIG,
                                       tpd=BIG),
-                            "concurrency = 16", rows=360),
+                            "concurrency = 16", rows=720),
     "latency": Scenario("latency", "1 s latency, concurrency 64",
                         SimConfig(rpm=BIG, tpm=BIG, latency_ms=1000, rpd=BIG, tpd=BIG),
                         "requests-per-minute = 1000000\ntokens-per-minute = 1000000000\nconcurrency = 64",
