@@ -94,7 +94,7 @@ def _shorten(value: Any) -> Any:
 
 def describe(plan: Plan, job: Job) -> str:
     usd = "unknown (no price for this model)" if plan.cost_usd is None else (
-        f"${plan.cost_usd:,.4f} at most (Batch API: ${plan.batch_cost_usd or 0:,.4f})")
+        f"{_usd(plan.cost_usd)} at most (Batch API: {_usd(plan.batch_cost_usd or 0)})")
     lines = [f"{job.file}: {plan.rows:,} rows -> {plan.requests:,} distinct requests "
              f"({plan.invalid_rows:,} invalid rows, {plan.answered:,} already answered in the store)",
              f"to send: {plan.requests - plan.answered:,} requests, about {plan.prompt_tokens:,} prompt "
@@ -105,6 +105,10 @@ def describe(plan: Plan, job: Job) -> str:
              "", f"first {len(plan.examples)} request bodies:"]
     lines += [json.dumps(e, ensure_ascii=False, indent=2) for e in plan.examples]
     return "\n".join(lines)
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 1 else f"${x:.6f}".rstrip("0").rstrip(".") if x else "$0"
 
 
 def _minutes(m: float) -> str:
