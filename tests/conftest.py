@@ -195,3 +195,13 @@ class LocalServer:
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
         return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+
+
+def completion(content: str | dict[str, Any], *, model: str = "m") -> web.Response:
+    """A minimal chat completion (usage 7 in, 3 out) answering `content`: text, or a whole message."""
+    message = content if isinstance(content, dict) else {"role": "assistant", "content": content}
+    return web.json_response({
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    })

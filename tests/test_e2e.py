@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import MODEL, REPO, BackgroundLoop, LocalServer, cli_env
+from conftest import MODEL, REPO, BackgroundLoop, LocalServer, cli_env, completion
 from nasty import COLUMNS, nasty_rows, write_csv, write_jsonl, write_parquet
 
 from batch.simulator import Simulator, count_prompt_tokens, count_tokens, sim_answer
@@ -774,12 +774,7 @@ class Capture(LocalServer):
         body = await request.json()
         self.requests.append((request.path, dict(request.headers), body))
         text = "echo: " + body["messages"][-1]["content"]
-        return web.json_response({
-            "id": "chatcmpl-capture", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-        })
+        return completion(text, model=body["model"])
 
 
 def test_request_body_sends_zeros_and_never_top_k(tmp_path: Path, background_loop: BackgroundLoop,

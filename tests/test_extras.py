@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop, LocalServer
+from conftest import BackgroundLoop, LocalServer, completion
 from nasty import write_csv
 
 from batch.config import TaskSpec, parse_job
@@ -185,11 +185,7 @@ class Capture(LocalServer):
         message: dict[str, Any] = {"role": "assistant", "content": "answer"}
         if body.get("reasoning_format") == "parsed":
             message["reasoning"] = "thought about " + str(body["messages"][-1]["content"])
-        return web.json_response({
-            "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-        })
+        return completion(message, model=body["model"])
 
 
 def test_extras_reach_the_wire_and_reasoning_the_output(tmp_path: Path, background_loop: BackgroundLoop,

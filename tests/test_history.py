@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop, LocalServer
+from conftest import BackgroundLoop, LocalServer, completion
 
 from batch import catalog
 from batch.config import parse_job
@@ -37,12 +37,7 @@ class Capture(LocalServer):
 
     async def chat(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.json())
-        return web.json_response({
-            "id": "chatcmpl-h", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-        })
+        return completion("ok")
 
 
 def expected(row: int) -> list[dict[str, Any]]:

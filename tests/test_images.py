@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop, LocalServer
+from conftest import BackgroundLoop, LocalServer, completion
 
 from batch import messages
 from batch.config import parse_job
@@ -115,12 +115,7 @@ class Capture(LocalServer):
 
     async def chat(self, request: web.Request) -> web.Response:
         self.raw.append(await request.read())
-        return web.json_response({
-            "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "seen"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-        })
+        return completion("seen")
 
 
 def test_a_run_reads_inside_files_and_refuses_the_rest_per_row(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import REPO, BackgroundLoop, LocalServer, cli_env
+from conftest import REPO, BackgroundLoop, LocalServer, cli_env, completion
 from nasty import write_csv
 
 from batch.config import load_job
@@ -36,12 +36,7 @@ class NoModels(LocalServer):
     async def chat(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = await request.json()
         self.chats += 1
-        return web.json_response({
-            "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-        })
+        return completion("ok", model=body["model"])
 
 
 def test_a_server_without_models_is_not_checked(tmp_path: Path, background_loop: BackgroundLoop,

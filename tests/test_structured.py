@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop, LocalServer
+from conftest import BackgroundLoop, LocalServer, completion
 from nasty import write_csv
 
 from batch.simulator import Simulator, sim_answer, sim_json_answer
@@ -138,12 +138,7 @@ class BadJson(LocalServer):
         prompt = body["messages"][-1]["content"]
         good = json.dumps({"title": prompt, "words": 2})
         text = "Sure! {title: oops" if prompt.startswith("bad") else good
-        return web.json_response({
-            "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-        })
+        return completion(text, model=body["model"])
 
 
 def test_an_invalid_answer_fails_its_row_and_keeps_the_raw_text(
