@@ -124,11 +124,13 @@ class Renderer:
         # Images go before the prompt text in the final user message.
         content = [*pictures, {"type": "text", "text": text}] if pictures else text
         chat.append({"role": "user", "content": content})
-        count = messages.count_images(chat)
-        if count > messages.MAX_IMAGES:
-            raise RowProblem(f"{count} images in one request (history and images together); Groq takes "
-                             f"at most {messages.MAX_IMAGES}")
-        inline = messages.base64_bytes(chat)
+        count = inline = 0
+        if pictures or past:  # only then can the request hold images: skip the scan on plain rows
+            count = messages.count_images(chat)
+            if count > messages.MAX_IMAGES:
+                raise RowProblem(f"{count} images in one request (history and images together); Groq takes "
+                                 f"at most {messages.MAX_IMAGES}")
+            inline = messages.base64_bytes(chat)
         if inline > messages.MAX_BASE64_BYTES:
             raise RowProblem(f"{inline / 1e6:.1f} MB of inline images; Groq refuses more than 4 MB of base64 "
                              "per request (use https image URLs, or smaller images)")

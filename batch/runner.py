@@ -194,13 +194,9 @@ class Run:
         summary = Summary.build(self.stats, status=status, model=job.task.model, rows=rows, rows_ok=ok,
                                 rows_failed=failed, rows_from_store=from_store, output=job.output.path,
                                 message=message)
-        self.record(summary, store)
+        summary.write_json(report_path(job))
+        store.finish_run(summary.to_json())
         return summary
-
-    def record(self, summary: Summary, store: Store | None = None) -> None:
-        summary.write_json(report_path(self.job))
-        if store is not None:
-            store.finish_run(summary.to_json())
 
 
 def report_path(job: Job) -> Path:

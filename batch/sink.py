@@ -20,17 +20,19 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .config import ANSWER_COLUMNS
 from .records import Answer
 from .structured import Shape
 
-# (column, type, Answer attribute); the text column's name comes from the job.
-_ANSWER_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("total_tokens", pa.int64()),
-    ("reasoning_tokens", pa.int64()), ("cached_tokens", pa.int64()), ("finish_reason", pa.string()),
-    ("error", pa.string()), ("attempts", pa.int64()), ("latency_s", pa.float64()),
-    ("request_id", pa.string()), ("model", pa.string()), ("queue_time", pa.float64()),
-    ("total_time", pa.float64()), ("reasoning", pa.string()),
-]
+# The type of each answer column; their names and order are the job contract's (config.ANSWER_COLUMNS),
+# each the Answer attribute of that name. The text column's name comes from the job.
+_ANSWER_TYPES: dict[str, pa.DataType] = {
+    "input_tokens": pa.int64(), "output_tokens": pa.int64(), "total_tokens": pa.int64(),
+    "reasoning_tokens": pa.int64(), "cached_tokens": pa.int64(), "finish_reason": pa.string(),
+    "error": pa.string(), "attempts": pa.int64(), "latency_s": pa.float64(), "request_id": pa.string(),
+    "model": pa.string(), "queue_time": pa.float64(), "total_time": pa.float64(), "reasoning": pa.string(),
+}
+_ANSWER_FIELDS = [(name, _ANSWER_TYPES[name]) for name in ANSWER_COLUMNS]
 
 _KIND_TYPES: dict[str, pa.DataType] = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(),
                                        "boolean": pa.bool_(), "json": pa.string()}
@@ -104,6 +106,3 @@ class OutputWriter:
             self.commit()
         else:
             self.abort()
-
-
-ANSWER_COLUMN_NAMES = tuple(n for n, _ in _ANSWER_FIELDS)
