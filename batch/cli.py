@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import simulator
+from .batchmode import cancel
 from .client import Client, check_base_url, is_loopback
-from .config import load_job, resolve_base_url
+from .config import Job, load_job, resolve_base_url
 from .errors import BatchError, FatalApiError, JobError, Stopped
 from .plan import describe, make_plan
 from .preflight import SIMULATED_KEY
@@ -45,13 +46,23 @@ def _parser() -> argparse.ArgumentParser:
                      help="run against the built-in Groq simulator (no key, no network)")
     run.add_argument("--retry-failed", action="store_true",
                      help="also re-send rows whose earlier failure was permanent")
+    run.add_argument("--mode", choices=("online", "batch"),
+                     help="overrides [run] mode: online requests, or Groq's Batch API (half price)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="batch mode: submit (or collect what is done), then exit 3 instead of waiting")
     _verbosity(run)
+
+    cancel = sub.add_parser("cancel", help="cancel the job's Batch API batches that are still running")
+    cancel.add_argument("job", type=Path, help="the job file (TOML)")
+    cancel.add_argument("--base-url", help="OpenAI-style base URL")
+    _verbosity(cancel)
 
     pl = sub.add_parser("plan", help="validate, preview requests, estimate tokens, cost and time "
                                      "(sends nothing)")
     pl.add_argument("job", type=Path, help="the job file (TOML)")
     pl.add_argument("--limit", type=_positive, metavar="N", help="only the first N input rows")
     pl.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pl.add_argument("--mode", choices=("online", "batch"), help="overrides [run] mode")
     _verbosity(pl)
 
     st = sub.add_parser("status", help="how far a job is: answered, failed, pending (sends nothing)")
@@ -116,6 +127,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _status(args)
         if args.command == "plan":
             return _plan(args)
+        if args.command == "cancel":
+            return asyncio.run(_cancel(args))
         return asyncio.run(_models(args))
     except BatchError as exc:
         return _fail(exc)
@@ -137,7 +150,8 @@ def _fail(exc: BatchError) -> int:
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     opts = RunOptions(limit=args.limit, base_url=args.base_url, simulate=args.simulate,
-                      retry_failed=args.retry_failed, progress=not args.quiet, tty=sys.stderr.isatty())
+                      retry_failed=args.retry_failed, mode=args.mode, wait=not args.no_wait,
+                      progress=not args.quiet, tty=sys.stderr.isatty())
     run = Run(job, opts)
 
     async def main_task() -> int:
@@ -192,7 +206,7 @@ def _report_stop(run: Run, exc: BatchError) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    plan = make_plan(job, args.limit)
+    plan = make_plan(job, args.limit, args.mode)
     print(json.dumps(dataclasses.asdict(plan), indent=2, ensure_ascii=False) if args.json
           else describe(job=job, plan=plan))
     return EXIT_OK
@@ -212,6 +226,14 @@ def _status(args: argparse.Namespace) -> int:
         print(f"last run: {last.get('status')}, {last.get('rows_ok')} ok / {last.get('rows_failed')} failed, "
               f"{last.get('requests_sent')} requests, {last.get('elapsed_s')} s, "
               f"estimated cost ${last.get('estimated_cost_usd')}")
+    batches = info["batches"]
+    if isinstance(batches, list) and batches:
+        print(f"Batch API batches ({len(batches)}):")
+        for b in batches:
+            counts = b.get("counts") or {}
+            print(f"  {b.get('batch_id') or '(not submitted)'}\t{b.get('status')}\t"
+                  f"{counts.get('completed', 0)}/{b.get('lines')} answered, {counts.get('failed', 0)} failed"
+                  f"\t{'merged' if b.get('merged') else 'open'}\t{b.get('file')}")
     return EXIT_OK
 
 
@@ -235,12 +257,31 @@ async def _models(args: argparse.Namespace) -> int:
             return await _list_models(url, SIMULATED_KEY)
         finally:
             await sim.stop()
+    url, key = _endpoint(args.base_url, None)
+    return await _list_models(url, key)
+
+
+def _endpoint(cli_url: str | None, job: Job | None) -> tuple[str, str | None]:
     env = dict(os.environ)
-    url = check_base_url(resolve_base_url(args.base_url, None, env))
+    url = check_base_url(resolve_base_url(cli_url, job, env))
     key = env.get("GROQ_API_KEY")
     if not key and not is_loopback(urlsplit(url).hostname or ""):
         raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...)")
-    return await _list_models(url, key)
+    return url, key
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    url, key = _endpoint(args.base_url, job)
+    async with Client(url, key, timeout_s=60, connections=2) as client:
+        done = await cancel(client, job.state.path)
+    if not done:
+        print(f"{args.job}: no batch of this job is running at the Batch API; nothing to cancel")
+    for batch_id, outcome in done:
+        print(f"{batch_id}\t{outcome}")
+    if done:
+        print("run the job again to collect what the cancelled batches answered", file=sys.stderr)
+    return EXIT_ROWS_FAILED if any(o.startswith("not cancelled") for _, o in done) else EXIT_OK
 
 
 async def _list_models(url: str, key: str | None) -> int:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -195,7 +196,7 @@ class Client:
 
     def __init__(self, base_url: str, api_key: str | None, *, timeout_s: float, connections: int) -> None:
         self.base_url = check_base_url(base_url)
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        self._headers = {"Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._secret = api_key.encode() if api_key else b""
@@ -214,29 +215,41 @@ class Client:
         if self._session is not None:
             await self._session.close()
 
-    async def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[Any, Mapping[str, str]]:
+    async def _call(self, method: str, path: str, body: Any = None, *, json_body: bool = True,
+                    timeout: aiohttp.ClientTimeout | None = None, into: Path | None = None,
+                    ) -> tuple[Any, Mapping[str, str]]:
+        """One request; the JSON answer (or, with `into`, the body streamed to that file) and the
+        headers. Every failure leaves here as one ApiError."""
         assert self._session is not None, "use Client as an async context manager"
         url = f"{self.base_url}{path}"
+        headers = {"Content-Type": "application/json"} if json_body and body is not None else None
         try:
-            async with self._session.request(method, url, data=body) as resp:
+            async with self._session.request(method, url, data=body, headers=headers,
+                                             timeout=timeout or self._timeout) as resp:
+                headers_in = {k.lower(): v for k, v in resp.headers.items()}
+                if resp.status == 200 and into is not None:
+                    with into.open("wb") as f:
+                        async for chunk in resp.content.iter_chunked(1 << 20):
+                            f.write(chunk)
+                    return None, headers_in
                 raw = await resp.read()
-                headers = {k.lower(): v for k, v in resp.headers.items()}
                 if resp.status != 200:
                     if self._secret:  # a server or proxy that echoes the request must not leak the key
                         raw = raw.replace(self._secret, b"***")
-                    raise error_from_response(resp.status, raw, headers)
+                    raise error_from_response(resp.status, raw, headers_in)
         except ApiError:
             raise
         except TimeoutError as exc:
-            raise TransportError(f"no answer within {self._timeout.total:g}s (timed out)") from exc
+            limit = (timeout or self._timeout).total
+            raise TransportError(f"no answer within {limit:g}s (timed out)") from exc
         except aiohttp.ClientError as exc:
             # str(exc) of aiohttp's errors names the URL and the OS error, never request headers.
             raise TransportError(f"connection failed: {type(exc).__name__}: {exc}") from exc
         try:
-            return json.loads(raw), headers
+            return json.loads(raw), headers_in
         except ValueError as exc:
             raise TransportError("200 response body is not valid JSON", status=200,
-                                 request_id=headers.get("x-request-id")) from exc
+                                 request_id=headers_in.get("x-request-id")) from exc
 
     async def chat(self, body: bytes) -> Completion:
         data, headers = await self._call("POST", "/chat/completions", body)
@@ -244,7 +257,67 @@ class Client:
 
     async def models(self) -> list[dict[str, Any]]:
         data, _ = await self._call("GET", "/models")
-        try:
-            return [m for m in data["data"] if isinstance(m, dict)]
-        except (KeyError, TypeError) as exc:
-            raise TransportError("the models list is not in the OpenAI shape") from exc
+        return _listed(data, "models")
+
+    # -- Batch API: files and batches ------------------------------------------------------------
+    async def upload_file(self, name: str, path: Path) -> dict[str, Any]:
+        """Upload a JSONL file of batch requests (purpose "batch"); Groq's file object."""
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        with path.open("rb") as f:
+            form.add_field("file", f, filename=name, content_type="application/jsonl")
+            data, _ = await self._call("POST", "/files", form, json_body=False, timeout=_LONG)
+        return _object(data, "file")
+
+    async def list_files(self) -> list[dict[str, Any]]:
+        data, _ = await self._call("GET", "/files")
+        return _listed(data, "files")
+
+    async def delete_file(self, file_id: str) -> None:
+        await self._call("DELETE", f"/files/{_id(file_id)}")
+
+    async def download_file(self, file_id: str, into: Path) -> None:
+        """A file's content, streamed to `into` (a batch's output can be large)."""
+        await self._call("GET", f"/files/{_id(file_id)}/content", into=into, timeout=_LONG)
+
+    async def create_batch(self, file_id: str, window: str, metadata: Mapping[str, str]) -> dict[str, Any]:
+        body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": window,
+                "metadata": dict(metadata)}
+        data, _ = await self._call("POST", "/batches", json.dumps(body).encode())
+        return _object(data, "batch")
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        data, _ = await self._call("GET", f"/batches/{_id(batch_id)}")
+        return _object(data, "batch")
+
+    async def list_batches(self) -> list[dict[str, Any]]:
+        data, _ = await self._call("GET", "/batches")
+        return _listed(data, "batches")
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        data, _ = await self._call("POST", f"/batches/{_id(batch_id)}/cancel")
+        return _object(data, "batch")
+
+
+# Uploads and downloads of batch files may be 100 MB: bound the wait for each read, not the whole.
+_LONG = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=300)
+
+
+def _id(value: str) -> str:
+    """An id from the server, checked before it goes into a URL path."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", value):
+        raise TransportError(f"the server returned an id that is not a plain id: {value[:60]!r}")
+    return value
+
+
+def _object(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        raise TransportError(f"the {what} answer is not an object with an id")
+    return data
+
+
+def _listed(data: Any, what: str) -> list[dict[str, Any]]:
+    try:
+        return [m for m in data["data"] if isinstance(m, dict)]
+    except (KeyError, TypeError) as exc:
+        raise TransportError(f"the {what} list is not in the OpenAI shape") from exc

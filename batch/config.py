@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class RunSpec:
+    mode: str = "online"  # "online" | "batch" (Groq's Batch API)
+    completion_window: str = "24h"
+    on_expired: str = "next-run"  # "next-run" | "online"
+    poll_interval: float = 60.0  # the longest wait between two looks at a batch
+
+
+@dataclass(frozen=True)
 class Job:
     file: Path
     input: InputSpec
@@ -103,6 +112,7 @@ class Job:
     output: OutputSpec
     api: ApiSpec
     state: StateSpec
+    run: RunSpec = RunSpec()
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,18 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("path", "path", "Output file (.parquet .pq .csv); default: beside the input, "
             "`<input stem>.enriched.parquet`."),
         Key("text-column", "column", "The column that receives the answer text.", default="text"),
+    ),
+    "run": (
+        Key("mode", "string", "`online` sends each request as it goes; `batch` submits them to Groq's Batch "
+            "API (half price, answers within the completion window).", default="online",
+            choices=("online", "batch")),
+        Key("completion-window", "string", "Batch mode: how long Groq may take, `24h` to `7d`.",
+            default="24h"),
+        Key("on-expired", "string", "Batch mode: requests a batch did not answer in its window are left "
+            "for the `next-run` (a new batch), or sent `online` at once.", default="next-run",
+            choices=("next-run", "online")),
+        Key("poll-interval", "number", "Batch mode: the longest wait, in seconds, between two looks at a "
+            "batch (they start at 1 s and back off).", default=60.0, lo=0, above=True),
     ),
     "api": (Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),),
     "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`."),),
@@ -395,6 +417,10 @@ def parse_job(text: str, file: Path) -> Job:
         if not task["image_dir"].is_dir():
             problems.append(f"{label}: [task] image-dir: {task['image_dir']} is not a folder")
     problems += _task_conflicts(label, task)
+    window = values.get("run", {}).get("completion_window")
+    if window is not None and window_hours(window) is None:
+        problems.append(f"{label}: [run] completion-window: must be a duration from 24h to 7d such as "
+                        f"\"24h\", \"48h\" or \"7d\", got {json.dumps(window)}")
     if problems:
         raise ConfigError(problems)
     assert in_path and in_format and out_path and out_format  # no problems: every piece was derived
@@ -408,7 +434,15 @@ def parse_job(text: str, file: Path) -> Job:
         output=OutputSpec(path=out_path, format=out_format, text_column=out["text_column"]),
         api=ApiSpec(**values["api"]),
         state=StateSpec(path=state_path),
+        run=RunSpec(**values["run"]),
     )
+
+
+def window_hours(text: str) -> float | None:
+    """Hours in a completion window such as "24h" or "7d", if Groq takes it (24h to 7d), else None."""
+    m = re.fullmatch(r"(\d+)([hd])", text.strip())
+    hours = None if m is None else int(m.group(1)) * (24 if m.group(2) == "d" else 1)
+    return hours if hours is not None and 24 <= hours <= 168 else None
 
 
 def _task_conflicts(label: str, task: Mapping[str, Any]) -> list[str]:

@@ -4,7 +4,8 @@ Tokens are estimated the way the pacer reserves them: prompt tokens as the reque
 / 4 (counting the JSON around the text, so it errs high), and output tokens as the completion budget
 (`max-new-tokens`, or 1,024 when unset) — an upper bound, since most answers stop earlier. The cost
 uses the model's list price (and the Batch API's half price for comparison); the duration is the
-larger of requests / requests-per-minute and tokens / tokens-per-minute, at the job's limits.
+larger of requests / requests-per-minute and tokens / tokens-per-minute, at the job's limits. In batch
+mode the headline cost is the Batch API's half price, and the time is the completion window.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import catalog
+from .batchfiles import MAX_BYTES, MAX_LINES, request_line
 from .config import Job
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
@@ -38,13 +40,16 @@ class Plan:
     requests_per_minute: float
     tokens_per_minute: float
     examples: list[dict[str, Any]]
+    mode: str = "online"
+    batch_files: int = 0  # batch mode: JSONL files the requests to send make (50,000 lines / 100 MB each)
 
 
-def make_plan(job: Job, limit: int | None = None) -> Plan:
+def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Plan:
     source = check_job(job)
     renderer = Renderer(job.task, key=job.input.key)
     store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
     rows = invalid = answered = prompt = completion = 0
+    files = ChunkCounter()
     seen: set[str] = set()  # distinct fingerprints; the plan is a one-off, so this may grow
     examples: list[dict[str, Any]] = []
     try:
@@ -67,6 +72,7 @@ def make_plan(job: Job, limit: int | None = None) -> Plan:
                     continue
                 prompt += r.est_tokens - renderer.completion_budget
                 completion += renderer.completion_budget
+                files.add(len(request_line(r)))
     finally:
         if store:
             store.close()
@@ -79,7 +85,20 @@ def make_plan(job: Job, limit: int | None = None) -> Plan:
                 prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
                 batch_cost_usd=None if cost is None else cost / 2,
                 minutes=max(to_send / rpm, (prompt + completion) / tpm), requests_per_minute=rpm,
-                tokens_per_minute=tpm, examples=examples)
+                tokens_per_minute=tpm, examples=examples, mode=mode or job.run.mode, batch_files=files.files)
+
+
+class ChunkCounter:
+    """How many Batch API files lines of these sizes fill, cut as `batchfiles.ChunkWriter` cuts them."""
+
+    def __init__(self) -> None:
+        self.files = self._lines = self._bytes = 0
+
+    def add(self, size: int) -> None:
+        if not self.files or self._lines >= MAX_LINES or self._bytes + size > MAX_BYTES:
+            self.files, self._lines, self._bytes = self.files + 1, 0, 0
+        self._lines += 1
+        self._bytes += size
 
 
 def _shorten(value: Any) -> Any:
@@ -95,13 +114,20 @@ def _shorten(value: Any) -> Any:
 def describe(plan: Plan, job: Job) -> str:
     usd = "unknown (no price for this model)" if plan.cost_usd is None else (
         f"{_usd(plan.cost_usd)} at most (Batch API: {_usd(plan.batch_cost_usd or 0)})")
+    time = (f"about {_minutes(plan.minutes)} at {plan.requests_per_minute:,.0f} requests/min and "
+            f"{plan.tokens_per_minute:,.0f} tokens/min (completion tokens counted at their budget)")
+    if plan.mode == "batch":
+        usd = "unknown (no price for this model)" if plan.batch_cost_usd is None else (
+            f"{_usd(plan.batch_cost_usd)} at most, at the Batch API's half price (online: "
+            f"{_usd(plan.cost_usd or 0)})")
+        time = (f"within the completion window ({job.run.completion_window}), in {plan.batch_files} "
+                "Batch API file(s) of at most 50,000 requests and 100 MB")
     lines = [f"{job.file}: {plan.rows:,} rows -> {plan.requests:,} distinct requests "
              f"({plan.invalid_rows:,} invalid rows, {plan.answered:,} already answered in the store)",
              f"to send: {plan.requests - plan.answered:,} requests, about {plan.prompt_tokens:,} prompt "
              f"tokens + at most {plan.completion_tokens:,} completion tokens ({job.task.model})",
              f"cost: {usd}",
-             f"time: about {_minutes(plan.minutes)} at {plan.requests_per_minute:,.0f} requests/min and "
-             f"{plan.tokens_per_minute:,.0f} tokens/min (completion tokens counted at their budget)",
+             f"time: {time}",
              "", f"first {len(plan.examples)} request bodies:"]
     lines += [json.dumps(e, ensure_ascii=False, indent=2) for e in plan.examples]
     return "\n".join(lines)

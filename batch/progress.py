@@ -54,3 +54,40 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix_str(self._rates(), refresh=False)
             self._bar.close()
+
+
+class BatchProgress:
+    """Batch mode: a line when a batch's status changes, its counts at most every `interval_s`; on a
+    terminal, also a bar of requests finished (completed + failed) over every batch being watched."""
+
+    def __init__(self, *, tty: bool, enabled: bool = True, interval_s: float = 30.0) -> None:
+        self._enabled, self._tty, self._interval = enabled, tty, interval_s
+        self._seen: dict[str, tuple[str, float]] = {}  # batch -> (status, when its counts were logged)
+        self._done: dict[str, tuple[int, int]] = {}  # batch -> (finished, total)
+        self._bar: tqdm[Never] | None = None
+
+    def show(self, batch_id: str, status: str, completed: int, failed: int, total: int) -> None:
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        last_status, last_t = self._seen.get(batch_id, ("", 0.0))
+        if status != last_status or (not self._tty and now - last_t >= self._interval):
+            self._seen[batch_id] = (status, now)
+            message = f"batch {batch_id}: {status}, {completed:,}/{total:,} answered, {failed:,} failed"
+            if self._bar is not None:
+                self._bar.write(message)
+            else:
+                log.info("%s", message)
+        self._done[batch_id] = (completed + failed, total)
+        if self._tty:
+            finished, total_all = (sum(v) for v in zip(*self._done.values(), strict=True))
+            if self._bar is None:
+                self._bar = tqdm(total=total_all, unit="req", dynamic_ncols=True, desc="batches")
+            self._bar.total = total_all
+            self._bar.n = finished
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

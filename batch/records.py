@@ -84,7 +84,7 @@ class Answer:
         return self.error is None
 
     @classmethod
-    def from_completion(cls, fp: str, c: Completion, *, attempts: int, latency_s: float) -> Answer:
+    def from_completion(cls, fp: str, c: Completion, *, attempts: int, latency_s: float | None) -> Answer:
         return cls(
             fingerprint=fp,
             text=c.text,

@@ -60,6 +60,13 @@ class RunStats:
     reasoning_tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
+    # Batch API: requests submitted in batches this run, and the tokens of the answers they brought
+    # (billed at half price; their share of the totals above).
+    batch_requests: int = 0
+    batches: int = 0
+    batch_input_tokens: int = 0
+    batch_output_tokens: int = 0
+    batch_cached_tokens: int = 0
 
     def record_error(self, exc: ApiError) -> None:
         # HTTP errors by status; a transport failure (even a 200 with a broken body) by its class.
@@ -68,7 +75,11 @@ class RunStats:
         if isinstance(exc, RateLimited):
             self.rate_limited += 1
 
-    def record_answer(self, a: Answer) -> None:
+    def record_answer(self, a: Answer, *, batch: bool = False) -> None:
+        if batch:
+            self.batch_input_tokens += a.input_tokens or 0
+            self.batch_output_tokens += a.output_tokens or 0
+            self.batch_cached_tokens += a.cached_tokens or 0
         if a.ok:
             self.answered += 1
             if a.latency_s is not None:
@@ -112,20 +123,27 @@ class Summary:
     output: str | None
     errors: dict[str, int]
     message: str | None = None
+    mode: str = "online"
+    batch_requests: int = 0  # submitted to the Batch API this run (billed at half price)
+    batches: int = 0
 
     @classmethod
     def build(cls, stats: RunStats, *, status: str, model: str, rows: int, rows_ok: int,
               rows_failed: int, rows_from_store: int, output: Path | None,
-              message: str | None = None) -> Summary:
+              message: str | None = None, mode: str = "online") -> Summary:
         tokens = stats.input_tokens + stats.output_tokens
+        cost = cost_usd(model, stats.input_tokens, stats.output_tokens, stats.cached_tokens)
+        batch_cost = cost_usd(model, stats.batch_input_tokens, stats.batch_output_tokens,
+                              stats.batch_cached_tokens)
+        if cost is not None and batch_cost is not None:
+            cost -= batch_cost / 2  # the Batch API bills half the list price
         return cls(
             status=status, rows=rows, rows_ok=rows_ok, rows_failed=rows_failed,
             rows_from_store=rows_from_store, requests_sent=stats.requests, retries=stats.retries,
             rate_limited_429=stats.rate_limited, input_tokens=stats.input_tokens,
             output_tokens=stats.output_tokens, cached_tokens=stats.cached_tokens,
             reasoning_tokens=stats.reasoning_tokens,
-            estimated_cost_usd=_round(cost_usd(model, stats.input_tokens, stats.output_tokens,
-                                               stats.cached_tokens), 6),
+            estimated_cost_usd=_round(cost, 6),
             elapsed_s=round(stats.elapsed(), 3),
             requests_per_min=round(stats.per_minute(stats.requests), 1),
             tokens_per_min=round(stats.per_minute(tokens), 1),
@@ -133,7 +151,8 @@ class Summary:
             latency_p95_s=_round(stats.latency.quantile(0.95), 3),
             peak_rss_mb=peak_rss_mb(),
             model=model, output=str(output) if output else None,
-            errors=dict(stats.errors), message=message)
+            errors=dict(stats.errors), message=message, mode=mode, batch_requests=stats.batch_requests,
+            batches=stats.batches)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -161,6 +180,9 @@ class Summary:
             f"  tokens this run: {self.input_tokens:,} in, {self.output_tokens:,} out "
             f"({self.cached_tokens:,} cached); estimated cost {cost} ({self.model})",
         ]
+        if self.mode == "batch":
+            lines.insert(1, f"  Batch API: {self.batch_requests:,} requests submitted in {self.batches} "
+                            "batches this run (half price); online requests below")
         if self.errors:
             kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
             lines.append(f"  errors by kind: {kinds}")

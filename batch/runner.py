@@ -20,13 +20,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import structured
+from .batchmode import BatchMode, remove_folder_if_empty, upload_folder
 from .client import Client
 from .config import Job
-from .errors import Stopped
+from .errors import FatalApiError, JobError, Stopped
 from .limits import Pacer
 from .pool import Pool
 from .preflight import check_job, check_model, endpoint
-from .progress import Progress
+from .progress import BatchProgress, Progress
 from .prompts import Renderer, RowFailure
 from .records import Answer, Request
 from .report import RunStats, Summary
@@ -43,6 +44,8 @@ class RunOptions:
     base_url: str | None = None  # --base-url
     simulate: bool = False
     retry_failed: bool = False
+    mode: str | None = None  # --mode: overrides [run] mode
+    wait: bool = True  # --no-wait: submit (or check) batches, then stop instead of waiting
     progress: bool = True
     tty: bool = False
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -55,12 +58,17 @@ class Run:
         self.job, self.opts = job, opts
         self.stats = RunStats()
         self.pool: Pool | None = None
+        self.batch_mode: BatchMode | None = None
         self.interrupted = False
+        self.expired_online = False
+        self.mode = opts.mode or job.run.mode
 
     def interrupt(self) -> None:
         self.interrupted = True
         if self.pool is not None:
             self.pool.stop("interrupted")
+        if self.batch_mode is not None:
+            self.batch_mode.stop()
 
     async def execute(self) -> Summary:
         job = self.job
@@ -75,14 +83,75 @@ class Run:
                 if job.task.top_k is not None:
                     log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
                                 "parameter and rejects requests that carry it", job.task.top_k)
-                log.info("run: %d rows from %s -> %s; model %s at %s; %.0f req/min, %.0f tokens/min, "
-                         "concurrency %d", source.num_rows, job.input.path, job.output.path, job.task.model,
-                         base_url, rpm, tpm, job.limits.concurrency)
+                if self.mode == "batch":
+                    log.info("run: %d rows from %s -> %s; model %s at %s; Batch API, completion window %s",
+                             source.num_rows, job.input.path, job.output.path, job.task.model, base_url,
+                             job.run.completion_window)
+                else:
+                    _refuse_open_batches(job, store)
+                    log.info("run: %d rows from %s -> %s; model %s at %s; %.0f req/min, %.0f tokens/min, "
+                             "concurrency %d", source.num_rows, job.input.path, job.output.path,
+                             job.task.model, base_url, rpm, tpm, job.limits.concurrency)
                 renderer = Renderer(job.task, key=job.input.key)
-                await self._send_missing(source, renderer, store, base_url, key, rpm, tpm)
+                if self.mode == "batch":
+                    expired = await self._batch(source, renderer, store, base_url, key)
+                    if expired:
+                        log.info("batch: sending the %d requests the Batch API did not answer in time "
+                                 "online ([run] on-expired = \"online\")", expired)
+                if self.mode == "online" or self.expired_online:
+                    await self._send_missing(source, renderer, store, base_url, key, rpm, tpm)
                 return self._finish(source, renderer, store)
             finally:
                 store.close()
+
+    async def _batch(self, source: Source, renderer: Renderer, store: Store, base_url: str,
+                     key: str | None) -> int:
+        """Batch mode up to merged results; the number of expired requests to send online, if any."""
+        job = self.job
+        progress = BatchProgress(tty=self.opts.tty, enabled=self.opts.progress)
+        folder = upload_folder(job.state.path)
+
+        def batches() -> Iterator[list[Request]]:
+            for row0, batch in source.numbered(self.opts.limit):
+                yield [r for r in renderer.render_batch(batch, row0) if isinstance(r, Request)]
+
+        async with Client(base_url, key, timeout_s=job.limits.request_timeout, connections=4) as client:
+            mode = BatchMode(client, store, self.stats, progress, folder=folder,
+                             window=job.run.completion_window, poll_max_s=job.run.poll_interval,
+                             wait=self.opts.wait, job_name=str(job.file))
+            self.batch_mode = mode
+            if self.interrupted:
+                mode.stop()
+            try:
+                outcome = await mode.run(batches)
+            finally:
+                progress.close()
+                store.flush()
+                remove_folder_if_empty(folder)
+        if outcome.refused:
+            raise FatalApiError("Groq refused batch(es) as a whole: " + "; ".join(outcome.refused) +
+                                ". Nothing in them was answered; fix the cause and run again")
+        if outcome.waiting:
+            ids = ", ".join(u.batch_id or u.name for u in outcome.waiting[:5])
+            more = f" and {len(outcome.waiting) - 5} more" if len(outcome.waiting) > 5 else ""
+            why = "interrupted" if self.interrupted else "--no-wait"
+            raise Stopped(f"{why}: {len(outcome.waiting)} batch(es) still running at Groq ({ids}{more}). "
+                          "Run the same command again to collect them: it attaches to these batches and "
+                          "submits nothing twice (python -m batch cancel JOB.toml cancels them).")
+        if self.interrupted:
+            raise Stopped("interrupted before every request was submitted; run the same command again "
+                          "to continue (batches already submitted are attached to, not sent again).")
+        if outcome.unanswered:
+            what = "expired" if outcome.expired else "were cancelled"
+            if outcome.expired and not outcome.cancelled and job.run.on_expired == "online":
+                self.expired_online = True
+                return outcome.unanswered
+            raise Stopped(f"{outcome.unanswered} requests {what} at the Batch API without an answer; the "
+                          "answers that came back are saved. Run the same command again to submit them in a "
+                          "new batch" + ("" if outcome.cancelled else
+                                         ', or set [run] on-expired = "online" to send them online at once')
+                          + ".")
+        return 0
 
     async def _send_missing(self, source: Source, renderer: Renderer, store: Store, base_url: str,
                             key: str | None, rpm: float, tpm: float) -> None:
@@ -193,10 +262,21 @@ class Run:
                                             "transiently are retried by the next run (--retry-failed: all).")
         summary = Summary.build(self.stats, status=status, model=job.task.model, rows=rows, rows_ok=ok,
                                 rows_failed=failed, rows_from_store=from_store, output=job.output.path,
-                                message=message)
+                                message=message, mode=self.mode)
         summary.write_json(report_path(job))
         store.finish_run(summary.to_json())
         return summary
+
+
+def _refuse_open_batches(job: Job, store: Store) -> None:
+    """An online run would pay again for requests that batches at Groq already hold."""
+    held = [u.batch_id or u.name for u in store.uploads(open_only=True)]
+    if held:
+        raise JobError(f"{job.file}: {len(held)} Batch API batch(es) of this job are not collected yet "
+                       f"({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); sending their requests "
+                       "online would pay for them twice. Collect them first: python -m batch run "
+                       f"{job.file.name} --mode batch (or cancel them: python -m batch cancel "
+                       f"{job.file.name})")
 
 
 def report_path(job: Job) -> Path:

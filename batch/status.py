@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from .config import Job
 from .preflight import check_job
@@ -19,7 +20,7 @@ def status(job: Job) -> dict[str, object]:
               "invalid_rows": 0}
     if not job.state.path.exists():
         counts.update(rows=source.num_rows, pending=source.num_rows)
-        return {**counts, "state": str(job.state.path), "state_bytes": 0, "last_run": None}
+        return {**counts, "state": str(job.state.path), "state_bytes": 0, "last_run": None, "batches": []}
     store = Store(job.state.path, readonly=True)
     try:
         for row0, batch in source.numbered(None):
@@ -38,6 +39,15 @@ def status(job: Job) -> dict[str, object]:
                     counts["failed_permanent" if found[0].permanent else "failed_retryable"] += 1
         last = store.last_summary()
         return {**counts, "state": str(job.state.path), "state_bytes": store.size_bytes(),
-                "last_run": json.loads(last) if last else None}
+                "last_run": json.loads(last) if last else None, "batches": _batches(store)}
     finally:
         store.close()
+
+
+def _batches(store: Store) -> list[dict[str, object]]:
+    """The job's Batch API submissions, oldest first: what Groq last said of each."""
+    return [{"batch_id": u.batch_id, "file_id": u.file_id, "file": u.name, "lines": u.lines,
+             "status": u.status, "counts": json.loads(u.counts) if u.counts else None,
+             "merged": u.done,
+             "prepared": datetime.fromtimestamp(u.created, UTC).isoformat(timespec="seconds")}
+            for u in store.uploads()]

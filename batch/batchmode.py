@@ -1,0 +1,381 @@
+"""Batch mode: a run's requests through Groq's Batch API (files and batches) instead of one by one.
+
+    pending requests ─► JSONL files (≤ 50,000 lines, ≤ 100 MB) ─► upload ─► batch ─► poll ─► merge ─► store
+
+Every step is written to the store the moment Groq confirms it (`store.Upload`), before the next step
+is tried, so a run that dies anywhere is continued by the same command and nothing is paid twice:
+
+    prepared  (local file, no file id)  -> find the file on Groq by its unique name: reuse it, else upload
+    uploaded  (file id, no batch id)    -> find a batch of that file on Groq: attach to it, else submit
+    submitted (batch id)                -> poll it until it ends, then merge its results
+
+A request held by a batch that is not merged yet is never sent again. Results merge into the store as
+answers; requests a batch left unanswered (expired, cancelled) stay pending, for the next run or the
+online fallback. A batch that fails validation fails the lines Groq names (permanent row errors), and
+the other lines are submitted again in a new batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import shutil
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .batchfiles import ChunkWriter, read_results
+from .client import Client
+from .errors import ApiError, FatalApiError, RateLimited, ServerError, TransportError
+from .progress import BatchProgress
+from .records import Answer, Request
+from .report import RunStats
+from .store import Store, Upload
+
+log = logging.getLogger("batch")
+T = TypeVar("T")
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+ATTEMPTS = 6  # tries of one Batch API call that fails transiently (5xx, dropped connection, 429)
+MAX_ROUNDS = 5  # submissions in one run: the first, and again after a validation failure rejected lines
+
+
+@dataclass
+class Outcome:
+    waiting: list[Upload] = field(default_factory=list)  # still running at Groq when the run ended
+    unanswered: int = 0  # requests an expired or cancelled batch did not answer
+    expired: bool = False
+    cancelled: bool = False
+    refused: list[str] = field(default_factory=list)  # batches Groq failed as a whole, with its reasons
+
+
+class BatchMode:
+    """One run's Batch API work; `stop()` (a signal) ends the waiting, never a step half-done."""
+
+    def __init__(self, client: Client, store: Store, stats: RunStats, progress: BatchProgress, *,
+                 folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str) -> None:
+        self._client, self._store, self._stats, self._progress = client, store, stats, progress
+        self._folder, self._window, self._poll_max, self._wait_for = folder, window, poll_max_s, wait
+        self._job_name = job_name
+        # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
+        self._prefix = "batch-" + store.meta("upload_prefix", f"{random.getrandbits(48):012x}")
+        self._left: set[str] = set()  # fingerprints a batch left unanswered this run: not re-submitted
+        self._stopped = False
+        self._wake = asyncio.Event()
+        self._rng = random.Random()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    async def run(self, batches: Callable[[], Iterator[list[Request]]]) -> Outcome:
+        """Recover what an earlier run left half-done, submit what is missing, wait, merge."""
+        outcome = Outcome()
+        await self._recover()
+        for _ in range(MAX_ROUNDS):
+            submitted = 0 if self._stopped else await self._submit(self._missing(batches()))
+            rejected = await self._watch(outcome)
+            if self._stopped or outcome.waiting or not rejected:
+                break
+            log.info("batch: submitting the requests Groq did not reject again%s",
+                     "" if submitted else " (none submitted this round)")
+        return outcome
+
+    # -- what to send -------------------------------------------------------------------------------
+    def _missing(self, batches: Iterator[list[Request]]) -> Iterator[Request]:
+        for requests in batches:
+            fps = {r.fingerprint for r in requests}
+            todo = self._store.missing(fps) - self._store.in_open_uploads(fps) - self._left
+            for r in requests:
+                if r.fingerprint in todo:
+                    todo.discard(r.fingerprint)  # identical rows share one request
+                    yield r
+
+    async def _submit(self, requests: Iterable[Request]) -> int:
+        writer = ChunkWriter(self._folder)
+        sent = 0
+        try:
+            for r in requests:
+                if self._stopped:
+                    break
+                if writer.holds(r.fingerprint):
+                    continue
+                full = writer.add(r)
+                if full is not None:
+                    sent += await self._send(full.path, full.sha256, full.fingerprints, full.size)
+            last = writer.finish()
+            if last is not None and not self._stopped:
+                sent += await self._send(last.path, last.sha256, last.fingerprints, last.size)
+        finally:
+            writer.discard()
+        return sent
+
+    async def _send(self, path: Path, sha256: str, fingerprints: list[str], size: int) -> int:
+        name = f"{self._prefix}-{sha256[:16]}.jsonl"
+        if self._stopped:
+            path.unlink(missing_ok=True)
+            return 0
+        path.replace(self._folder / name)
+        upload = self._store.add_upload(name, fingerprints, size)  # before a byte leaves
+        log.info("batch: uploading %s (%d requests, %.1f MB)", name, len(fingerprints), size / 1e6)
+        await self._advance(self._find(upload), look_first=False)
+        return len(fingerprints)
+
+    # -- recovery and the steps ---------------------------------------------------------------------
+    async def _recover(self) -> None:
+        for u in self._store.uploads(open_only=True):
+            if u.batch_id is None:
+                log.info("batch: continuing %s, left %s by an earlier run", u.name, u.status)
+                await self._advance(u, look_first=True)
+
+    async def _advance(self, u: Upload, *, look_first: bool) -> None:
+        """Take one upload as far as a submitted batch."""
+        if u.file_id is None:
+            file_id = await self._upload(u, look_first=look_first)
+            if file_id is None:
+                return
+            u = self._find(u.id)
+        if u.batch_id is None and u.file_id is not None:
+            await self._create(u, look_first=look_first)
+
+    async def _upload(self, u: Upload, *, look_first: bool) -> str | None:
+        path = self._folder / u.name
+        for attempt in range(1, ATTEMPTS + 1):
+            if look_first or attempt > 1:  # an earlier try may have reached Groq without our hearing
+                found = await self._file_named(u.name)
+                if found is not None:
+                    log.info("batch: %s is already on Groq as %s; using it", u.name, found)
+                    self._store.update_upload(u.id, file_id=found, status="uploaded")
+                    return found
+            if not path.exists():
+                self._give_up(u, f"its local file {path} is gone; its requests go into a new batch")
+                return None
+            try:
+                obj = await self._client.upload_file(u.name, path)
+            except ApiError as exc:
+                await self._transient(exc, attempt, f"uploading {u.name}")
+                continue
+            self._store.update_upload(u.id, file_id=obj["id"], status="uploaded")
+            return str(obj["id"])
+        return None  # unreachable: the last transient failure raises
+
+    async def _create(self, u: Upload, *, look_first: bool) -> None:
+        assert u.file_id is not None
+        for attempt in range(1, ATTEMPTS + 1):
+            if look_first or attempt > 1:
+                found = await self._batch_of(u.file_id)
+                if found is not None:
+                    log.info("batch: %s was already submitted as %s; attaching", u.name, found["id"])
+                    self._record(u, found)
+                    return
+            try:
+                obj = await self._client.create_batch(u.file_id, self._window,
+                                                      {"job": self._job_name[:500], "file": u.name})
+            except ApiError as exc:
+                await self._transient(exc, attempt, f"submitting {u.name}")
+                continue
+            self._record(u, obj)
+            self._stats.batches += 1
+            self._stats.batch_requests += u.lines
+            log.info("batch: submitted %s as %s (%d requests, window %s)", u.name, obj["id"], u.lines,
+                     self._window)
+            return
+
+    async def _file_named(self, name: str) -> str | None:
+        """Our file of that name on Groq (the oldest; later duplicates are deleted), if listing works."""
+        try:
+            files = await self._retrying(self._client.list_files, "listing files")
+        except FatalApiError as exc:
+            if exc.status == 404:
+                return None  # a server without a files list: upload again
+            raise
+        mine = sorted((f for f in files if f.get("filename") == name and f.get("purpose") == "batch"),
+                      key=lambda f: (f.get("created_at") or 0, str(f.get("id"))))
+        for extra in mine[1:]:
+            log.info("batch: deleting %s, a duplicate upload of %s", extra.get("id"), name)
+            try:
+                await self._client.delete_file(str(extra["id"]))
+            except ApiError as exc:
+                log.warning("batch: could not delete the duplicate file %s: %s", extra.get("id"), exc)
+        return str(mine[0]["id"]) if mine else None
+
+    async def _batch_of(self, file_id: str) -> dict[str, Any] | None:
+        try:
+            batches = await self._retrying(self._client.list_batches, "listing batches")
+        except FatalApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        mine = [b for b in batches if b.get("input_file_id") == file_id
+                and b.get("status") not in ("failed", "cancelled", "cancelling")]
+        return mine[0] if mine else None
+
+    def _record(self, u: Upload, obj: dict[str, Any]) -> None:
+        self._store.update_upload(u.id, batch_id=str(obj["id"]),
+                                  status=str(obj.get("status") or "validating"),
+                                  counts=json.dumps(obj.get("request_counts")))
+
+    # -- waiting and merging ------------------------------------------------------------------------
+    async def _watch(self, outcome: Outcome) -> bool:
+        """Poll every open batch until all are merged (or, without waiting, once); True when a batch
+        failed validation with line errors, so that the rest of its lines need a new batch."""
+        delay, rejected = 1.0, False
+        while True:
+            for u in self._store.uploads(open_only=True):
+                if u.batch_id is None:
+                    continue  # a step failed this run; the next run continues it
+                obj = await self._poll(u)
+                if obj is not None and obj.get("status") in TERMINAL:
+                    rejected |= await self._merge(self._find(u.id), obj, outcome)
+            still = [u for u in self._store.uploads(open_only=True) if u.batch_id is not None]
+            if not still or not self._wait_for or self._stopped:
+                outcome.waiting = still
+                return rejected
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # the wait ends early on stop()
+                await asyncio.wait_for(self._wake.wait(), delay)
+            delay = min(delay * 1.5, self._poll_max)
+
+    async def _poll(self, u: Upload) -> dict[str, Any] | None:
+        assert u.batch_id is not None
+        try:
+            obj = await self._client.get_batch(u.batch_id)
+        except FatalApiError as exc:
+            if exc.status != 404:
+                raise
+            self._give_up(u, f"Groq does not know batch {u.batch_id} (HTTP 404: another account or server?); "
+                             "its requests go into a new batch")
+            return None
+        except ApiError as exc:  # a flaky poll is not a reason to stop; the next one may pass
+            log.warning("batch: could not check %s: %s", u.batch_id, exc)
+            return None
+        counts = obj.get("request_counts") or {}
+        status = str(obj.get("status"))
+        self._store.update_upload(u.id, status=status, counts=json.dumps(counts))
+        self._progress.show(u.batch_id, status, int(counts.get("completed") or 0),
+                            int(counts.get("failed") or 0), int(counts.get("total") or u.lines))
+        return obj
+
+    async def _merge(self, u: Upload, obj: dict[str, Any], outcome: Outcome) -> bool:
+        """Bring a finished batch's results into the store; mark it merged. True if it was refused
+        line by line (its other lines need submitting again)."""
+        lines = self._store.upload_lines(u.id)
+        expected = set(lines.values())
+        answered: set[str] = set()
+        for key in ("output_file_id", "error_file_id"):
+            file_id = obj.get(key)
+            if not isinstance(file_id, str):
+                continue
+            local = self._folder / f"{u.name}.{key.split('_')[0]}"
+            await self._retrying(functools.partial(self._client.download_file, file_id, local),
+                                 f"downloading {file_id}")
+            results = read_results(local)
+            for a in results.answers:
+                if a.fingerprint in expected:
+                    self._store.put(a)
+                    self._stats.record_answer(a, batch=True)
+                    answered.add(a.fingerprint)
+            local.unlink(missing_ok=True)
+        status = str(obj.get("status"))
+        rejected = False
+        if status == "failed":
+            rejected = self._refused(u, obj, lines, answered, outcome)
+        left = expected - answered
+        if left and status != "failed":
+            self._left |= left
+            outcome.unanswered += len(left)
+            outcome.expired |= status == "expired"
+            outcome.cancelled |= status == "cancelled"
+            if status == "completed":
+                log.warning("batch: %s completed without a result for %d requests; they stay pending",
+                            u.batch_id, len(left))
+        self._store.flush()
+        self._store.update_upload(u.id, status=status, done=1)
+        (self._folder / u.name).unlink(missing_ok=True)
+        log.info("batch: %s %s: %d answers merged%s", u.batch_id, status, len(answered),
+                 f", {len(left)} requests unanswered" if left and status != "failed" else "")
+        return rejected
+
+    def _refused(self, u: Upload, obj: dict[str, Any], lines: dict[int, str], answered: set[str],
+                 outcome: Outcome) -> bool:
+        """A batch that failed validation: Groq's line errors become permanent row errors."""
+        errors = (obj.get("errors") or {}).get("data") or []
+        self._store.update_upload(u.id, detail=json.dumps(errors)[:20000])
+        blamed = 0
+        for e in errors:
+            line, message = e.get("line"), e.get("message") or e.get("code") or "rejected"
+            fp = lines.get(line) if isinstance(line, int) else None
+            log.error("batch: %s failed validation: line %s: %s", u.batch_id, line if fp else "-", message)
+            if fp is not None and fp not in answered:
+                self._store.put(Answer.failure(fp, f"the Batch API refused this request: {message}",
+                                               permanent=True, attempts=1))
+                answered.add(fp)
+                blamed += 1
+        if not blamed:
+            reasons = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "no reason given"
+            outcome.refused.append(f"{u.batch_id} ({u.name}): {reasons}")
+            return False
+        return True
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _find(self, upload: int) -> Upload:
+        return next(u for u in self._store.uploads() if u.id == upload)
+
+    def _give_up(self, u: Upload, why: str) -> None:
+        log.warning("batch: %s: %s", u.name, why)
+        self._store.update_upload(u.id, status="abandoned", detail=why, done=1)
+
+    async def _transient(self, exc: ApiError, attempt: int, what: str) -> None:
+        """Wait before the next try of a Batch API call, or raise if it cannot succeed."""
+        if not isinstance(exc, ServerError | TransportError | RateLimited) or attempt >= ATTEMPTS:
+            if isinstance(exc, FatalApiError):
+                raise exc
+            raise FatalApiError(f"{what}: {exc}", status=exc.status, code=exc.code) from exc
+        wait = min(exc.retry_after, 60.0) if isinstance(exc, RateLimited) and exc.retry_after else \
+            self._rng.uniform(0, min(30.0, 2.0 ** attempt))
+        log.warning("batch: %s failed (%s); trying again in %.1f s", what, exc, wait)
+        await asyncio.sleep(wait)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await call()
+            except ApiError as exc:
+                await self._transient(exc, attempt, what)
+        raise AssertionError("unreachable")
+
+
+def upload_folder(state: Path) -> Path:
+    """Where request files wait for upload, and results for merging: beside the state."""
+    return state.with_name(state.name + ".batches")
+
+
+def remove_folder_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def cancel(client: Client, state: Path) -> list[tuple[str, str]]:
+    """Ask Groq to cancel every batch of this store that is not merged yet: (batch id, what happened).
+    The store is only read: the next run sees the cancellation, and merges what was answered."""
+    if not state.exists():
+        return []
+    store = Store(state, readonly=True)
+    try:
+        held = [u for u in store.uploads(open_only=True) if u.batch_id is not None]
+    finally:
+        store.close()
+    done: list[tuple[str, str]] = []
+    for u in held:
+        assert u.batch_id is not None
+        try:
+            obj = await client.cancel_batch(u.batch_id)
+            done.append((u.batch_id, str(obj.get("status"))))
+        except ApiError as exc:
+            done.append((u.batch_id, f"not cancelled: {exc}"))
+    return done
