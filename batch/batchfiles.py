@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -138,13 +138,12 @@ def _answer(fp: str, line: dict[str, object]) -> Answer | None:
         status, body = response["status_code"], response.get("body")
         request_id = response.get("request_id") if isinstance(response.get("request_id"), str) else None
         if status == 200:
-            try:
-                c = parse_completion(body, {})
+            try:  # the line's request id stands where the online answer's x-request-id header would
+                c = parse_completion(body, {"x-request-id": request_id} if request_id else {})
             except TransportError as exc:
                 return Answer.failure(fp, f"Batch API: {exc}", permanent=False, attempts=1,
                                       request_id=request_id)
-            answer = Answer.from_completion(fp, c, attempts=1, latency_s=None)
-            return answer if answer.request_id or not request_id else replace(answer, request_id=request_id)
+            return Answer.from_completion(fp, c, attempts=1, latency_s=None)
         err = error_from_response(status, json.dumps(body).encode(), {})
         return Answer.failure(fp, f"Batch API: {_describe(err)}", permanent=_permanent(err), attempts=1,
                               request_id=request_id)

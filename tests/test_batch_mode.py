@@ -1,0 +1,320 @@
+"""Batch mode end to end: `python -m batch run` as a subprocess against the simulator's files and
+batches endpoints on a real socket, with kills at the two moments that could make a run pay twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from conftest import BackgroundLoop, cli_env
+from test_e2e import PROMPT, check_columns, check_rows, plain_rows, read_output, write_csv
+
+from batch.catalog import cost_usd
+from batch.simulator import SimConfig, Simulator
+
+StartSim = Callable[..., tuple[str, Simulator]]
+WriteJob = Callable[..., Path]
+RunBatch = Callable[..., subprocess.CompletedProcess[str]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FAST = {"batch_validate_s": 0.05, "batch_finalize_s": 0.05}
+RUN = {"mode": "batch", "poll-interval": 0.2}
+
+
+def _spawn(job: Path, url: str, key: str, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
+    with (tmp_path / f"{name}.out").open("wb") as out, (tmp_path / f"{name}.err").open("wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "batch", "run", str(job), "--base-url", url],
+                                env=cli_env(key), cwd=tmp_path, stdout=out, stderr=err)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_a_300_row_job_is_answered_through_batches_alone(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = start_sim(**FAST)
+    rows = plain_rows(300)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+
+    proc = run_batch(job, "--base-url", url)
+    assert proc.returncode == 0, proc.stderr
+    assert sim.log == [], "batch mode sent online requests"
+    assert (sim.uploads, sim.batches_created) == (1, 1)
+    (batch,) = sim.batches.values()
+    assert batch.status == "completed" and batch.total == 300
+    names, out = read_output(tmp_path / "out.parquet")
+    check_columns(names)
+    check_rows(rows, out, batch=True)  # results come back in random order: each lands on its own row
+    assert all(r["latency_s"] is None for r in out)
+    assert all(r["attempts"] == 1 and r["request_id"] for r in out)
+
+    report = json.loads((tmp_path / "out.parquet.report.json").read_text(encoding="utf-8"))
+    assert (report["mode"], report["batch_requests"], report["batches"]) == ("batch", 300, 1)
+    assert report["requests_sent"] == 0
+    full = cost_usd(report["model"], report["input_tokens"], report["output_tokens"])
+    assert full and report["estimated_cost_usd"] == pytest.approx(full / 2, rel=1e-3)
+
+    # The same output shape as an online run of the same job.
+    online = write_job("in.csv", name="online.toml", task={"prompt": PROMPT},
+                       output={"path": "online.parquet"})
+    assert run_batch(online, "--base-url", url).returncode == 0
+    online_names, online_out = read_output(tmp_path / "online.parquet")
+    assert online_names == names
+    assert [r["text"] for r in online_out] == [r["text"] for r in out]
+
+    again = run_batch(job, "--base-url", url)  # nothing left to ask: nothing submitted
+    assert again.returncode == 0, again.stderr
+    assert (sim.uploads, sim.batches_created) == (1, 1)
+
+
+def test_a_kill_after_submission_and_a_rerun_attaches_to_the_same_batch(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
+    url, sim = start_sim(**FAST, batch_lines_per_s=100)  # 300 lines: about 3 s in progress
+    rows = plain_rows(300)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+
+    proc = _spawn(job, url, api_key, tmp_path, "first")
+    try:
+        _wait_for(lambda: any(b.status == "in_progress" for b in list(sim.batches.values())), 20,
+                  "the batch to run")
+        _kill(proc)
+    finally:
+        proc.kill()
+    (batch,) = sim.batches.values()
+    assert batch.status == "in_progress", "the kill came too late to test anything"
+
+    status = subprocess.run([sys.executable, "-m", "batch", "status", str(job), "--json"], cwd=tmp_path,
+                            env=cli_env(None), capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    (shown,) = json.loads(status.stdout)["batches"]
+    assert shown["batch_id"] == batch.id and not shown["merged"]
+
+    again = run_batch(job, "--base-url", url)
+    assert again.returncode == 0, again.stderr
+    assert "attach" not in again.stderr or batch.id in again.stderr
+    assert (sim.uploads, sim.batches_created) == (1, 1), "the re-run submitted again"
+    assert sim.log == []
+    check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
+
+
+class Hold:
+    """A simulator middleware that holds one kind of request until the client goes away: `before`
+    the simulator handles it (it never happens), or after (it happens, the client never hears)."""
+
+    def __init__(self, method: str, suffix: str, *, before: bool) -> None:
+        self.method, self.suffix, self.before = method, suffix, before
+        self.active = True
+        self.seen = threading.Event()
+
+    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not (self.active and request.method == self.method and request.path.endswith(self.suffix)):
+            return await handler(request)
+        response = None if self.before else await handler(request)
+        self.seen.set()
+        for _ in range(600):  # at most 30 s; a killed client closes the connection much sooner
+            if request.transport is None or request.transport.is_closing():
+                break
+            await asyncio.sleep(0.05)
+        return response or web.Response(status=503)
+
+
+@pytest.mark.parametrize("held", ["batch-create", "upload-answer"])
+def test_a_kill_between_upload_and_submission_reuses_the_uploaded_file(
+        held: str, tmp_path: Path, background_loop: BackgroundLoop, write_job: WriteJob, run_batch: RunBatch,
+        api_key: str) -> None:
+    # batch-create: killed while submitting (the file id is in the store);
+    # upload-answer: killed after Groq stored the file but before its id arrived (found by name).
+    hold = (Hold("POST", "/batches", before=True) if held == "batch-create"
+            else Hold("POST", "/files", before=False))
+    sim = Simulator(SimConfig(rpm=10**6, tpm=10**12, rpd=10**9, tpd=10**15, **FAST))
+    @web.middleware
+    async def held_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await hold.handle(request, handler)
+
+    sim.app.middlewares.append(held_requests)
+    url = background_loop.run(sim.start())
+    try:
+        rows = plain_rows(40)
+        write_csv(rows, tmp_path / "in.csv")
+        job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+        proc = _spawn(job, url, api_key, tmp_path, "first")
+        try:
+            assert hold.seen.wait(20), (tmp_path / "first.err").read_text(encoding="utf-8")
+            _kill(proc)
+        finally:
+            proc.kill()
+        assert sim.uploads == 1 and sim.batches_created == 0
+
+        hold.active = False
+        again = run_batch(job, "--base-url", url)
+        assert again.returncode == 0, again.stderr
+        assert (sim.uploads, sim.batches_created) == (1, 1), "the re-run uploaded or submitted twice"
+        assert sim.log == []
+        check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
+    finally:
+        background_loop.run(sim.stop())
+
+
+def test_expired_requests_wait_for_the_next_run(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    # "24h" lasts 1 s and 50 lines are answered a second: most of 300 lines expire.
+    url, sim = start_sim(**FAST, batch_lines_per_s=50, batch_time_scale=86400)
+    rows = plain_rows(300)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+
+    first = run_batch(job, "--base-url", url)
+    assert first.returncode == 3, first.stderr
+    assert "expired" in first.stderr and 'on-expired = "online"' in first.stderr
+    assert not (tmp_path / "out.parquet").exists()
+    (batch,) = sim.batches.values()
+    assert batch.status == "expired" and 0 < batch.completed < 300
+    answered = batch.completed
+
+    sim.config.batch_lines_per_s = 100_000  # the next night is quicker
+    second = run_batch(job, "--base-url", url)
+    assert second.returncode == 0, second.stderr
+    assert (sim.uploads, sim.batches_created) == (2, 2)
+    newest = max(sim.batches.values(), key=lambda b: b.created)
+    assert newest.total == 300 - answered, "the second batch asked again for what was answered"
+    assert sim.log == []
+    check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
+
+
+def test_expired_requests_go_online_when_the_job_says_so(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = start_sim(**FAST, batch_lines_per_s=50, batch_time_scale=86400)
+    rows = plain_rows(200)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run={**RUN, "on-expired": "online"})
+
+    proc = run_batch(job, "--base-url", url)
+    assert proc.returncode == 0, proc.stderr
+    (batch,) = sim.batches.values()
+    assert batch.status == "expired"
+    assert len(sim.log) == 200 - batch.completed, "online requests other than the expired ones"
+    out = read_output(tmp_path / "out.parquet")[1]
+    check_rows(rows, out, batch=True)
+    report = json.loads((tmp_path / "out.parquet.report.json").read_text(encoding="utf-8"))
+    assert report["requests_sent"] == 200 - batch.completed and report["batch_requests"] == 200
+
+
+def test_failed_lines_become_row_errors_and_the_next_run_retries_the_transient_ones(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = start_sim(**FAST, batch_fault_rate=0.2, seed=3)
+    rows = plain_rows(100)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+
+    first = run_batch(job, "--base-url", url)
+    assert first.returncode == 1, first.stderr
+    (batch,) = sim.batches.values()
+    out = read_output(tmp_path / "out.parquet")[1]
+    failed = [r for r in out if r["error"]]
+    assert len(failed) == batch.failed > 0
+    assert all("500" in r["error"] and r["text"] is None for r in failed)
+
+    sim.config.batch_fault_rate = 0.0
+    second = run_batch(job, "--base-url", url)
+    assert second.returncode == 0, second.stderr
+    assert max(sim.batches.values(), key=lambda b: b.created).total == len(failed)
+    check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
+
+
+def test_a_validation_failure_blames_its_lines_and_resubmits_the_rest(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = start_sim(**FAST)
+    rows = plain_rows(20)
+    rows[7]["experience"] = "far too long " * 50_000  # past the model's context window: a line error
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+
+    proc = run_batch(job, "--base-url", url)
+    assert proc.returncode == 1, proc.stderr
+    assert "failed validation" in proc.stderr and "context length" in proc.stderr
+    first, second = sorted(sim.batches.values(), key=lambda b: b.created)
+    assert first.status == "failed" and second.status == "completed" and second.total == 19
+    out = read_output(tmp_path / "out.parquet")[1]
+    assert out[7]["text"] is None and "Batch API refused" in out[7]["error"]
+    check_rows(rows[:7] + rows[8:], out[:7] + out[8:], batch=True)
+
+    again = run_batch(job, "--base-url", url)  # the refusal is permanent: not submitted again
+    assert again.returncode == 1 and sim.batches_created == 2
+
+
+def test_a_model_the_batch_api_refuses_fails_every_row_without_online_requests(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = start_sim(**FAST, batch_models=("openai/gpt-oss-120b",))
+    write_csv(plain_rows(5), tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    proc = run_batch(job, "--base-url", url)
+    assert proc.returncode == 1, proc.stderr
+    out = read_output(tmp_path / "out.parquet")[1]
+    assert all("not available for batch" in r["error"] for r in out)
+    assert sim.log == [] and sim.batches_created == 1
+
+
+def test_no_wait_submits_and_exits_3_then_cancel_and_collect(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
+    url, sim = start_sim(**FAST, batch_lines_per_s=20)
+    rows = plain_rows(100)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+
+    first = run_batch(job, "--base-url", url, "--no-wait")
+    assert first.returncode == 3, first.stderr
+    assert "still running" in first.stderr and "run the same command again" in first.stderr.lower()
+    (batch,) = sim.batches.values()
+
+    online = run_batch(job, "--base-url", url, "--mode", "online")  # would pay twice: refused
+    assert online.returncode == 2 and "twice" in online.stderr and sim.log == []
+
+    time.sleep(0.5)
+    cancel = subprocess.run([sys.executable, "-m", "batch", "cancel", str(job), "--base-url", url],
+                            cwd=tmp_path, env=cli_env(api_key), capture_output=True, text=True, timeout=30)
+    assert cancel.returncode == 0, cancel.stderr
+    assert batch.id in cancel.stdout and "cancelling" in cancel.stdout
+
+    collect = run_batch(job, "--base-url", url)
+    assert collect.returncode == 3, collect.stderr  # what the cancel left unanswered is still to ask
+    assert batch.status == "cancelled" and 0 < batch.completed < 100
+    assert "cancelled" in collect.stderr
+
+    last = run_batch(job, "--base-url", url)
+    assert last.returncode == 0, last.stderr
+    assert sim.batches_created == 2
+    assert max(sim.batches.values(), key=lambda b: b.created).total == 100 - batch.completed
+    check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
+
+
+def test_plan_in_batch_mode_counts_the_half_price_and_the_files(tmp_path: Path, write_job: WriteJob) -> None:
+    write_csv(plain_rows(10), tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    proc = subprocess.run([sys.executable, "-m", "batch", "plan", str(job), "--json"], cwd=tmp_path,
+                          env=cli_env(None), capture_output=True, text=True, timeout=30)
+    plan: dict[str, Any] = json.loads(proc.stdout)
+    assert plan["mode"] == "batch" and plan["batch_files"] == 1
+    assert plan["batch_cost_usd"] == pytest.approx(plan["cost_usd"] / 2)
+    text = subprocess.run([sys.executable, "-m", "batch", "plan", str(job)], cwd=tmp_path, env=cli_env(None),
+                          capture_output=True, text=True, timeout=30).stdout
+    assert "half price" in text and "completion window (24h)" in text

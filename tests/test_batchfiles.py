@@ -1,0 +1,87 @@
+"""Batch API files: request lines carry the online body byte for byte, files are cut at Groq's limits,
+result lines become answers, row errors or nothing (expired); the store records uploads step by step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from batch.batchfiles import ChunkWriter, read_results, request_line
+from batch.records import Request
+from batch.store import Store
+
+
+def _request(i: int, size: int = 10) -> Request:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * size + str(i)}]}).encode()
+    return Request(fingerprint=f"{i:032x}", body=body, est_tokens=1, row=i)
+
+
+def test_a_request_line_wraps_the_exact_online_body() -> None:
+    r = _request(7)
+    line = json.loads(request_line(r))
+    assert line == {"custom_id": r.fingerprint, "method": "POST", "url": "/v1/chat/completions",
+                    "body": json.loads(r.body)}
+    assert request_line(r).endswith(r.body + b"}\n")  # the bytes themselves, not a re-serialisation
+
+
+def test_files_are_cut_at_the_line_and_byte_limits(tmp_path: Path) -> None:
+    writer = ChunkWriter(tmp_path, max_lines=3)
+    chunks = [c for c in (writer.add(_request(i)) for i in range(7)) if c]
+    last = writer.finish()
+    assert last is not None
+    chunks.append(last)
+    assert [len(c.fingerprints) for c in chunks] == [3, 3, 1]
+    for c in chunks:
+        lines = c.path.read_bytes().splitlines()
+        assert [json.loads(x)["custom_id"] for x in lines] == c.fingerprints
+        assert c.size == c.path.stat().st_size
+
+    one = len(request_line(_request(0, size=100)))
+    writer = ChunkWriter(tmp_path / "b", max_bytes=2 * one)
+    sizes = [c for c in (writer.add(_request(i, size=100)) for i in range(5)) if c]
+    assert [len(c.fingerprints) for c in sizes] == [2, 2]
+    assert all(c.size <= 2 * one for c in sizes)
+
+
+def test_result_lines_become_answers_errors_or_nothing(tmp_path: Path) -> None:
+    completion = {"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    lines = [
+        {"id": "r1", "custom_id": "a", "response": {"status_code": 200, "request_id": "req_1",
+                                                    "body": completion}, "error": None},
+        {"id": "r2", "custom_id": "b", "response": {"status_code": 400, "request_id": "req_2", "body": {
+            "error": {"message": "bad thing", "type": "invalid_request_error"}}}, "error": None},
+        {"id": "r3", "custom_id": "c", "response": {"status_code": 500, "request_id": "req_3", "body": {
+            "error": {"message": "Internal Server Error", "type": "internal_server_error"}}}, "error": None},
+        {"id": "r4", "custom_id": "d", "response": None, "error": {
+            "code": "batch_expired", "message": "This request could not be executed before the window."}},
+    ]
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n", encoding="utf-8")
+    results = read_results(path)
+    by_fp = {a.fingerprint: a for a in results.answers}
+    assert by_fp["a"].ok and by_fp["a"].text == "hello" and by_fp["a"].input_tokens == 5
+    assert by_fp["a"].request_id == "req_1" and by_fp["a"].attempts == 1
+    assert by_fp["b"].error is not None and "bad thing" in by_fp["b"].error and by_fp["b"].permanent
+    assert by_fp["c"].error is not None and "500" in by_fp["c"].error and not by_fp["c"].permanent
+    assert results.unanswered == {"d"}
+    assert results.unreadable == 1
+
+
+def test_the_store_records_each_step_and_hides_held_requests(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    upload = store.add_upload("f.jsonl", ["a", "b", "c"], 123)
+    assert store.in_open_uploads(["a", "c", "z"]) == {"a", "c"}
+    store.update_upload(upload, file_id="file_1", status="uploaded")
+    store.close()
+
+    store = Store(tmp_path / "s.sqlite")  # as a re-run sees it
+    (u,) = store.uploads(open_only=True)
+    assert (u.name, u.lines, u.bytes, u.file_id, u.batch_id, u.status) == (
+        "f.jsonl", 3, 123, "file_1", None, "uploaded")
+    assert store.upload_lines(upload) == {1: "a", 2: "b", 3: "c"}
+    store.update_upload(upload, batch_id="batch_1", status="completed", done=1)
+    assert store.uploads(open_only=True) == [] and store.in_open_uploads(["a"]) == set()
+    assert store.meta("prefix", "x1") == "x1" and store.meta("prefix", "x2") == "x1"
+    store.close()
