@@ -58,10 +58,11 @@ class BatchMode:
     """One run's Batch API work; `stop()` (a signal) ends the waiting, never a step half-done."""
 
     def __init__(self, client: Client, store: Store, stats: RunStats, progress: BatchProgress, *,
-                 folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str) -> None:
+                 folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
+                 retry_failed: bool = False) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
         self._folder, self._window, self._poll_max, self._wait_for = folder, window, poll_max_s, wait
-        self._job_name = job_name
+        self._job_name, self._retry_failed = job_name, retry_failed
         # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
         self._prefix = "batch-" + store.meta("upload_prefix", f"{random.getrandbits(48):012x}")
         self._left: set[str] = set()  # fingerprints a batch left unanswered this run: not re-submitted
@@ -90,7 +91,8 @@ class BatchMode:
     def _missing(self, batches: Iterator[list[Request]]) -> Iterator[Request]:
         for requests in batches:
             fps = {r.fingerprint for r in requests}
-            todo = self._store.missing(fps) - self._store.in_open_uploads(fps) - self._left
+            todo = (self._store.missing(fps, retry_failed=self._retry_failed)
+                    - self._store.in_open_uploads(fps) - self._left)
             for r in requests:
                 if r.fingerprint in todo:
                     todo.discard(r.fingerprint)  # identical rows share one request

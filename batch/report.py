@@ -181,8 +181,9 @@ class Summary:
             f"({self.cached_tokens:,} cached); estimated cost {cost} ({self.model})",
         ]
         if self.mode == "batch":
-            lines.insert(1, f"  Batch API: {self.batch_requests:,} requests submitted in {self.batches} "
-                            "batches this run (half price); online requests below")
+            lines[1] = "  online " + lines[1].lstrip()
+            lines.insert(1, f"  Batch API: {self.batch_requests:,} requests submitted this run in "
+                            f"{self.batches} batch{'es' if self.batches != 1 else ''} (billed at half price)")
         if self.errors:
             kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
             lines.append(f"  errors by kind: {kinds}")

@@ -118,7 +118,8 @@ class Run:
         async with Client(base_url, key, timeout_s=job.limits.request_timeout, connections=4) as client:
             mode = BatchMode(client, store, self.stats, progress, folder=folder,
                              window=job.run.completion_window, poll_max_s=job.run.poll_interval,
-                             wait=self.opts.wait, job_name=str(job.file))
+                             wait=self.opts.wait, job_name=job.file.name,
+                             retry_failed=self.opts.retry_failed)
             self.batch_mode = mode
             if self.interrupted:
                 mode.stop()

@@ -9,7 +9,13 @@ pure function of its request (:func:`sim_answer` echoes the last user message; a
 ``response_format`` gets :func:`sim_json_answer`, an object that fits the schema's top level), so a
 test can prove that each answer landed on its own row. ``Simulator.log`` records every chat request.
 
-It imports nothing from ``batch``: the simulator must stay an independent witness of the client.
+The Batch API (``/files`` and ``/batches``: upload a JSONL file of chat requests, watch the batch go
+through validating, in_progress, finalizing and completed, or failed, expired, cancelled, and download
+the output and error files) lives in :mod:`batch.simbatch`, which builds on this module's schema checks
+and answers; ``Simulator.files`` and ``Simulator.batches`` hold its state.
+
+It imports nothing from ``batch`` but its own :mod:`batch.simbatch`: the simulator must stay an
+independent witness of the client.
 The facts it imitates are in GROQ_API.md; where Groq is uncertain the stricter reading is taken
 (e.g. the 413 and the TPM charge count ``max_completion_tokens`` as requested tokens).
 """
@@ -83,6 +89,13 @@ class SimConfig:
     hang_s: float = 300.0
     seed: int = 0  # seeds the fault RNG once, when the Simulator is created
     day_s: float = 86400.0  # length of the simulated day for RPD/TPD, short in tests
+    # Batch API. A batch keeps the timing knobs it was created with, so its schedule never jumps.
+    batch_validate_s: float = 0.2  # real seconds a batch spends in `validating`
+    batch_models: tuple[str, ...] | None = None  # models the Batch API takes; None: every known model
+    batch_lines_per_s: float = 500.0  # real-time rate at which `in_progress` answers lines
+    batch_time_scale: float = 3600.0  # simulated seconds per real second: "24h" lasts 24 s
+    batch_finalize_s: float = 0.2  # real seconds in `finalizing`, and in `cancelling`
+    batch_fault_rate: float = 0.0  # probability that a batch line gets a 500 instead of an answer
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.faults) - set(FAULT_KINDS))
@@ -92,6 +105,24 @@ class SimConfig:
             raise ValueError(f"fault_rate must be within 0..1, not {self.fault_rate}")
         if min(self.rpm, self.tpm, self.rpd, self.tpd) < 1 or self.burst_s <= 0 or self.day_s <= 0:
             raise ValueError("rate limits, burst_s and day_s must be positive")
+        self._check_batch()
+
+    def _check_batch(self) -> None:
+        timings = {"batch_validate_s": self.batch_validate_s, "batch_finalize_s": self.batch_finalize_s,
+                   "batch_lines_per_s": self.batch_lines_per_s, "batch_time_scale": self.batch_time_scale}
+        for name, value in timings.items():
+            # Rate and scale divide the schedule: zero would stall it or make every window end at once.
+            positive = name in ("batch_lines_per_s", "batch_time_scale")
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "above 0" if positive else "of at least 0"
+                raise ValueError(f"{name} must be a finite number {bound}, not {value}")
+        if not 0.0 <= self.batch_fault_rate <= 1.0:
+            raise ValueError(f"batch_fault_rate must be within 0..1, not {self.batch_fault_rate}")
+        if self.batch_models is not None:
+            self.batch_models = tuple(self.batch_models)
+            unknown = sorted(set(self.batch_models) - set(KNOWN_MODELS))
+            if unknown:
+                raise ValueError(f"unknown batch models {unknown}; choose from {', '.join(KNOWN_MODELS)}")
 
 
 @dataclass(frozen=True)
@@ -465,6 +496,26 @@ def _usage(model: str, prompt: int, completion: int, queue_time: float, elapsed:
     return usage
 
 
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _ApiError(400, "We could not parse the JSON body of your request. The body must be valid "
+                        "JSON.", code="invalid_json") from None
+
+
+def _chat_completion(model: str, text: str, finish: str, usage: dict[str, Any], request_id: str,
+                     created: int) -> dict[str, Any]:
+    """The 200 body of a chat completion; the Batch API wraps the very same body in its output lines."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created,
+        "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                     "logprobs": None, "finish_reason": finish}],
+        "usage": usage, "system_fingerprint": "fp_sim", "x_groq": {"id": request_id},
+        "service_tier": "on_demand",
+    }
+
+
 def _model_object(model: str) -> dict[str, Any]:
     info = KNOWN_MODELS[model]
     return {"id": model, "object": "model", "created": info.created, "owned_by": info.owned_by,
@@ -496,6 +547,12 @@ class Simulator:
         self.app = web.Application(client_max_size=32 * 1024 * 1024)
         self.app.router.add_get(f"{PREFIX}/models", self._models)
         self.app.router.add_post(f"{PREFIX}/chat/completions", self._chat)
+        # Imported here, not at the top: simbatch builds on this module, which must be fully loaded first.
+        from .simbatch import BatchApi
+
+        self.batch_api = BatchApi(lambda: self.config, self._authorized)
+        self.batch_api.add_routes(self.app.router, PREFIX)  # before the catch-all below, which would win
+        self.files, self.batches = self.batch_api.files, self.batch_api.batches
         self.app.router.add_route("*", "/{tail:.*}", self._unknown_url)  # e.g. a client that posts to /v1
         # Separate streams, so that turning jitter on does not change which requests get faults.
         self._fault_rng = random.Random(self.config.seed)
@@ -520,6 +577,16 @@ class Simulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @property
+    def uploads(self) -> int:
+        """How many files were uploaded through ``POST /files`` (batch output files not included)."""
+        return self.batch_api.uploads
+
+    @property
+    def batches_created(self) -> int:
+        """How many batches ``POST /batches`` created."""
+        return self.batch_api.batches_created
 
     def requests_answered(self, sha: str) -> int:
         """How many 200s were sent for a request body with this sha256."""
@@ -586,11 +653,7 @@ class Simulator:
         if cfg.fault_rate > 0 and cfg.faults and self._fault_rng.random() < cfg.fault_rate:
             trace["fault"] = self._fault_rng.choice(cfg.faults)
             return await self._fault(request, trace["fault"])  # before parsing: faults cost no budget
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            raise _ApiError(400, "We could not parse the JSON body of your request. The body must be valid "
-                            "JSON.", code="invalid_json") from None
+        parsed = _parse_json(raw)
         if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
             trace["model"] = parsed["model"]
         body = _validate(parsed)
@@ -605,13 +668,8 @@ class Simulator:
         budget.charge(prompt + completion - requested)  # Groq charges what was used, not what was asked
         trace["tokens"] = str(prompt + completion)
         usage = _usage(model, prompt, completion, admitted - received, time.monotonic() - admitted)
-        return web.json_response({
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "logprobs": None, "finish_reason": finish}],
-            "usage": usage, "system_fingerprint": "fp_sim", "x_groq": {"id": request_id},
-            "service_tier": "on_demand",
-        }, headers={**budget.headers(cfg), "x-request-id": request_id})
+        return web.json_response(_chat_completion(model, text, finish, usage, request_id, int(time.time())),
+                                 headers={**budget.headers(cfg), "x-request-id": request_id})
 
     async def _fault(self, request: web.Request, kind: str) -> web.Response | None:
         if kind == "drop":
@@ -647,11 +705,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         ("--jitter-ms", float, d.jitter_ms, "extra uniform random delay"),
         ("--fault-rate", float, d.fault_rate, "probability that a request gets a fault"),
         ("--hang-s", float, d.hang_s, "how long a 'hang' fault holds the request"),
-        ("--seed", int, d.seed, "seed of the fault RNG"),
+        ("--seed", int, d.seed, "seed of the fault RNG (and of the Batch API's order and faults)"),
+        ("--batch-validate-s", float, d.batch_validate_s, "seconds a batch spends validating"),
+        ("--batch-lines-per-s", float, d.batch_lines_per_s, "batch lines answered per second"),
+        ("--batch-time-scale", float, d.batch_time_scale,
+         "simulated seconds per real second of a batch's completion window (3600: 24h lasts 24 s)"),
+        ("--batch-finalize-s", float, d.batch_finalize_s, "seconds a batch spends finalizing or cancelling"),
+        ("--batch-fault-rate", float, d.batch_fault_rate, "probability that a batch line gets a 500"),
     )
     for flag, kind, default, text in options:
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     parser.add_argument("--faults", default=",".join(d.faults), help="fault kinds (default %(default)s)")
+    parser.add_argument("--batch-models", default=None,
+                        help="comma-separated models the Batch API accepts (default: every known model)")
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
@@ -660,6 +726,11 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         api_key=ns.api_key, rpm=ns.rpm, tpm=ns.tpm, rpd=ns.rpd, tpd=ns.tpd, burst_s=ns.burst_s,
         latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, fault_rate=ns.fault_rate,
         faults=tuple(k.strip() for k in ns.faults.split(",") if k.strip()), hang_s=ns.hang_s, seed=ns.seed,
+        batch_validate_s=ns.batch_validate_s, batch_lines_per_s=ns.batch_lines_per_s,
+        batch_time_scale=ns.batch_time_scale, batch_finalize_s=ns.batch_finalize_s,
+        batch_fault_rate=ns.batch_fault_rate,
+        batch_models=None if ns.batch_models is None
+        else tuple(m.strip() for m in ns.batch_models.split(",") if m.strip()),
     )
 
 
