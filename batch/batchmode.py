@@ -160,6 +160,8 @@ class BatchMode:
             try:
                 obj = await self._client.upload_file(u.name, path)
             except ApiError as exc:
+                if not _retryable(exc):  # refused: nothing was stored, its requests go back to pending
+                    self._give_up(u, f"Groq refused the upload: {exc}")
                 await self._transient(exc, attempt, f"uploading {u.name}")
                 continue
             self._store.update_upload(u.id, file_id=obj["id"], status="uploaded")
@@ -179,6 +181,10 @@ class BatchMode:
                 obj = await self._client.create_batch(u.file_id, self._window,
                                                       {"job": self._job_name[:500], "file": u.name})
             except ApiError as exc:
+                if not _retryable(exc):  # refused: no batch exists, its requests go back to pending
+                    self._give_up(u, f"Groq refused the batch: {exc}")
+                    with contextlib.suppress(ApiError):
+                        await self._client.delete_file(u.file_id)
                 await self._transient(exc, attempt, f"submitting {u.name}")
                 continue
             self._record(u, obj)
@@ -334,7 +340,7 @@ class BatchMode:
 
     async def _transient(self, exc: ApiError, attempt: int, what: str) -> None:
         """Wait before the next try of a Batch API call, or raise if it cannot succeed."""
-        if not isinstance(exc, ServerError | TransportError | RateLimited) or attempt >= ATTEMPTS:
+        if not _retryable(exc) or attempt >= ATTEMPTS:
             if isinstance(exc, FatalApiError):
                 raise exc
             raise FatalApiError(f"{what}: {exc}", status=exc.status, code=exc.code) from exc
@@ -350,6 +356,10 @@ class BatchMode:
             except ApiError as exc:
                 await self._transient(exc, attempt, what)
         raise AssertionError("unreachable")
+
+
+def _retryable(exc: ApiError) -> bool:
+    return isinstance(exc, ServerError | TransportError | RateLimited)
 
 
 def upload_folder(state: Path) -> Path:

@@ -318,3 +318,37 @@ def test_plan_in_batch_mode_counts_the_half_price_and_the_files(tmp_path: Path, 
     text = subprocess.run([sys.executable, "-m", "batch", "plan", str(job)], cwd=tmp_path, env=cli_env(None),
                           capture_output=True, text=True, timeout=30).stdout
     assert "half price" in text and "completion window (24h)" in text
+
+
+def test_a_refused_submission_ends_the_run_and_the_next_run_starts_clean(
+        tmp_path: Path, background_loop: BackgroundLoop, write_job: WriteJob, run_batch: RunBatch) -> None:
+    sim = Simulator(SimConfig(rpm=10**6, tpm=10**12, rpd=10**9, tpd=10**15, **FAST))
+    refuse = {"on": True}
+
+    @web.middleware
+    async def refuse_batches(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if refuse["on"] and request.method == "POST" and request.path.endswith("/batches"):
+            return web.json_response({"error": {"message": "completion_window is not supported here",
+                                                "type": "invalid_request_error", "code": "invalid_value"}},
+                                     status=400)
+        return await handler(request)
+
+    sim.app.middlewares.append(refuse_batches)
+    url = background_loop.run(sim.start())
+    try:
+        rows = plain_rows(10)
+        write_csv(rows, tmp_path / "in.csv")
+        job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+        first = run_batch(job, "--base-url", url)
+        assert first.returncode == 4, first.stderr
+        assert "completion_window is not supported here" in first.stderr
+        assert sim.uploads == 1 and not [f for f in sim.files.values() if f.purpose == "batch"], \
+            "the refused batch's file was left on the server"
+
+        refuse["on"] = False
+        second = run_batch(job, "--base-url", url)
+        assert second.returncode == 0, second.stderr
+        assert (sim.uploads, sim.batches_created) == (2, 1)
+        check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
+    finally:
+        background_loop.run(sim.stop())
