@@ -161,4 +161,5 @@ def _permanent(exc: ApiError) -> bool:
 
 
 def _describe(exc: ApiError) -> str:
-    return f"HTTP {exc.status}: {exc}" if exc.status and not str(exc).startswith("HTTP") else str(exc)
+    text = str(exc)
+    return text if not exc.status or text.startswith((str(exc.status), "HTTP")) else f"{exc.status}: {text}"

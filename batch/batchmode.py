@@ -305,7 +305,7 @@ class BatchMode:
         self._store.flush()
         self._store.update_upload(u.id, status=status, done=1)
         (self._folder / u.name).unlink(missing_ok=True)
-        log.info("batch: %s %s: %d answers merged%s", u.batch_id, status, len(answered),
+        log.info("batch: %s %s: %d results merged into the store%s", u.batch_id, status, len(answered),
                  f", {len(left)} requests unanswered" if left and status != "failed" else "")
         return rejected
 
