@@ -219,7 +219,9 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{args.job}: {info['rows']} rows — {info['answered']} answered, "
           f"{info['failed_permanent']} failed (permanent), {info['failed_retryable']} failed (retried next "
-          f"run), {info['invalid_rows']} invalid input rows, {info['pending']} pending")
+          f"run), {info['invalid_rows']} invalid input rows, {info['pending']} pending"
+          + (f" ({info['in_batches']} of them in Batch API batches not collected yet)" if info["in_batches"]
+             else ""))
     print(f"state: {info['state']} ({int(str(info['state_bytes'])) / 1e6:.2f} MB)")
     last = info["last_run"]
     if isinstance(last, dict):

@@ -17,7 +17,7 @@ def status(job: Job) -> dict[str, object]:
     source = check_job(job)
     renderer = Renderer(job.task, key=job.input.key)
     counts = {"rows": 0, "answered": 0, "failed_permanent": 0, "failed_retryable": 0, "pending": 0,
-              "invalid_rows": 0}
+              "invalid_rows": 0, "in_batches": 0}
     if not job.state.path.exists():
         counts.update(rows=source.num_rows, pending=source.num_rows)
         return {**counts, "state": str(job.state.path), "state_bytes": 0, "last_run": None, "batches": []}
@@ -25,7 +25,9 @@ def status(job: Job) -> dict[str, object]:
     try:
         for row0, batch in source.numbered(None):
             rendered = renderer.render_batch(batch, row0)
-            answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
+            fps = [r.fingerprint for r in rendered if isinstance(r, Request)]
+            answers = store.get_many(fps)
+            held = store.in_open_uploads(fps)
             for r in rendered:
                 counts["rows"] += 1
                 found = answers.get(r.fingerprint) if isinstance(r, Request) else None
@@ -33,6 +35,7 @@ def status(job: Job) -> dict[str, object]:
                     counts["invalid_rows"] += 1
                 elif found is None:
                     counts["pending"] += 1
+                    counts["in_batches"] += r.fingerprint in held  # pending, and already paid for
                 elif found[0].ok:
                     counts["answered"] += 1
                 else:

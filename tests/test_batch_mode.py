@@ -106,8 +106,10 @@ def test_a_kill_after_submission_and_a_rerun_attaches_to_the_same_batch(
     status = subprocess.run([sys.executable, "-m", "batch", "status", str(job), "--json"], cwd=tmp_path,
                             env=cli_env(None), capture_output=True, text=True, timeout=30)
     assert status.returncode == 0, status.stderr
-    (shown,) = json.loads(status.stdout)["batches"]
+    info = json.loads(status.stdout)
+    (shown,) = info["batches"]
     assert shown["batch_id"] == batch.id and not shown["merged"]
+    assert info["pending"] == info["in_batches"] == 300
 
     again = run_batch(job, "--base-url", url)
     assert again.returncode == 0, again.stderr
