@@ -17,7 +17,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import BackgroundLoop, cli_env
-from test_e2e import PROMPT, check_columns, check_rows, plain_rows, read_output, write_csv
+from test_e2e import (
+    PROMPT,
+    _spawn,
+    _wait_for,
+    check_columns,
+    check_rows,
+    plain_rows,
+    read_output,
+    write_csv,
+)
 
 from batch.catalog import cost_usd
 from batch.simulator import SimConfig, Simulator
@@ -28,19 +37,6 @@ RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAST = {"batch_validate_s": 0.05, "batch_finalize_s": 0.05}
 RUN = {"mode": "batch", "poll-interval": 0.2}
-
-
-def _spawn(job: Path, url: str, key: str, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
-    with (tmp_path / f"{name}.out").open("wb") as out, (tmp_path / f"{name}.err").open("wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "batch", "run", str(job), "--base-url", url],
-                                env=cli_env(key), cwd=tmp_path, stdout=out, stderr=err)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
