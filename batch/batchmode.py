@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .batchfiles import ChunkWriter, read_results
+from .batchfiles import ChunkWriter, Results, read_results
 from .client import Client
-from .errors import ApiError, FatalApiError, RateLimited, ServerError, TransportError
+from .errors import ApiError, FatalApiError, RateLimited, ServerError, Stopped, TransportError
 from .progress import BatchProgress
 from .records import Answer, Request
 from .report import RunStats
@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 ATTEMPTS = 6  # tries of one Batch API call that fails transiently (5xx, dropped connection, 429)
+DOWNLOADS = 3  # downloads of a result file that keeps coming back unreadable, before the run stops
 MAX_ROUNDS = 5  # submissions in one run: the first, and again after a validation failure rejected lines
 
 
@@ -51,6 +52,7 @@ class Outcome:
     unanswered: int = 0  # requests an expired or cancelled batch did not answer
     expired: bool = False
     cancelled: bool = False
+    missing: bool = False  # a completed batch had no result for some requests
     refused: list[str] = field(default_factory=list)  # batches Groq failed as a whole, with its reasons
 
 
@@ -274,21 +276,14 @@ class BatchMode:
         line by line (its other lines need submitting again)."""
         lines = self._store.upload_lines(u.id)
         expected = set(lines.values())
+        fetched = [await self._download(obj[key], self._folder / f"{u.name}.{key.split('_')[0]}")
+                   for key in ("output_file_id", "error_file_id") if isinstance(obj.get(key), str)]
         answered: set[str] = set()
-        for key in ("output_file_id", "error_file_id"):
-            file_id = obj.get(key)
-            if not isinstance(file_id, str):
-                continue
-            local = self._folder / f"{u.name}.{key.split('_')[0]}"
-            await self._retrying(functools.partial(self._client.download_file, file_id, local),
-                                 f"downloading {file_id}")
-            results = read_results(local)
-            for a in results.answers:
-                if a.fingerprint in expected:
-                    self._store.put(a)
-                    self._stats.record_answer(a, batch=True)
-                    answered.add(a.fingerprint)
-            local.unlink(missing_ok=True)
+        for a in (a for results in fetched for a in results.answers):
+            if a.fingerprint in expected:
+                self._store.put(a)
+                self._stats.record_answer(a, batch=True)
+                answered.add(a.fingerprint)
         status = str(obj.get("status"))
         rejected = False
         if status == "failed":
@@ -299,6 +294,7 @@ class BatchMode:
             outcome.unanswered += len(left)
             outcome.expired |= status == "expired"
             outcome.cancelled |= status == "cancelled"
+            outcome.missing |= status == "completed"
             if status == "completed":
                 log.warning("batch: %s completed without a result for %d requests; they stay pending",
                             u.batch_id, len(left))
@@ -308,6 +304,31 @@ class BatchMode:
         log.info("batch: %s %s: %d results merged into the store%s", u.batch_id, status, len(answered),
                  f", {len(left)} requests unanswered" if left and status != "failed" else "")
         return rejected
+
+    async def _download(self, file_id: str, local: Path) -> Results:
+        """A result file, downloaded and parsed. One with unreadable lines (a proxy's error page, a cut
+        body: a 200 all the same) is fetched again, backing off; if it stays unreadable the run stops
+        before merging anything of its batch, which stays open for the next run — marking it merged
+        would leave every request in it to be paid for again."""
+        try:
+            for attempt in range(1, DOWNLOADS + 1):
+                await self._retrying(functools.partial(self._client.download_file, file_id, local),
+                                     f"downloading {file_id}")
+                results = read_results(local)
+                if not results.unreadable:
+                    return results
+                if attempt == DOWNLOADS or self._stopped:
+                    raise Stopped(f"the Batch API's result file {file_id} had {results.unreadable} "
+                                  f"unreadable lines in {attempt} downloads; nothing of its batch was "
+                                  "merged. Run the same command again later to fetch it again (nothing is "
+                                  "submitted twice).")
+                wait = self._rng.uniform(0, 2.0 ** (attempt - 1))
+                log.warning("batch: %s had %d unreadable lines; downloading it again in %.1f s", file_id,
+                            results.unreadable, wait)
+                await asyncio.sleep(wait)
+            raise AssertionError("unreachable")
+        finally:
+            local.unlink(missing_ok=True)
 
     def _refused(self, u: Upload, obj: dict[str, Any], lines: dict[int, str], answered: set[str],
                  outcome: Outcome) -> bool:

@@ -143,15 +143,18 @@ class Run:
             raise Stopped("interrupted before every request was submitted; run the same command again "
                           "to continue (batches already submitted are attached to, not sent again).")
         if outcome.unanswered:
-            what = "expired" if outcome.expired else "were cancelled"
-            if outcome.expired and not outcome.cancelled and job.run.on_expired == "online":
+            only_expired = outcome.expired and not (outcome.cancelled or outcome.missing)
+            if only_expired and job.run.on_expired == "online":
                 self.expired_online = True
                 return outcome.unanswered
-            raise Stopped(f"{outcome.unanswered} requests {what} at the Batch API without an answer; the "
+            reasons = (("expired", outcome.expired), ("were cancelled", outcome.cancelled),
+                       ("had no result in a completed batch", outcome.missing))
+            why = " or ".join(w for w, flag in reasons if flag)
+            hint = ', or set [run] on-expired = "online" to send expired ones online at once' \
+                if outcome.expired and job.run.on_expired != "online" else ""
+            raise Stopped(f"{outcome.unanswered} requests {why} at the Batch API without an answer; the "
                           "answers that came back are saved. Run the same command again to submit them in a "
-                          "new batch" + ("" if outcome.cancelled else
-                                         ', or set [run] on-expired = "online" to send them online at once')
-                          + ".")
+                          f"new batch{hint}.")
         return 0
 
     async def _send_missing(self, source: Source, renderer: Renderer, store: Store, base_url: str,
