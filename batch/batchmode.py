@@ -3,11 +3,9 @@
     pending requests ─► JSONL files (≤ 50,000 lines, ≤ 100 MB) ─► upload ─► batch ─► poll ─► merge ─► store
 
 Every step is written to the store the moment Groq confirms it (`store.Upload`), before the next step
-is tried, so a run that dies anywhere is continued by the same command and nothing is paid twice:
-
-    prepared  (local file, no file id)  -> find the file on Groq by its unique name: reuse it, else upload
-    uploaded  (file id, no batch id)    -> find a batch of that file on Groq: attach to it, else submit
-    submitted (batch id)                -> poll it until it ends, then merge its results
+is tried, so a run that dies anywhere is continued by the same command and nothing is paid twice: a
+file without a submitted batch is taken on by `batchsubmit` (which asks Groq what an earlier try left),
+a submitted batch is polled until it ends, then its results are merged.
 
 A request held by a batch that is not merged yet is never sent again. Results merge into the store as
 answers; requests a batch left unanswered (expired, cancelled) stay pending, for the next run or the
@@ -24,24 +22,23 @@ import json
 import logging
 import random
 import shutil
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .batchfiles import ChunkWriter, Results, read_results
+from .batchsubmit import Submitter, retrying
 from .client import Client
-from .errors import ApiError, FatalApiError, RateLimited, ServerError, Stopped, TransportError
+from .errors import ApiError, FatalApiError, Stopped
 from .progress import BatchProgress
 from .records import Answer, Request
 from .report import RunStats
 from .store import Store, Upload
 
 log = logging.getLogger("batch")
-T = TypeVar("T")
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-ATTEMPTS = 6  # tries of one Batch API call that fails transiently (5xx, dropped connection, 429)
 DOWNLOADS = 3  # downloads of a result file that keeps coming back unreadable, before the run stops
 MAX_ROUNDS = 5  # submissions in one run: the first, and again after a validation failure rejected lines
 
@@ -63,14 +60,15 @@ class BatchMode:
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
                  retry_failed: bool = False) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
-        self._folder, self._window, self._poll_max, self._wait_for = folder, window, poll_max_s, wait
-        self._job_name, self._retry_failed = job_name, retry_failed
+        self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait
+        self._retry_failed = retry_failed
         # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
         self._prefix = "batch-" + store.meta("upload_prefix", f"{random.getrandbits(48):012x}")
         self._left: set[str] = set()  # fingerprints a batch left unanswered this run: not re-submitted
         self._stopped = False
         self._wake = asyncio.Event()
         self._rng = random.Random()
+        self._steps = Submitter(client, store, stats, window=window, job_name=job_name, folder=folder)
 
     def stop(self) -> None:
         self._stopped = True
@@ -127,108 +125,15 @@ class BatchMode:
         path.replace(self._folder / name)
         upload = self._store.add_upload(name, fingerprints, size)  # before a byte leaves
         log.info("batch: uploading %s (%d requests, %.1f MB)", name, len(fingerprints), size / 1e6)
-        await self._advance(self._find(upload), look_first=False)
+        await self._steps.advance(self._find(upload), look_first=False)
         return len(fingerprints)
 
-    # -- recovery and the steps ---------------------------------------------------------------------
+    # -- recovery ----------------------------------------------------------------------------------
     async def _recover(self) -> None:
         for u in self._store.uploads(open_only=True):
             if u.batch_id is None:
                 log.info("batch: continuing %s, left %s by an earlier run", u.name, u.status)
-                await self._advance(u, look_first=True)
-
-    async def _advance(self, u: Upload, *, look_first: bool) -> None:
-        """Take one upload as far as a submitted batch."""
-        if u.file_id is None:
-            file_id = await self._upload(u, look_first=look_first)
-            if file_id is None:
-                return
-            u = self._find(u.id)
-        if u.batch_id is None and u.file_id is not None:
-            await self._create(u, look_first=look_first)
-
-    async def _upload(self, u: Upload, *, look_first: bool) -> str | None:
-        path = self._folder / u.name
-        for attempt in range(1, ATTEMPTS + 1):
-            if look_first or attempt > 1:  # an earlier try may have reached Groq without our hearing
-                found = await self._file_named(u.name)
-                if found is not None:
-                    log.info("batch: %s is already on Groq as %s; using it", u.name, found)
-                    self._store.update_upload(u.id, file_id=found, status="uploaded")
-                    return found
-            if not path.exists():
-                self._give_up(u, f"its local file {path} is gone; its requests go into a new batch")
-                return None
-            try:
-                obj = await self._client.upload_file(u.name, path)
-            except ApiError as exc:
-                if not _retryable(exc):  # refused: nothing was stored, its requests go back to pending
-                    self._give_up(u, f"Groq refused the upload: {exc}")
-                await self._transient(exc, attempt, f"uploading {u.name}")
-                continue
-            self._store.update_upload(u.id, file_id=obj["id"], status="uploaded")
-            return str(obj["id"])
-        return None  # unreachable: the last transient failure raises
-
-    async def _create(self, u: Upload, *, look_first: bool) -> None:
-        assert u.file_id is not None
-        for attempt in range(1, ATTEMPTS + 1):
-            if look_first or attempt > 1:
-                found = await self._batch_of(u.file_id)
-                if found is not None:
-                    log.info("batch: %s was already submitted as %s; attaching", u.name, found["id"])
-                    self._record(u, found)
-                    return
-            try:
-                obj = await self._client.create_batch(u.file_id, self._window,
-                                                      {"job": self._job_name[:500], "file": u.name})
-            except ApiError as exc:
-                if not _retryable(exc):  # refused: no batch exists, its requests go back to pending
-                    self._give_up(u, f"Groq refused the batch: {exc}")
-                    with contextlib.suppress(ApiError):
-                        await self._client.delete_file(u.file_id)
-                await self._transient(exc, attempt, f"submitting {u.name}")
-                continue
-            self._record(u, obj)
-            self._stats.batches += 1
-            self._stats.batch_requests += u.lines
-            log.info("batch: submitted %s as %s (%d requests, window %s)", u.name, obj["id"], u.lines,
-                     self._window)
-            return
-
-    async def _file_named(self, name: str) -> str | None:
-        """Our file of that name on Groq (the oldest; later duplicates are deleted), if listing works."""
-        try:
-            files = await self._retrying(self._client.list_files, "listing files")
-        except FatalApiError as exc:
-            if exc.status == 404:
-                return None  # a server without a files list: upload again
-            raise
-        mine = sorted((f for f in files if f.get("filename") == name and f.get("purpose") == "batch"),
-                      key=lambda f: (f.get("created_at") or 0, str(f.get("id"))))
-        for extra in mine[1:]:
-            log.info("batch: deleting %s, a duplicate upload of %s", extra.get("id"), name)
-            try:
-                await self._client.delete_file(str(extra["id"]))
-            except ApiError as exc:
-                log.warning("batch: could not delete the duplicate file %s: %s", extra.get("id"), exc)
-        return str(mine[0]["id"]) if mine else None
-
-    async def _batch_of(self, file_id: str) -> dict[str, Any] | None:
-        try:
-            batches = await self._retrying(self._client.list_batches, "listing batches")
-        except FatalApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        mine = [b for b in batches if b.get("input_file_id") == file_id
-                and b.get("status") not in ("failed", "cancelled", "cancelling")]
-        return mine[0] if mine else None
-
-    def _record(self, u: Upload, obj: dict[str, Any]) -> None:
-        self._store.update_upload(u.id, batch_id=str(obj["id"]),
-                                  status=str(obj.get("status") or "validating"),
-                                  counts=json.dumps(obj.get("request_counts")))
+                await self._steps.advance(u, look_first=True)
 
     # -- waiting and merging ------------------------------------------------------------------------
     async def _watch(self, outcome: Outcome) -> bool:
@@ -258,8 +163,8 @@ class BatchMode:
         except FatalApiError as exc:
             if exc.status != 404:
                 raise
-            self._give_up(u, f"Groq does not know batch {u.batch_id} (HTTP 404: another account or server?); "
-                             "its requests go into a new batch")
+            self._steps.give_up(u, f"Groq does not know batch {u.batch_id} (HTTP 404: another account or "
+                                   "server?); its requests go into a new batch")
             return None
         except ApiError as exc:  # a flaky poll is not a reason to stop; the next one may pass
             log.warning("batch: could not check %s: %s", u.batch_id, exc)
@@ -312,8 +217,8 @@ class BatchMode:
         would leave every request in it to be paid for again."""
         try:
             for attempt in range(1, DOWNLOADS + 1):
-                await self._retrying(functools.partial(self._client.download_file, file_id, local),
-                                     f"downloading {file_id}")
+                await retrying(functools.partial(self._client.download_file, file_id, local),
+                                f"downloading {file_id}", self._rng)
                 results = read_results(local)
                 if not results.unreadable:
                     return results
@@ -351,36 +256,10 @@ class BatchMode:
             return False
         return True
 
-    # -- helpers ------------------------------------------------------------------------------------
     def _find(self, upload: int) -> Upload:
         return next(u for u in self._store.uploads() if u.id == upload)
 
-    def _give_up(self, u: Upload, why: str) -> None:
-        log.warning("batch: %s: %s", u.name, why)
-        self._store.update_upload(u.id, status="abandoned", detail=why, done=1)
 
-    async def _transient(self, exc: ApiError, attempt: int, what: str) -> None:
-        """Wait before the next try of a Batch API call, or raise if it cannot succeed."""
-        if not _retryable(exc) or attempt >= ATTEMPTS:
-            if isinstance(exc, FatalApiError):
-                raise exc
-            raise FatalApiError(f"{what}: {exc}", status=exc.status, code=exc.code) from exc
-        wait = min(exc.retry_after, 60.0) if isinstance(exc, RateLimited) and exc.retry_after else \
-            self._rng.uniform(0, min(30.0, 2.0 ** attempt))
-        log.warning("batch: %s failed (%s); trying again in %.1f s", what, exc, wait)
-        await asyncio.sleep(wait)
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return await call()
-            except ApiError as exc:
-                await self._transient(exc, attempt, what)
-        raise AssertionError("unreachable")
-
-
-def _retryable(exc: ApiError) -> bool:
-    return isinstance(exc, ServerError | TransportError | RateLimited)
 
 
 def upload_folder(state: Path) -> Path:
