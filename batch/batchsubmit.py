@@ -33,6 +33,8 @@ ATTEMPTS = 6  # tries of one Batch API call that fails transiently (5xx, dropped
 
 
 class Submitter:
+    """Advances uploads of one store at one Batch API; counts the batches it submits in `stats`."""
+
     def __init__(self, client: Client, store: Store, stats: RunStats, *, window: str, job_name: str,
                  folder: Path) -> None:
         self._client, self._store, self._stats = client, store, stats
