@@ -40,6 +40,7 @@ class Plan:
     requests_per_minute: float
     tokens_per_minute: float
     examples: list[dict[str, Any]]
+    in_batches: int = 0  # of the requests not answered, those held by Batch API batches not collected yet
     mode: str = "online"
     batch_files: int = 0  # batch mode: JSONL files the requests to send make (50,000 lines / 100 MB each)
 
@@ -48,7 +49,7 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Pl
     source = check_job(job)
     renderer = Renderer(job.task, key=job.input.key)
     store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
-    rows = invalid = answered = prompt = completion = 0
+    rows = invalid = answered = held = prompt = completion = 0
     files = ChunkCounter()
     seen: set[str] = set()  # distinct fingerprints; the plan is a one-off, so this may grow
     examples: list[dict[str, Any]] = []
@@ -57,6 +58,7 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Pl
             rendered = renderer.render_batch(batch, row0)
             fresh = [r for r in rendered if isinstance(r, Request) and r.fingerprint not in seen]
             done = store.get_many(r.fingerprint for r in fresh) if store else {}
+            in_batches = store.in_open_uploads(r.fingerprint for r in fresh) if store else set()
             for r in rendered:
                 rows += 1
                 if isinstance(r, RowFailure):
@@ -70,6 +72,9 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Pl
                 if r.fingerprint in done and (done[r.fingerprint][0].ok or done[r.fingerprint][0].permanent):
                     answered += 1
                     continue
+                if r.fingerprint in in_batches:  # already submitted: a run collects it, sends nothing
+                    held += 1
+                    continue
                 prompt += r.est_tokens - renderer.completion_budget
                 completion += renderer.completion_budget
                 files.add(len(request_line(r)))
@@ -79,13 +84,14 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Pl
     base = catalog.limits_for(job.task.model)
     rpm = float(job.limits.requests_per_minute or base.rpm)
     tpm = float(job.limits.tokens_per_minute or base.tpm)
-    to_send = len(seen) - answered
+    to_send = len(seen) - answered - held
     cost = catalog.cost_usd(job.task.model, prompt, completion)
     return Plan(rows=rows, invalid_rows=invalid, requests=len(seen), answered=answered,
                 prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
                 batch_cost_usd=None if cost is None else cost / 2,
                 minutes=max(to_send / rpm, (prompt + completion) / tpm), requests_per_minute=rpm,
-                tokens_per_minute=tpm, examples=examples, mode=mode or job.run.mode, batch_files=files.files)
+                tokens_per_minute=tpm, examples=examples, in_batches=held, mode=mode or job.run.mode,
+                batch_files=files.files)
 
 
 class ChunkCounter:
@@ -123,9 +129,12 @@ def describe(plan: Plan, job: Job) -> str:
         time = (f"within the completion window ({job.run.completion_window}), in {plan.batch_files} "
                 "Batch API file(s) of at most 50,000 requests and 100 MB")
     lines = [f"{job.file}: {plan.rows:,} rows -> {plan.requests:,} distinct requests "
-             f"({plan.invalid_rows:,} invalid rows, {plan.answered:,} already answered in the store)",
-             f"to send: {plan.requests - plan.answered:,} requests, about {plan.prompt_tokens:,} prompt "
-             f"tokens + at most {plan.completion_tokens:,} completion tokens ({job.task.model})",
+             f"({plan.invalid_rows:,} invalid rows, {plan.answered:,} already answered in the store"
+             + (f", {plan.in_batches:,} in Batch API batches not collected yet" if plan.in_batches else "")
+             + ")",
+             f"to send: {plan.requests - plan.answered - plan.in_batches:,} requests, about "
+             f"{plan.prompt_tokens:,} prompt tokens + at most {plan.completion_tokens:,} completion tokens "
+             f"({job.task.model})",
              f"cost: {usd}",
              f"time: {time}",
              "", f"first {len(plan.examples)} request bodies:"]

@@ -106,6 +106,9 @@ def test_a_kill_after_submission_and_a_rerun_attaches_to_the_same_batch(
     (shown,) = info["batches"]
     assert shown["batch_id"] == batch.id and not shown["merged"]
     assert info["pending"] == info["in_batches"] == 300
+    plan = subprocess.run([sys.executable, "-m", "batch", "plan", str(job), "--json"], cwd=tmp_path,
+                          env=cli_env(None), capture_output=True, text=True, timeout=30)
+    assert json.loads(plan.stdout)["in_batches"] == 300, plan.stderr  # not counted as still to send
 
     again = run_batch(job, "--base-url", url)
     assert again.returncode == 0, again.stderr
