@@ -270,8 +270,7 @@ class Client:
         return _object(data, "file")
 
     async def list_files(self) -> list[dict[str, Any]]:
-        data, _ = await self._call("GET", "/files")
-        return _listed(data, "files")
+        return await self._list_all("/files", "files")
 
     async def delete_file(self, file_id: str) -> None:
         await self._call("DELETE", f"/files/{_id(file_id)}")
@@ -291,8 +290,22 @@ class Client:
         return _object(data, "batch")
 
     async def list_batches(self) -> list[dict[str, Any]]:
-        data, _ = await self._call("GET", "/batches")
-        return _listed(data, "batches")
+        return await self._list_all("/batches", "batches")
+
+    async def _list_all(self, path: str, what: str, *, pages: int = 100) -> list[dict[str, Any]]:
+        """Every item of a list. Groq answers with one page; an OpenAI-style server pages with
+        `has_more` and `?after=<last id>` (followed for at most `pages` pages)."""
+        items: list[dict[str, Any]] = []
+        query = ""
+        for _ in range(pages):
+            data, _ = await self._call("GET", path + query)
+            page = _listed(data, what)
+            items += page
+            last = data.get("last_id") or (page[-1].get("id") if page else None)
+            if data.get("has_more") is not True or not isinstance(last, str):
+                break
+            query = f"?after={_id(last)}"
+        return items
 
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         data, _ = await self._call("POST", f"/batches/{_id(batch_id)}/cancel")

@@ -3,10 +3,15 @@ result lines become answers, row errors or nothing (expired); the store records 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from batch.batchfiles import ChunkWriter, read_results, request_line
+from batch.client import Client
 from batch.records import Request
 from batch.store import Store
 
@@ -85,3 +90,34 @@ def test_the_store_records_each_step_and_hides_held_requests(tmp_path: Path) -> 
     assert store.uploads(open_only=True) == [] and store.in_open_uploads(["a"]) == set()
     assert store.meta("prefix", "x1") == "x1" and store.meta("prefix", "x2") == "x1"
     store.close()
+
+
+def test_lists_are_followed_page_by_page_on_an_openai_style_server() -> None:
+    """Groq lists everything at once; OpenAI pages with has_more and ?after=: recovery must see it all."""
+    batches = [{"id": f"batch_{i:03d}", "input_file_id": f"file_{i}"} for i in range(45)]
+    seen_after: list[str | None] = []
+
+    async def list_batches(request: web.Request) -> web.Response:
+        after = request.query.get("after")
+        seen_after.append(after)
+        start = 0 if after is None else next(i for i, b in enumerate(batches) if b["id"] == after) + 1
+        page = batches[start:start + 20]
+        return web.json_response({"object": "list", "data": page, "has_more": start + 20 < len(batches),
+                                  "last_id": page[-1]["id"] if page else None})
+
+    async def scenario() -> list[dict[str, Any]]:
+        app = web.Application()
+        app.router.add_get("/v1/batches", list_batches)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+            async with Client(url, None, timeout_s=10, connections=1) as client:
+                return await client.list_batches()
+        finally:
+            await runner.cleanup()
+
+    got = asyncio.run(scenario())
+    assert [b["id"] for b in got] == [b["id"] for b in batches]
+    assert seen_after == [None, "batch_019", "batch_039"]
