@@ -1,0 +1,119 @@
+"""The simulator's knobs: :class:`SimConfig`, and the ``simulate`` command's options that fill it.
+
+This module owns what can be set on the Groq simulator and its checks: the per-model rate limits
+(RPM, TPM, RPD, TPD) and the burst, latency and jitter, the injectable faults (:data:`FAULT_KINDS`)
+and their rate, the length of the simulated day, and the Batch API's timings, models and fault rate.
+:func:`add_cli_arguments` and :func:`config_from_args` turn the same knobs into command-line options
+and back, with SimConfig's defaults.
+
+Part of the Groq simulator (:mod:`batch.simulator`); it imports nothing from ``batch`` but
+:mod:`batch.simanswers` (for the known models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+from .simanswers import KNOWN_MODELS
+
+FAULT_KINDS = ("500", "502", "503", "498", "drop", "malformed", "hang")
+
+
+@dataclass
+class SimConfig:
+    """Knobs of the simulator; limits are per model, like Groq's. Tests may change it at runtime."""
+
+    api_key: str | None = None  # None: any non-empty bearer token is accepted
+    rpm: int = 30
+    tpm: int = 8000
+    rpd: int = 1000
+    tpd: int = 200_000
+    burst_s: float = 60.0  # seconds of the per-minute budget the buckets hold (60 = Groq's burst)
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = FAULT_KINDS
+    hang_s: float = 300.0
+    seed: int = 0  # seeds the fault RNG once, when the Simulator is created
+    day_s: float = 86400.0  # length of the simulated day for RPD/TPD, short in tests
+    # Batch API. A batch keeps the timing knobs it was created with, so its schedule never jumps.
+    batch_validate_s: float = 0.2  # real seconds a batch spends in `validating`
+    batch_models: tuple[str, ...] | None = None  # models the Batch API takes; None: every known model
+    batch_lines_per_s: float = 500.0  # real-time rate at which `in_progress` answers lines
+    batch_time_scale: float = 3600.0  # simulated seconds per real second: "24h" lasts 24 s
+    batch_finalize_s: float = 0.2  # real seconds in `finalizing`, and in `cancelling`
+    batch_fault_rate: float = 0.0  # probability that a batch line gets a 500 instead of an answer
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.faults) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be within 0..1, not {self.fault_rate}")
+        if min(self.rpm, self.tpm, self.rpd, self.tpd) < 1 or self.burst_s <= 0 or self.day_s <= 0:
+            raise ValueError("rate limits, burst_s and day_s must be positive")
+        self._check_batch()
+
+    def _check_batch(self) -> None:
+        timings = {"batch_validate_s": self.batch_validate_s, "batch_finalize_s": self.batch_finalize_s,
+                   "batch_lines_per_s": self.batch_lines_per_s, "batch_time_scale": self.batch_time_scale}
+        for name, value in timings.items():
+            # Rate and scale divide the schedule: zero would stall it or make every window end at once.
+            positive = name in ("batch_lines_per_s", "batch_time_scale")
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "above 0" if positive else "of at least 0"
+                raise ValueError(f"{name} must be a finite number {bound}, not {value}")
+        if not 0.0 <= self.batch_fault_rate <= 1.0:
+            raise ValueError(f"batch_fault_rate must be within 0..1, not {self.batch_fault_rate}")
+        if self.batch_models is not None:
+            self.batch_models = tuple(self.batch_models)
+            unknown = sorted(set(self.batch_models) - set(KNOWN_MODELS))
+            if unknown:
+                raise ValueError(f"unknown batch models {unknown}; choose from {', '.join(KNOWN_MODELS)}")
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `simulate` command's options; the defaults are SimConfig's."""
+    d = SimConfig()
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0: any free one)")
+    parser.add_argument("--api-key", default=None, help="require this key (default: any non-empty key)")
+    options: tuple[tuple[str, type[int] | type[float], float, str], ...] = (
+        ("--rpm", int, d.rpm, "requests per minute, per model"),
+        ("--tpm", int, d.tpm, "tokens per minute, per model"),
+        ("--rpd", int, d.rpd, "requests per day, per model"),
+        ("--tpd", int, d.tpd, "tokens per day, per model"),
+        ("--burst-s", float, d.burst_s, "seconds of the minute budget usable at once (60 = Groq)"),
+        ("--latency-ms", float, d.latency_ms, "delay before each answer"),
+        ("--jitter-ms", float, d.jitter_ms, "extra uniform random delay"),
+        ("--fault-rate", float, d.fault_rate, "probability that a request gets a fault"),
+        ("--hang-s", float, d.hang_s, "how long a 'hang' fault holds the request"),
+        ("--seed", int, d.seed, "seed of the fault RNG (and of the Batch API's order and faults)"),
+        ("--batch-validate-s", float, d.batch_validate_s, "seconds a batch spends validating"),
+        ("--batch-lines-per-s", float, d.batch_lines_per_s, "batch lines answered per second"),
+        ("--batch-time-scale", float, d.batch_time_scale,
+         "simulated seconds per real second of a batch's completion window (3600: 24h lasts 24 s)"),
+        ("--batch-finalize-s", float, d.batch_finalize_s, "seconds a batch spends finalizing or cancelling"),
+        ("--batch-fault-rate", float, d.batch_fault_rate, "probability that a batch line gets a 500"),
+    )
+    for flag, kind, default, text in options:
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    parser.add_argument("--faults", default=",".join(d.faults), help="fault kinds (default %(default)s)")
+    parser.add_argument("--batch-models", default=None,
+                        help="comma-separated models the Batch API accepts (default: every known model)")
+
+
+def config_from_args(ns: argparse.Namespace) -> SimConfig:
+    """A SimConfig from options parsed by `add_cli_arguments`; ValueError if they are invalid."""
+    return SimConfig(
+        api_key=ns.api_key, rpm=ns.rpm, tpm=ns.tpm, rpd=ns.rpd, tpd=ns.tpd, burst_s=ns.burst_s,
+        latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, fault_rate=ns.fault_rate,
+        faults=tuple(k.strip() for k in ns.faults.split(",") if k.strip()), hang_s=ns.hang_s, seed=ns.seed,
+        batch_validate_s=ns.batch_validate_s, batch_lines_per_s=ns.batch_lines_per_s,
+        batch_time_scale=ns.batch_time_scale, batch_finalize_s=ns.batch_finalize_s,
+        batch_fault_rate=ns.batch_fault_rate,
+        batch_models=None if ns.batch_models is None
+        else tuple(m.strip() for m in ns.batch_models.split(",") if m.strip()),
+    )
