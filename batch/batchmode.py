@@ -118,14 +118,13 @@ class BatchMode:
         return sent
 
     async def _send(self, path: Path, sha256: str, fingerprints: list[str], size: int) -> int:
-        name = f"{self._prefix}-{sha256[:16]}.jsonl"
         if self._stopped:
             path.unlink(missing_ok=True)
             return 0
-        path.replace(self._folder / name)
-        upload = self._store.add_upload(name, fingerprints, size)  # before a byte leaves
-        log.info("batch: uploading %s (%d requests, %.1f MB)", name, len(fingerprints), size / 1e6)
-        await self._steps.advance(self._find(upload), look_first=False)
+        upload = self._store.add_upload(self._prefix, sha256[:12], fingerprints, size)  # before a byte leaves
+        path.replace(self._folder / upload.name)
+        log.info("batch: uploading %s (%d requests, %.1f MB)", upload.name, len(fingerprints), size / 1e6)
+        await self._steps.advance(upload, look_first=False)
         return len(fingerprints)
 
     # -- recovery ----------------------------------------------------------------------------------

@@ -197,20 +197,20 @@ class Store:
     # Each step is committed the moment it happens (autocommit), before the next one is attempted:
     # a crash then leaves at worst one uploaded file or one submitted batch the store does not name,
     # and `batchmode` finds those by name and input file on Groq instead of paying twice.
-    def add_upload(self, name: str, fingerprints: list[str], size: int) -> int:
-        """Record a prepared file of requests (line i+1 holds fingerprints[i]); returns its id."""
+    def add_upload(self, prefix: str, digest: str, fingerprints: list[str], size: int) -> Upload:
+        """Record a prepared file of requests (line i+1 holds fingerprints[i]) under a name that no other
+        upload of this store has, even one of the same content: `<prefix>-<id>-<digest>.jsonl`."""
         self._db.execute("BEGIN")
         now = time.time()
         cur = self._db.execute("INSERT INTO uploads (name, lines, bytes, status, created, updated) VALUES "
-                               "(?, ?, ?, 'prepared', ?, ?)", (name, len(fingerprints), size, now, now))
+                               "('', ?, ?, 'prepared', ?, ?)", (len(fingerprints), size, now, now))
         upload = int(cur.lastrowid or 0)
+        name = f"{prefix}-{upload}-{digest}.jsonl"
+        self._db.execute("UPDATE uploads SET name=? WHERE id=?", (name, upload))
         self._db.executemany("INSERT INTO upload_lines VALUES (?, ?, ?)",
                              ((upload, i + 1, fp) for i, fp in enumerate(fingerprints)))
         self._db.execute("COMMIT")
-        return upload
-
-    def rename_upload(self, upload: int, name: str) -> None:
-        self._db.execute("UPDATE uploads SET name=? WHERE id=?", (name, upload))
+        return Upload(upload, name, len(fingerprints), size, None, None, "prepared", None, None, now, False)
 
     def update_upload(self, upload: int, **values: object) -> None:
         assert set(values) <= _UPLOAD_FIELDS, values

@@ -76,18 +76,19 @@ def test_result_lines_become_answers_errors_or_nothing(tmp_path: Path) -> None:
 
 def test_the_store_records_each_step_and_hides_held_requests(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite")
-    upload = store.add_upload("f.jsonl", ["a", "b", "c"], 123)
+    upload = store.add_upload("batch-x", "abc", ["a", "b", "c"], 123).id
+    assert store.add_upload("batch-x", "abc", ["d"], 9).name == f"batch-x-{upload + 1}-abc.jsonl"
     assert store.in_open_uploads(["a", "c", "z"]) == {"a", "c"}
     store.update_upload(upload, file_id="file_1", status="uploaded")
     store.close()
 
     store = Store(tmp_path / "s.sqlite")  # as a re-run sees it
-    (u,) = store.uploads(open_only=True)
+    u = store.uploads(open_only=True)[0]
     assert (u.name, u.lines, u.bytes, u.file_id, u.batch_id, u.status) == (
-        "f.jsonl", 3, 123, "file_1", None, "uploaded")
+        f"batch-x-{upload}-abc.jsonl", 3, 123, "file_1", None, "uploaded")
     assert store.upload_lines(upload) == {1: "a", 2: "b", 3: "c"}
     store.update_upload(upload, batch_id="batch_1", status="completed", done=1)
-    assert store.uploads(open_only=True) == [] and store.in_open_uploads(["a"]) == set()
+    assert [u.lines for u in store.uploads(open_only=True)] == [1] and store.in_open_uploads(["a"]) == set()
     assert store.meta("prefix", "x1") == "x1" and store.meta("prefix", "x2") == "x1"
     store.close()
 
