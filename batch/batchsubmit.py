@@ -128,9 +128,10 @@ class Submitter:
             if exc.status == 404:
                 return None
             raise
-        mine = [b for b in batches if b.get("input_file_id") == file_id
-                and b.get("status") not in ("failed", "cancelled", "cancelling")]
-        return mine[0] if mine else None
+        # The file is this upload's alone (its name is unique), so any batch of it is ours, whatever its
+        # status: a failed or cancelled one is merged like any other, never submitted a second time.
+        mine = [b for b in batches if b.get("input_file_id") == file_id]
+        return max(mine, key=lambda b: b.get("created_at") or 0) if mine else None
 
     def _record(self, u: Upload, obj: dict[str, Any]) -> None:
         self._store.update_upload(u.id, batch_id=str(obj["id"]),
