@@ -226,7 +226,10 @@ def _status(args: argparse.Namespace) -> int:
     last = info["last_run"]
     if isinstance(last, dict):
         print(f"last run: {last.get('status')}, {last.get('rows_ok')} ok / {last.get('rows_failed')} failed, "
-              f"{last.get('requests_sent')} requests, {last.get('elapsed_s')} s, "
+              f"{last.get('requests_sent')} requests"
+              + (f" + {last.get('batch_requests')} in Batch API batches" if last.get("mode") == "batch"
+                 else "")
+              + f", {last.get('elapsed_s')} s, "
               f"estimated cost ${last.get('estimated_cost_usd')}")
     batches = info["batches"]
     if isinstance(batches, list) and batches:
