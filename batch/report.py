@@ -64,6 +64,7 @@ class RunStats:
     # (billed at half price; their share of the totals above).
     batch_requests: int = 0
     batches: int = 0
+    batch_results: int = 0  # results merged from batches this run (submitted by this run or an earlier one)
     batch_input_tokens: int = 0
     batch_output_tokens: int = 0
     batch_cached_tokens: int = 0
@@ -77,6 +78,7 @@ class RunStats:
 
     def record_answer(self, a: Answer, *, batch: bool = False) -> None:
         if batch:
+            self.batch_results += 1
             self.batch_input_tokens += a.input_tokens or 0
             self.batch_output_tokens += a.output_tokens or 0
             self.batch_cached_tokens += a.cached_tokens or 0
@@ -126,6 +128,7 @@ class Summary:
     mode: str = "online"
     batch_requests: int = 0  # submitted to the Batch API this run (billed at half price)
     batches: int = 0
+    batch_results: int = 0
 
     @classmethod
     def build(cls, stats: RunStats, *, status: str, model: str, rows: int, rows_ok: int,
@@ -152,7 +155,7 @@ class Summary:
             peak_rss_mb=peak_rss_mb(),
             model=model, output=str(output) if output else None,
             errors=dict(stats.errors), message=message, mode=mode, batch_requests=stats.batch_requests,
-            batches=stats.batches)
+            batches=stats.batches, batch_results=stats.batch_results)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -182,8 +185,9 @@ class Summary:
         ]
         if self.mode == "batch":
             lines[1] = "  online " + lines[1].lstrip()
-            lines.insert(1, f"  Batch API: {self.batch_requests:,} requests submitted this run in "
-                            f"{self.batches} batch{'es' if self.batches != 1 else ''} (billed at half price)")
+            lines.insert(1, f"  Batch API (billed at half price): {self.batch_requests:,} requests submitted "
+                            f"this run in {self.batches} batch{'es' if self.batches != 1 else ''}; "
+                            f"{self.batch_results:,} results collected")
         if self.errors:
             kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
             lines.append(f"  errors by kind: {kinds}")

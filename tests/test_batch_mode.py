@@ -64,7 +64,8 @@ def test_a_300_row_job_is_answered_through_batches_alone(
     assert all(r["attempts"] == 1 and r["request_id"] for r in out)
 
     report = json.loads((tmp_path / "out.parquet.report.json").read_text(encoding="utf-8"))
-    assert (report["mode"], report["batch_requests"], report["batches"]) == ("batch", 300, 1)
+    assert (report["mode"], report["batch_requests"], report["batches"], report["batch_results"]) == (
+        "batch", 300, 1, 300)
     assert report["requests_sent"] == 0
     full = cost_usd(report["model"], report["input_tokens"], report["output_tokens"])
     assert full and report["estimated_cost_usd"] == pytest.approx(full / 2, rel=1e-3)
