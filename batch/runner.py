@@ -83,21 +83,20 @@ class Run:
                 if job.task.top_k is not None:
                     log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
                                 "parameter and rejects requests that carry it", job.task.top_k)
+                renderer = Renderer(job.task, key=job.input.key)
                 if self.mode == "batch":
                     log.info("run: %d rows from %s -> %s; model %s at %s; Batch API, completion window %s",
                              source.num_rows, job.input.path, job.output.path, job.task.model, base_url,
                              job.run.completion_window)
+                    expired = await self._batch(source, renderer, store, base_url, key)
+                    if expired:
+                        log.info("batch: sending the %d requests the Batch API did not answer in time "
+                                 "online ([run] on-expired = \"online\")", expired)
                 else:
                     _refuse_open_batches(job, store)
                     log.info("run: %d rows from %s -> %s; model %s at %s; %.0f req/min, %.0f tokens/min, "
                              "concurrency %d", source.num_rows, job.input.path, job.output.path,
                              job.task.model, base_url, rpm, tpm, job.limits.concurrency)
-                renderer = Renderer(job.task, key=job.input.key)
-                if self.mode == "batch":
-                    expired = await self._batch(source, renderer, store, base_url, key)
-                    if expired:
-                        log.info("batch: sending the %d requests the Batch API did not answer in time "
-                                 "online ([run] on-expired = \"online\")", expired)
                 if self.mode == "online" or self.expired_online:
                     await self._send_missing(source, renderer, store, base_url, key, rpm, tpm)
                 return self._finish(source, renderer, store)
