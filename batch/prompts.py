@@ -98,17 +98,20 @@ class Renderer:
         out: list[Rendered] = []
         for i in range(batch.num_rows):
             row = first_row + i
-            where = f"input row {row + 1}" + (f" ({self.key} {cols[self.key][i]!r})" if self.key else "")
             nulls = [name for name in self.template_columns if cols[name][i] is None]
             if nulls:
-                out.append(RowFailure(row, f"{where}: column {_names(nulls)} is empty (null); "
-                                           "the prompt needs a value there"))
+                out.append(RowFailure(row, f"{self._where(row, cols, i)}: column {_names(nulls)} is empty "
+                                           "(null); the prompt needs a value there"))
                 continue
             try:
                 out.append(self.request(row, {name: cols[name][i] for name in self.columns}))
             except RowProblem as exc:
-                out.append(RowFailure(row, f"{where}: {exc}"))
+                out.append(RowFailure(row, f"{self._where(row, cols, i)}: {exc}"))
         return out
+
+    def _where(self, row: int, cols: dict[str, list[Any]], i: int) -> str:
+        """How an error names a row: built only for a row that fails (it is on every row's path)."""
+        return f"input row {row + 1}" + (f" ({self.key} {cols[self.key][i]!r})" if self.key else "")
 
     def request(self, row: int, cells: dict[str, Any]) -> Request:
         """The request for one row; raises RowProblem when the row cannot become one."""
@@ -134,12 +137,16 @@ class Renderer:
         if inline > messages.MAX_BASE64_BYTES:
             raise RowProblem(f"{inline / 1e6:.1f} MB of inline images; Groq refuses more than 4 MB of base64 "
                              "per request (use https image URLs, or smaller images)")
-        body = json.dumps({"model": self.model, "messages": chat, **self.params},
-                          ensure_ascii=False, separators=(",", ":")).encode()
+        body = _JSON.encode({"model": self.model, "messages": chat, **self.params}).encode()
         # Inline image bytes are not text tokens: leave them out of the estimate.
         est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * count
         return Request(fingerprint=fingerprint(body), body=body, row=row,
                        est_tokens=est + self.completion_budget)
+
+
+# One encoder for every row (json.dumps builds a new one per call); the same bytes as
+# json.dumps(..., ensure_ascii=False, separators=(",", ":")), so fingerprints do not change.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def fingerprint(body: bytes) -> str:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import JobError
 from .records import Answer
@@ -276,10 +277,14 @@ class Store:
             yield _answer(r)
 
 
-def _answer(row: tuple[object, ...]) -> Answer:
-    values = dict(zip(_COLUMNS, row, strict=True))
-    values["permanent"] = bool(values["permanent"])  # SQLite hands it back as 0/1
-    return Answer(**values)  # type: ignore[arg-type]
+_PERMANENT = _COLUMNS.index("permanent")
+
+
+def _answer(row: tuple[Any, ...]) -> Answer:
+    # Positional, in the dataclass's own field order (_COLUMNS): no dict per row on the output's path.
+    values = list(row)
+    values[_PERMANENT] = bool(values[_PERMANENT])  # SQLite hands it back as 0/1
+    return Answer(*values)
 
 
 def _lock(path: Path) -> int:
