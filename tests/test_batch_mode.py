@@ -354,3 +354,32 @@ def test_a_refused_submission_ends_the_run_and_the_next_run_starts_clean(
         check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
     finally:
         background_loop.run(sim.stop())
+
+
+def test_ctrl_c_stops_waiting_and_the_batch_goes_on(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
+    url, sim = start_sim(**FAST, batch_lines_per_s=40)  # 120 lines: 3 s in progress
+    rows = plain_rows(120)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+
+    proc = _spawn(job, url, api_key, tmp_path, "first")
+    try:
+        _wait_for(lambda: any(b.status == "in_progress" for b in list(sim.batches.values())), 20,
+                  "the batch to run")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    err = (tmp_path / "first.err").read_text(encoding="utf-8")
+    assert code == 3, err
+    assert time.monotonic() - started < 3, "the run did not stop waiting at once"
+    assert "still running" in err and "interrupted" in err
+    (batch,) = sim.batches.values()
+    assert batch.status == "in_progress"  # Ctrl-C stops our waiting, not Groq's work
+
+    again = run_batch(job, "--base-url", url)
+    assert again.returncode == 0, again.stderr
+    assert (sim.uploads, sim.batches_created) == (1, 1) and sim.log == []
+    check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
