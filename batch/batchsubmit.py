@@ -58,7 +58,7 @@ class Submitter:
         path = self._folder / u.name
         for attempt in range(1, ATTEMPTS + 1):
             if look_first or attempt > 1:  # an earlier try may have reached Groq without our hearing
-                found = await self._file_named(u.name)
+                found = await self.file_named(u.name)
                 if found is not None:
                     log.info("batch: %s is already on Groq as %s; using it", u.name, found)
                     self._store.update_upload(u.id, file_id=found, status="uploaded")
@@ -81,7 +81,7 @@ class Submitter:
         assert u.file_id is not None
         for attempt in range(1, ATTEMPTS + 1):
             if look_first or attempt > 1:
-                found = await self._batch_of(u.file_id)
+                found = await self.batch_of(u.file_id)
                 if found is not None:
                     log.info("batch: %s was already submitted as %s; attaching", u.name, found["id"])
                     self._record(u, found)
@@ -103,7 +103,7 @@ class Submitter:
                      self._window)
             return
 
-    async def _file_named(self, name: str) -> str | None:
+    async def file_named(self, name: str) -> str | None:
         """Our file of that name on Groq (the oldest; later duplicates are deleted), if listing works."""
         try:
             files = await retrying(self._client.list_files, "listing files", self._rng)
@@ -121,7 +121,7 @@ class Submitter:
                 log.warning("batch: could not delete the duplicate file %s: %s", extra.get("id"), exc)
         return str(mine[0]["id"]) if mine else None
 
-    async def _batch_of(self, file_id: str) -> dict[str, Any] | None:
+    async def batch_of(self, file_id: str) -> dict[str, Any] | None:
         try:
             batches = await retrying(self._client.list_batches, "listing batches", self._rng)
         except FatalApiError as exc:

@@ -383,3 +383,46 @@ def test_ctrl_c_stops_waiting_and_the_batch_goes_on(
     assert again.returncode == 0, again.stderr
     assert (sim.uploads, sim.batches_created) == (1, 1) and sim.log == []
     check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
+
+
+def test_cancel_settles_a_submission_that_never_became_a_batch(
+        tmp_path: Path, background_loop: BackgroundLoop, write_job: WriteJob, run_batch: RunBatch,
+        api_key: str) -> None:
+    """Killed between upload and submission, then the user gives up on batch mode: `cancel` deletes the
+    uploaded file and gives the requests back, so an online run may send them (it refused before)."""
+    hold = Hold("POST", "/batches", before=True)
+    sim = Simulator(SimConfig(rpm=10**6, tpm=10**12, rpd=10**9, tpd=10**15, **FAST))
+
+    @web.middleware
+    async def held_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await hold.handle(request, handler)
+
+    sim.app.middlewares.append(held_requests)
+    url = background_loop.run(sim.start())
+    try:
+        rows = plain_rows(12)
+        write_csv(rows, tmp_path / "in.csv")
+        job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+        proc = _spawn(job, url, api_key, tmp_path, "first")
+        try:
+            assert hold.seen.wait(20), (tmp_path / "first.err").read_text(encoding="utf-8")
+            _kill(proc)
+        finally:
+            proc.kill()
+        hold.active = False
+        online = run_batch(job, "--base-url", url, "--mode", "online")
+        assert online.returncode == 2 and "twice" in online.stderr and sim.log == []
+
+        cancel = subprocess.run([sys.executable, "-m", "batch", "cancel", str(job), "--base-url", url],
+                                cwd=tmp_path, env=cli_env(api_key), capture_output=True, text=True,
+                                timeout=30)
+        assert cancel.returncode == 0, cancel.stderr
+        assert "given up before it became a batch" in cancel.stdout
+        assert [f for f in sim.files.values() if f.purpose == "batch"] == [], "the uploaded file was left"
+
+        online = run_batch(job, "--base-url", url, "--mode", "online")
+        assert online.returncode == 0, online.stderr
+        assert sim.batches_created == 0 and len(sim.log) == 12
+        check_rows(rows, read_output(tmp_path / "out.parquet")[1])
+    finally:
+        background_loop.run(sim.stop())
