@@ -140,6 +140,28 @@ class Hold:
         return response or web.Response(status=503)
 
 
+def _held_sim(background_loop: BackgroundLoop, hold: Hold) -> tuple[str, Simulator]:
+    """A fast simulator whose requests pass through `hold`: (base URL, simulator)."""
+    sim = Simulator(SimConfig(rpm=10**6, tpm=10**12, rpd=10**9, tpd=10**15, **FAST))
+
+    @web.middleware
+    async def held_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await hold.handle(request, handler)
+
+    sim.app.middlewares.append(held_requests)
+    return background_loop.run(sim.start()), sim
+
+
+def _kill_when_held(hold: Hold, job: Path, url: str, key: str, tmp_path: Path) -> None:
+    """Run the job in the background and kill -9 it while `hold` holds its request."""
+    proc = _spawn(job, url, key, tmp_path, "first")
+    try:
+        assert hold.seen.wait(20), (tmp_path / "first.err").read_text(encoding="utf-8")
+        _kill(proc)
+    finally:
+        proc.kill()
+
+
 @pytest.mark.parametrize("held", ["batch-create", "upload-answer"])
 def test_a_kill_between_upload_and_submission_reuses_the_uploaded_file(
         held: str, tmp_path: Path, background_loop: BackgroundLoop, write_job: WriteJob, run_batch: RunBatch,
@@ -148,23 +170,12 @@ def test_a_kill_between_upload_and_submission_reuses_the_uploaded_file(
     # upload-answer: killed after Groq stored the file but before its id arrived (found by name).
     hold = (Hold("POST", "/batches", before=True) if held == "batch-create"
             else Hold("POST", "/files", before=False))
-    sim = Simulator(SimConfig(rpm=10**6, tpm=10**12, rpd=10**9, tpd=10**15, **FAST))
-    @web.middleware
-    async def held_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await hold.handle(request, handler)
-
-    sim.app.middlewares.append(held_requests)
-    url = background_loop.run(sim.start())
+    url, sim = _held_sim(background_loop, hold)
     try:
         rows = plain_rows(40)
         write_csv(rows, tmp_path / "in.csv")
         job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
-        proc = _spawn(job, url, api_key, tmp_path, "first")
-        try:
-            assert hold.seen.wait(20), (tmp_path / "first.err").read_text(encoding="utf-8")
-            _kill(proc)
-        finally:
-            proc.kill()
+        _kill_when_held(hold, job, url, api_key, tmp_path)
         assert sim.uploads == 1 and sim.batches_created == 0
 
         hold.active = False
@@ -391,24 +402,12 @@ def test_cancel_settles_a_submission_that_never_became_a_batch(
     """Killed between upload and submission, then the user gives up on batch mode: `cancel` deletes the
     uploaded file and gives the requests back, so an online run may send them (it refused before)."""
     hold = Hold("POST", "/batches", before=True)
-    sim = Simulator(SimConfig(rpm=10**6, tpm=10**12, rpd=10**9, tpd=10**15, **FAST))
-
-    @web.middleware
-    async def held_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await hold.handle(request, handler)
-
-    sim.app.middlewares.append(held_requests)
-    url = background_loop.run(sim.start())
+    url, sim = _held_sim(background_loop, hold)
     try:
         rows = plain_rows(12)
         write_csv(rows, tmp_path / "in.csv")
         job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
-        proc = _spawn(job, url, api_key, tmp_path, "first")
-        try:
-            assert hold.seen.wait(20), (tmp_path / "first.err").read_text(encoding="utf-8")
-            _kill(proc)
-        finally:
-            proc.kill()
+        _kill_when_held(hold, job, url, api_key, tmp_path)
         hold.active = False
         online = run_batch(job, "--base-url", url, "--mode", "online")
         assert online.returncode == 2 and "twice" in online.stderr and sim.log == []
