@@ -36,6 +36,12 @@ def request_line(r: Request) -> bytes:
     return _HEAD % r.fingerprint.encode() + r.body + b"}\n"
 
 
+def starts_new_file(lines: int, size: int, line_size: int, max_lines: int = MAX_LINES,
+                    max_bytes: int = MAX_BYTES) -> bool:
+    """Whether a line of `line_size` bytes must open a new file after `lines` lines of `size` bytes."""
+    return lines > 0 and (lines >= max_lines or size + line_size > max_bytes)
+
+
 @dataclass
 class Chunk:
     """One finished request file: its path, content hash and the fingerprint on each line."""
@@ -70,7 +76,7 @@ class ChunkWriter:
     def add(self, r: Request) -> Chunk | None:
         line = request_line(r)
         done = None
-        if self._fps and (len(self._fps) >= self.max_lines or self._size + len(line) > self.max_bytes):
+        if starts_new_file(len(self._fps), self._size, len(line), self.max_lines, self.max_bytes):
             done = self.finish()
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)

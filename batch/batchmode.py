@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import random
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +144,7 @@ class BatchMode:
                     continue  # a step failed this run; the next run continues it
                 obj = await self._poll(u)
                 if obj is not None and obj.get("status") in TERMINAL:
-                    rejected |= await self._merge(self._find(u.id), obj, outcome)
+                    rejected |= await self._merge(u, obj, outcome)  # the fields it uses never change
             still = [u for u in self._store.uploads(open_only=True) if u.batch_id is not None]
             if not still or not self._wait_for or self._stopped:
                 outcome.waiting = still
@@ -255,8 +254,6 @@ class BatchMode:
             return False
         return True
 
-    def _find(self, upload: int) -> Upload:
-        return next(u for u in self._store.uploads() if u.id == upload)
 
 
 
@@ -267,8 +264,8 @@ def upload_folder(state: Path) -> Path:
 
 
 def remove_folder_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # absent, or still holding a file for the next run
+        folder.rmdir()
 
 
 async def cancel(client: Client, state: Path) -> list[tuple[str, str]]:

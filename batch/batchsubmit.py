@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -41,16 +42,13 @@ class Submitter:
         self._window, self._job_name, self._folder = window, job_name, folder
         self._rng = random.Random()
 
-    def find(self, upload: int) -> Upload:
-        return next(u for u in self._store.uploads() if u.id == upload)
-
     async def advance(self, u: Upload, *, look_first: bool) -> None:
         """Take one upload as far as a submitted batch."""
         if u.file_id is None:
             file_id = await self._upload(u, look_first=look_first)
             if file_id is None:
                 return
-            u = self.find(u.id)
+            u = dataclasses.replace(u, file_id=file_id)
         if u.batch_id is None and u.file_id is not None:
             await self._create(u, look_first=look_first)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import catalog
-from .batchfiles import MAX_BYTES, MAX_LINES, request_line
+from .batchfiles import request_line, starts_new_file
 from .config import Job
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
@@ -101,7 +101,7 @@ class ChunkCounter:
         self.files = self._lines = self._bytes = 0
 
     def add(self, size: int) -> None:
-        if not self.files or self._lines >= MAX_LINES or self._bytes + size > MAX_BYTES:
+        if not self.files or starts_new_file(self._lines, self._bytes, size):
             self.files, self._lines, self._bytes = self.files + 1, 0, 0
         self._lines += 1
         self._bytes += size

@@ -39,6 +39,15 @@ FAST = {"batch_validate_s": 0.05, "batch_finalize_s": 0.05}
 RUN = {"mode": "batch", "poll-interval": 0.2}
 
 
+def _rows_and_job(tmp_path: Path, write_job: WriteJob, n: int,
+                  **run: Any) -> tuple[list[dict[str, Any]], Path]:
+    """`n` plain rows in in.csv and a batch-mode job over them (`run`: more [run] keys, snake_case)."""
+    rows = plain_rows(n)
+    write_csv(rows, tmp_path / "in.csv")
+    extra = {k.replace("_", "-"): v for k, v in run.items()}
+    return rows, write_job("in.csv", task={"prompt": PROMPT}, run={**RUN, **extra})
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -47,9 +56,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 def test_a_300_row_job_is_answered_through_batches_alone(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
     url, sim = start_sim(**FAST)
-    rows = plain_rows(300)
-    write_csv(rows, tmp_path / "in.csv")
-    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    rows, job = _rows_and_job(tmp_path, write_job, 300)
 
     proc = run_batch(job, "--base-url", url)
     assert proc.returncode == 0, proc.stderr
@@ -86,9 +93,7 @@ def test_a_300_row_job_is_answered_through_batches_alone(
 def test_a_kill_after_submission_and_a_rerun_attaches_to_the_same_batch(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
     url, sim = start_sim(**FAST, batch_lines_per_s=100)  # 300 lines: about 3 s in progress
-    rows = plain_rows(300)
-    write_csv(rows, tmp_path / "in.csv")
-    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    rows, job = _rows_and_job(tmp_path, write_job, 300)
 
     proc = _spawn(job, url, api_key, tmp_path, "first")
     try:
@@ -172,9 +177,7 @@ def test_a_kill_between_upload_and_submission_reuses_the_uploaded_file(
             else Hold("POST", "/files", before=False))
     url, sim = _held_sim(background_loop, hold)
     try:
-        rows = plain_rows(40)
-        write_csv(rows, tmp_path / "in.csv")
-        job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+        rows, job = _rows_and_job(tmp_path, write_job, 40)
         _kill_when_held(hold, job, url, api_key, tmp_path)
         assert sim.uploads == 1 and sim.batches_created == 0
 
@@ -192,9 +195,7 @@ def test_expired_requests_wait_for_the_next_run(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
     # "24h" lasts 1 s and 50 lines are answered a second: most of 300 lines expire.
     url, sim = start_sim(**FAST, batch_lines_per_s=50, batch_time_scale=86400)
-    rows = plain_rows(300)
-    write_csv(rows, tmp_path / "in.csv")
-    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    rows, job = _rows_and_job(tmp_path, write_job, 300)
 
     first = run_batch(job, "--base-url", url)
     assert first.returncode == 3, first.stderr
@@ -217,9 +218,7 @@ def test_expired_requests_wait_for_the_next_run(
 def test_expired_requests_go_online_when_the_job_says_so(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
     url, sim = start_sim(**FAST, batch_lines_per_s=50, batch_time_scale=86400)
-    rows = plain_rows(200)
-    write_csv(rows, tmp_path / "in.csv")
-    job = write_job("in.csv", task={"prompt": PROMPT}, run={**RUN, "on-expired": "online"})
+    rows, job = _rows_and_job(tmp_path, write_job, 200, on_expired="online")
 
     proc = run_batch(job, "--base-url", url)
     assert proc.returncode == 0, proc.stderr
@@ -235,9 +234,7 @@ def test_expired_requests_go_online_when_the_job_says_so(
 def test_failed_lines_become_row_errors_and_the_next_run_retries_the_transient_ones(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
     url, sim = start_sim(**FAST, batch_fault_rate=0.2, seed=3)
-    rows = plain_rows(100)
-    write_csv(rows, tmp_path / "in.csv")
-    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    rows, job = _rows_and_job(tmp_path, write_job, 100)
 
     first = run_batch(job, "--base-url", url)
     assert first.returncode == 1, first.stderr
@@ -290,9 +287,7 @@ def test_a_model_the_batch_api_refuses_fails_every_row_without_online_requests(
 def test_no_wait_submits_and_exits_3_then_cancel_and_collect(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
     url, sim = start_sim(**FAST, batch_lines_per_s=20)
-    rows = plain_rows(100)
-    write_csv(rows, tmp_path / "in.csv")
-    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    rows, job = _rows_and_job(tmp_path, write_job, 100)
 
     first = run_batch(job, "--base-url", url, "--no-wait")
     assert first.returncode == 3, first.stderr
@@ -349,9 +344,7 @@ def test_a_refused_submission_ends_the_run_and_the_next_run_starts_clean(
     sim.app.middlewares.append(refuse_batches)
     url = background_loop.run(sim.start())
     try:
-        rows = plain_rows(10)
-        write_csv(rows, tmp_path / "in.csv")
-        job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+        rows, job = _rows_and_job(tmp_path, write_job, 10)
         first = run_batch(job, "--base-url", url)
         assert first.returncode == 4, first.stderr
         assert "completion_window is not supported here" in first.stderr
@@ -370,9 +363,7 @@ def test_a_refused_submission_ends_the_run_and_the_next_run_starts_clean(
 def test_ctrl_c_stops_waiting_and_the_batch_goes_on(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
     url, sim = start_sim(**FAST, batch_lines_per_s=40)  # 120 lines: 3 s in progress
-    rows = plain_rows(120)
-    write_csv(rows, tmp_path / "in.csv")
-    job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+    rows, job = _rows_and_job(tmp_path, write_job, 120)
 
     proc = _spawn(job, url, api_key, tmp_path, "first")
     try:
@@ -404,9 +395,7 @@ def test_cancel_settles_a_submission_that_never_became_a_batch(
     hold = Hold("POST", "/batches", before=True)
     url, sim = _held_sim(background_loop, hold)
     try:
-        rows = plain_rows(12)
-        write_csv(rows, tmp_path / "in.csv")
-        job = write_job("in.csv", task={"prompt": PROMPT}, run=RUN)
+        rows, job = _rows_and_job(tmp_path, write_job, 12)
         _kill_when_held(hold, job, url, api_key, tmp_path)
         hold.active = False
         online = run_batch(job, "--base-url", url, "--mode", "online")
