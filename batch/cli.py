@@ -8,30 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from . import simulator
-from .batchmode import cancel
-from .client import Client, check_base_url, is_loopback
-from .config import Job, load_job, resolve_base_url
-from .errors import BatchError, FatalApiError, JobError, Stopped
-from .plan import describe, make_plan
-from .preflight import SIMULATED_KEY
-from .runner import Run, RunOptions, report_path
-from .status import status
+from . import commands, endpoint, sim
+from .config import load_job
+from .engine import Run, RunOptions, report_path
+from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
+from .preflight import check_job
+from .report import Summary
+from .simulated import simulated
 
 log = logging.getLogger("batch")
-
-EXIT_OK, EXIT_ROWS_FAILED, EXIT_INVALID, EXIT_STOPPED, EXIT_FATAL = 0, 1, 2, 3, 4
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m batch",
@@ -70,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON instead of text")
     _verbosity(st)
 
-    sim = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
-    simulator.add_cli_arguments(sim)
-    _verbosity(sim)
+    simp = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
+    sim.add_cli_arguments(simp)
+    _verbosity(simp)
 
     models = sub.add_parser("models", help="list the models the key can use")
     models.add_argument("--base-url", help="OpenAI-style base URL")
@@ -122,14 +114,14 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "simulate":
-            return _simulate(args)
+            return commands.simulate(args)
         if args.command == "status":
-            return _status(args)
+            return commands.status(args.job, as_json=args.json)
         if args.command == "plan":
-            return _plan(args)
+            return commands.plan(args.job, limit=args.limit, mode=args.mode, as_json=args.json)
         if args.command == "cancel":
-            return asyncio.run(_cancel(args))
-        return asyncio.run(_models(args))
+            return asyncio.run(commands.cancel(args.job, args.base_url))
+        return asyncio.run(commands.models(args.base_url, simulate=args.simulate))
     except BatchError as exc:
         return _fail(exc)
 
@@ -149,12 +141,19 @@ def _fail(exc: BatchError) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    opts = RunOptions(limit=args.limit, base_url=args.base_url, simulate=args.simulate,
-                      retry_failed=args.retry_failed, mode=args.mode, wait=not args.no_wait,
-                      progress=not args.quiet, tty=sys.stderr.isatty())
-    run = Run(job, opts)
+    rows = check_job(job)  # everything about the job and its input, before a key is even looked for
+    opts = RunOptions(limit=args.limit, retry_failed=args.retry_failed, mode=args.mode,
+                      wait=not args.no_wait, progress=not args.quiet, tty=sys.stderr.isatty())
+    holder: list[Run] = []
 
     async def main_task() -> int:
+        if args.simulate:
+            async with simulated() as ep:
+                return await guarded(Run(job, rows, ep, opts))
+        return await guarded(Run(job, rows, endpoint.resolve(job, args.base_url, os.environ), opts))
+
+    async def guarded(run: Run) -> int:
+        holder.append(run)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -183,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main_task())
     except BatchError as exc:
-        _report_stop(run, exc)
+        if holder:
+            _report_stop(holder[0], exc)
         return _fail(exc)
 
 
@@ -191,8 +191,6 @@ def _report_stop(run: Run, exc: BatchError) -> None:
     """A run that ended early still tells what it did, on stderr and in the report file."""
     if not isinstance(exc, Stopped | FatalApiError) or run.stats.requests == 0:
         return
-    from .report import Summary
-
     status = "stopped" if isinstance(exc, Stopped) else "fatal"
     summary = Summary.build(run.stats, status=status, model=run.job.task.model, rows=0,
                             rows_ok=run.stats.answered, rows_failed=run.stats.failed, rows_from_store=0,
@@ -202,99 +200,3 @@ def _report_stop(run: Run, exc: BatchError) -> None:
         summary.write_json(report_path(run.job))
     except OSError as err:
         log.warning("could not write %s: %s", report_path(run.job), err)
-
-
-def _plan(args: argparse.Namespace) -> int:
-    job = load_job(args.job)
-    plan = make_plan(job, args.limit, args.mode)
-    print(json.dumps(dataclasses.asdict(plan), indent=2, ensure_ascii=False) if args.json
-          else describe(job=job, plan=plan))
-    return EXIT_OK
-
-
-def _status(args: argparse.Namespace) -> int:
-    info = status(load_job(args.job))
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return EXIT_OK
-    print(f"{args.job}: {info['rows']} rows — {info['answered']} answered, "
-          f"{info['failed_permanent']} failed (permanent), {info['failed_retryable']} failed (retried next "
-          f"run), {info['invalid_rows']} invalid input rows, {info['pending']} pending"
-          + (f" ({info['in_batches']} of them in Batch API batches not collected yet)" if info["in_batches"]
-             else ""))
-    print(f"state: {info['state']} ({int(str(info['state_bytes'])) / 1e6:.2f} MB)")
-    last = info["last_run"]
-    if isinstance(last, dict):
-        print(f"last run: {last.get('status')}, {last.get('rows_ok')} ok / {last.get('rows_failed')} failed, "
-              f"{last.get('requests_sent')} requests"
-              + (f" + {last.get('batch_requests')} in Batch API batches" if last.get("mode") == "batch"
-                 else "")
-              + f", {last.get('elapsed_s')} s, "
-              f"estimated cost ${last.get('estimated_cost_usd')}")
-    batches = info["batches"]
-    if isinstance(batches, list) and batches:
-        print(f"Batch API batches ({len(batches)}):")
-        for b in batches:
-            counts = b.get("counts") or {}
-            print(f"  {b.get('batch_id') or '(not submitted)'}\t{b.get('status')}\t"
-                  f"{counts.get('completed', 0)}/{b.get('lines')} answered, {counts.get('failed', 0)} failed"
-                  f"\t{'merged' if b.get('merged') else 'open'}\t{b.get('file')}")
-    return EXIT_OK
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    config = simulator.config_from_args(args)
-    try:
-        asyncio.run(simulator.serve(config, args.host, args.port))
-    except ValueError as exc:
-        log.error("%s", exc)
-        return EXIT_INVALID
-    except KeyboardInterrupt:
-        pass
-    return EXIT_OK
-
-
-async def _models(args: argparse.Namespace) -> int:
-    if args.simulate:
-        sim = simulator.Simulator()
-        url = await sim.start()
-        try:
-            return await _list_models(url, SIMULATED_KEY)
-        finally:
-            await sim.stop()
-    url, key = _endpoint(args.base_url, None)
-    return await _list_models(url, key)
-
-
-def _endpoint(cli_url: str | None, job: Job | None) -> tuple[str, str | None]:
-    env = dict(os.environ)
-    url = check_base_url(resolve_base_url(cli_url, job, env))
-    key = env.get("GROQ_API_KEY")
-    if not key and not is_loopback(urlsplit(url).hostname or ""):
-        raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...)")
-    return url, key
-
-
-async def _cancel(args: argparse.Namespace) -> int:
-    job = load_job(args.job)
-    url, key = _endpoint(args.base_url, job)
-    async with Client(url, key, timeout_s=60, connections=2) as client:
-        done = await cancel(client, job.state.path)
-    if not done:
-        print(f"{args.job}: no batch of this job is running at the Batch API; nothing to cancel")
-    for batch_id, outcome in done:
-        print(f"{batch_id}\t{outcome}")
-    if done:
-        print("run the job again to collect what the cancelled batches answered", file=sys.stderr)
-    return EXIT_ROWS_FAILED if any(o.startswith("not cancelled") for _, o in done) else EXIT_OK
-
-
-async def _list_models(url: str, key: str | None) -> int:
-    async with Client(url, key, timeout_s=30, connections=1) as client:
-        models = await client.models()
-    for m in sorted(models, key=lambda m: str(m.get("id"))):
-        ctx, most = m.get("context_window"), m.get("max_completion_tokens")
-        details = [f"context {ctx:,}" if isinstance(ctx, int) else "",
-                   f"max completion {most:,}" if isinstance(most, int) else ""]
-        print("\t".join([str(m.get("id")), *filter(None, details)]))
-    return EXIT_OK

@@ -21,10 +21,9 @@ from typing import Any
 from batch.errors import ConfigError
 from batch.keys import TABLES, check_value, describe_keys, show, unknown_name
 
-__all__ = ["ANSWER_COLUMNS", "DEFAULT_BASE_URL", "TABLES", "Job", "TaskSpec", "describe_keys", "load_job",
-           "output_columns", "parse_job", "resolve_base_url", "window_hours"]
+__all__ = ["ANSWER_COLUMNS", "TABLES", "Job", "TaskSpec", "describe_keys", "load_job",
+           "output_columns", "parse_job", "window_hours"]
 
-DEFAULT_BASE_URL = "https://api.groq.com/openai/v1"
 ANSWER_COLUMNS: tuple[str, ...] = (
     "input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens",
     "finish_reason", "error", "attempts", "latency_s", "request_id", "model", "queue_time", "total_time",
@@ -248,21 +247,3 @@ def load_job(path: Path) -> Job:
 def output_columns(job: Job) -> tuple[str, ...]:
     """The columns the output appends after every input column, in order."""
     return (job.output.text_column, *ANSWER_COLUMNS)
-
-
-def resolve_base_url(cli: str | None, job: Job | None, env: Mapping[str, str]) -> str:
-    """The OpenAI-style base URL, without a trailing slash; the client posts to `{it}/chat/completions`.
-
-    Precedence: `--base-url`, `[api] base-url`, `GROQ_BASE_URL`, then Groq itself. GROQ_BASE_URL keeps
-    the official SDK's meaning (a host; the SDK appends `/openai/v1`), so a value exported for the SDK
-    points this tool at the same server. A source that is not an http(s) URL is a ConfigError.
-    """
-    host = env.get("GROQ_BASE_URL", "").strip().rstrip("/")
-    job_url = job.api.base_url if job else None
-    for source, url in (("--base-url", cli), (f"{job.file if job else ''}: [api] base-url", job_url),
-                        ("GROQ_BASE_URL", host and host + "/openai/v1")):
-        if url:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError([f"{source}: must start with http:// or https://, got {json.dumps(url)}"])
-            return url.rstrip("/")
-    return DEFAULT_BASE_URL

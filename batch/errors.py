@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+EXIT_OK = 0  # every row answered
+EXIT_ROWS_FAILED = 1  # finished; some rows failed (the output has every row, with its error)
+
 
 class BatchError(Exception):
     """Base of every error batch raises on purpose."""

@@ -59,16 +59,21 @@ class TokenBucket:
             self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
         self._stamp = now
 
-    async def take(self, amount: float) -> None:
+    async def take(self, amount: float) -> bool:
+        """Wait for `amount` and reserve it; False, reserving nothing, once the rate drops below
+        `amount` a minute (the limit was lowered while this waited: it can never be admitted)."""
         loop = asyncio.get_running_loop()
         async with self._turn:
             while True:
+                if amount > self.per_minute:
+                    return False
                 self._refill(loop.time())
                 need = min(amount, self.capacity)
                 if self.level >= need:
                     self.level -= amount
-                    return
-                await asyncio.sleep((need - self.level) / self.rate)
+                    return True
+                # Short naps, so that a rate lowered meanwhile is seen within a second.
+                await asyncio.sleep(min(1.0, (need - self.level) / self.rate))
 
     def cap(self, available: float) -> None:
         """Hold no more than `available` tokens (the server's count of what is left)."""
@@ -124,8 +129,9 @@ class Pacer:
         while (wait := self._resume_at - loop.time()) > 0:
             await asyncio.sleep(wait)
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait until one request of `tokens` estimated tokens may be sent; reserves them."""
+    async def acquire(self, tokens: int) -> bool:
+        """Wait until one request of `tokens` estimated tokens may be sent, and reserve them; False if
+        it no longer fits at all (the server lowered the limit while it waited)."""
         await self._cooled()
         if self._probing and not self._requests.has_capacity(1):
             self._probe()
@@ -135,8 +141,10 @@ class Pacer:
             self._primed = True
             await self._requests.acquire(self._requests.max_rate - 1)
         await self._requests.acquire(1)
-        await self._tokens.take(tokens)
+        if not await self._tokens.take(tokens):
+            return False
         await self._cooled()  # a cool-down may have started while we waited in the buckets
+        return True
 
     def _probe(self) -> None:
         # Groq's headers never state the requests-per-minute limit, and only a 429 names it. When the

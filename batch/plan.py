@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import catalog
-from .batchfiles import request_line, starts_new_file
+from .batchapi.files import request_line, starts_new_file
+from .batchapi.ledger import Ledger
 from .config import Job
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
@@ -54,11 +55,11 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Pl
     seen: set[str] = set()  # distinct fingerprints; the plan is a one-off, so this may grow
     examples: list[dict[str, Any]] = []
     try:
-        for row0, batch in source.numbered(limit):
-            rendered = renderer.render_batch(batch, row0)
+        for row0, chunk in source.numbered(limit):
+            rendered = renderer.render_chunk(chunk, row0)
             fresh = [r for r in rendered if isinstance(r, Request) and r.fingerprint not in seen]
             done = store.get_many(r.fingerprint for r in fresh) if store else {}
-            in_batches = store.in_open_uploads(r.fingerprint for r in fresh) if store else set()
+            in_batches = Ledger(store).held(r.fingerprint for r in fresh) if store else set()
             for r in rendered:
                 rows += 1
                 if isinstance(r, RowFailure):
@@ -95,7 +96,7 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Pl
 
 
 class ChunkCounter:
-    """How many Batch API files lines of these sizes fill, cut as `batchfiles.ChunkWriter` cuts them."""
+    """How many Batch API files lines of these sizes fill, cut as `batchapi.files.ChunkWriter` cuts them."""
 
     def __init__(self) -> None:
         self.files = self._lines = self._bytes = 0

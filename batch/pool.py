@@ -153,14 +153,14 @@ class Pool:
             self._finish(job)
             self.stop("daily quota reached")
             return
-        if job.attempts == 0 and not self._pacer.fits(req.est_tokens):
+        if (job.attempts == 0 and not self._pacer.fits(req.est_tokens)) or \
+                not await self._pacer.acquire(req.est_tokens):
             self._answer(job, Answer.failure(
-                req.fingerprint, permanent=True, attempts=0,
+                req.fingerprint, permanent=True, attempts=job.attempts,
                 error=f"request too large: about {req.est_tokens} tokens (prompt + max-new-tokens) "
                       f"but the limit is {self._pacer.tokens_per_minute:g} tokens per minute; "
                       "shorten the prompt or lower max-new-tokens"))
             return
-        await self._pacer.acquire(req.est_tokens)
         if self.stop_reason:
             self._finish(job)
             return

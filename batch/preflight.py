@@ -8,28 +8,22 @@ serve is exit 2, a refused key exit 4, and a server without /models (404) is sim
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from . import catalog, structured
-from .client import Client, check_base_url, is_loopback
-from .config import Job, output_columns, resolve_base_url
+from .client import Client
+from .config import Job, output_columns
 from .errors import ApiError, FatalApiError, InputError, JobError
 from .prompts import Renderer
-from .source import Source
+from .source import Rows, Source
 
 log = logging.getLogger("batch")
 
-SIMULATED_KEY = "gsk_simulated"  # what --simulate sends instead of the user's key
-SIMULATED_RPM, SIMULATED_TPM = 6000, 2_000_000
-
-
-def check_job(job: Job) -> Source:
-    """Everything about the job and its input that can be known before sending anything."""
+def check_job(job: Job, rows: Rows | None = None) -> Rows:
+    """Everything about the job and its input that can be known before sending anything; the rows
+    (the job's input file, opened and scanned, unless the door gives its own)."""
     gone = catalog.decommission_message(job.task.model)
     if gone:
         raise JobError(f"{job.file}: [task] model: {gone}")
@@ -37,16 +31,16 @@ def check_job(job: Job) -> Source:
     if info and job.task.max_new_tokens and job.task.max_new_tokens > info.max_completion:
         raise JobError(f"{job.file}: [task] max-new-tokens: {job.task.model} writes at most "
                        f"{info.max_completion} tokens per answer, got {job.task.max_new_tokens}; lower it")
-    source = Source(job.input.path, job.input.format)
+    source = rows if rows is not None else Source(job.input.path, job.input.format)
     columns = source.columns
     renderer = Renderer(job.task, key=job.input.key)
     absent = [c for c in renderer.columns if c not in columns]
     if absent:
         raise InputError(f"{job.file}: the job uses column(s) {', '.join(map(repr, absent))}, which "
-                         f"{job.input.path} does not have; its columns are: {', '.join(map(repr, columns))}")
+                         f"{source.name} does not have; its columns are: {', '.join(map(repr, columns))}")
     clash = [c for c in output_columns(job) if c in columns]
     if clash:
-        raise InputError(f"{job.input.path} already has column(s) {', '.join(map(repr, clash))}, which the "
+        raise InputError(f"{source.name} already has column(s) {', '.join(map(repr, clash))}, which the "
                          "output would add; rename them in the input, or set [output] text-column "
                          "if the clash is the text column")
     shape = structured.shape_of(job.task.response_format)
@@ -58,7 +52,7 @@ def check_job(job: Job) -> Source:
                          "the answer columns already have that name; rename the property (or the input "
                          "column, or [output] text-column)")
     if job.input.key is not None and job.input.key not in columns:
-        raise InputError(f"{job.file}: [input] key: column {job.input.key!r} is not in {job.input.path}; "
+        raise InputError(f"{job.file}: [input] key: column {job.input.key!r} is not in {source.name}; "
                          f"its columns are: {', '.join(map(repr, columns))}")
     for what, path in (("[output] path", job.output.path), ("[state] path", job.state.path)):
         _check_writable(job, what, path)
@@ -96,33 +90,3 @@ def _check_writable(job: Job, what: str, path: Path) -> None:
             path.exists() and (path.is_dir() or not os.access(path, os.W_OK))):
         raise InputError(f"{job.file}: {what}: cannot write {path} (check that its folder exists or can "
                          "be created, and is writable)")
-
-
-@contextlib.asynccontextmanager
-async def endpoint(job: Job, *, simulate: bool, base_url: str | None, env: Mapping[str, str]
-                   ) -> AsyncIterator[tuple[str, str | None, float, float]]:
-    """(base URL, key, rpm, tpm) to run against: the simulator in-process, or the configured API."""
-    base = catalog.limits_for(job.task.model)
-    rpm = float(job.limits.requests_per_minute or base.rpm)
-    tpm = float(job.limits.tokens_per_minute or base.tpm)
-    if simulate:
-        from .simulator import SimConfig, Simulator
-
-        # A demo of the whole path: generous limits (the job's are the real account's), a little
-        # latency, and a few faults so retries show.
-        sim = Simulator(SimConfig(rpm=SIMULATED_RPM, tpm=SIMULATED_TPM, rpd=1_000_000, tpd=10**9,
-                                  latency_ms=40, jitter_ms=40, fault_rate=0.03,
-                                  faults=("500", "502", "503", "drop", "malformed"), seed=2))
-        url = await sim.start()
-        log.info("simulate: using the built-in Groq simulator at %s (no key, no network)", url)
-        try:
-            yield url, SIMULATED_KEY, SIMULATED_RPM, SIMULATED_TPM
-        finally:
-            await sim.stop()
-        return
-    url = check_base_url(resolve_base_url(base_url, job, env))
-    key = env.get("GROQ_API_KEY") or None
-    if key is None and not is_loopback(urlsplit(url).hostname or ""):
-        raise JobError("GROQ_API_KEY is not set. Export your Groq API key (export GROQ_API_KEY=gsk_...), "
-                       "or try the job without one: python -m batch run JOB.toml --simulate")
-    yield url, key, rpm, tpm

@@ -60,7 +60,7 @@ def as_text(value: Any) -> str:
 
 
 class Renderer:
-    """Turns record batches into requests for one task."""
+    """Turns record chunks into requests for one task."""
 
     def __init__(self, task: TaskSpec, *, key: str | None = None) -> None:
         self.model = task.model
@@ -93,10 +93,10 @@ class Renderer:
         self.params = {k: v for k, v in params.items() if v is not None}
         self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
 
-    def render_batch(self, batch: pa.RecordBatch, first_row: int) -> list[Rendered]:
-        cols = {name: batch.column(name).to_pylist() for name in self.columns}
+    def render_chunk(self, chunk: pa.RecordBatch, first_row: int) -> list[Rendered]:
+        cols = {name: chunk.column(name).to_pylist() for name in self.columns}
         out: list[Rendered] = []
-        for i in range(batch.num_rows):
+        for i in range(chunk.num_rows):
             row = first_row + i
             nulls = [name for name in self.template_columns if cols[name][i] is None]
             if nulls:

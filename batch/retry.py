@@ -7,6 +7,9 @@
     BadRequest 422                          -> retry at most twice, then permanent
     BadRequest, RequestTooLarge             -> permanent: re-sending the same request cannot help
 
+The pool asks it for every chat request, and the Batch API wing for every files and batches call:
+one policy for every path.
+
 Full jitter (delay drawn uniformly from 0 to the exponential ceiling) spreads retries of many
 workers that failed together, instead of having them return in lockstep.
 """
@@ -45,6 +48,11 @@ class RetryPolicy:
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
         return rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+
+    @staticmethod
+    def transient(exc: ApiError) -> bool:
+        """Whether the same request may succeed later: a rate limit, a 5xx or 498, a broken answer."""
+        return isinstance(exc, RateLimited | ServerError | TransportError)
 
     def decide(self, exc: ApiError, attempt: int, rng: random.Random) -> Decision:
         """`attempt` is the number of attempts made so far, including the one that failed."""

@@ -57,10 +57,10 @@ class OutputWriter:
             self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
         self.rows = 0
 
-    def write(self, batch: pa.RecordBatch, outcomes: Sequence[Outcome],
+    def write(self, chunk: pa.RecordBatch, outcomes: Sequence[Outcome],
               cells: Sequence[Mapping[str, Any]] | None = None) -> None:
-        """One output batch; `cells` holds each row's structured property values ({} for none)."""
-        assert len(outcomes) == batch.num_rows, "one outcome per input row"
+        """One output chunk; `cells` holds each row's structured property values ({} for none)."""
+        assert len(outcomes) == chunk.num_rows, "one outcome per input row"
         answers = [o if isinstance(o, Answer) else None for o in outcomes]
         # A failed request has no text; an answer that failed the response format keeps its raw text,
         # so the user can see what the model wrote.
@@ -75,11 +75,11 @@ class OutputWriter:
             else:
                 values = [None if a is None else getattr(a, name) for a in answers]
             cols.append(pa.array(values, typ))
-        rows = cells or [{}] * batch.num_rows
+        rows = cells or [{}] * chunk.num_rows
         cols += [pa.array([c.get(name) for c in rows], _KIND_TYPES[kind]) for name, kind in self.properties]
-        out = pa.RecordBatch.from_arrays([*batch.columns, *cols], schema=self.schema)
+        out = pa.RecordBatch.from_arrays([*chunk.columns, *cols], schema=self.schema)
         self._writer.write_batch(out)
-        self.rows += batch.num_rows
+        self.rows += chunk.num_rows
 
     def commit(self) -> None:
         """Close the temporary file, make it durable, and move it into place."""

@@ -1,12 +1,12 @@
-"""The input table: CSV, Parquet or JSONL, streamed in Arrow record batches, never loaded whole.
+"""The input table: CSV, Parquet or JSONL, streamed in Arrow record chunks, never loaded whole.
 
 Values are kept exactly as stored. CSV columns are read as text (no type guessing: "007" stays
 "007"), an unquoted empty cell is null and a quoted one ("") is the empty string; "NA", "None" and
 "nan" are text like any other. JSONL objects become one column per key (first-seen order); a key
-whose values mix types or nest is kept as JSON text so every batch has the same schema.
+whose values mix types or nest is kept as JSON text so every chunk has the same schema.
 
 Opening a source reads the whole file once (streaming) to count rows and to find a malformed line
-before any request is sent; `batches()` then streams it again as often as the run needs.
+before any request is sent; `chunks()` then streams it again as often as the run needs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -22,13 +22,35 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 
-BATCH_ROWS = 4096
+CHUNK_ROWS = 4096
 _CSV_BLOCK = 1 << 20  # bytes per CSV block: bounds memory whatever the file size
 
 
+class Rows(Protocol):
+    """What the engine reads rows from: a schema, a row count, and the rows in order, in chunks, as
+    often as it asks (a run reads them twice: to send, then to write). `Source` reads a file; the
+    Python API has its own kinds."""
+
+    @property
+    def name(self) -> str: ...  # how messages name the input: its path, or "the DataFrame"
+
+    @property
+    def schema(self) -> pa.Schema: ...
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def numbered(self, limit: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]: ...
+
+
 class Source:
+    """An input file, checked whole once when opened, then streamed in chunks."""
+
     def __init__(self, path: Path, fmt: str) -> None:
-        self.path, self.format = path, fmt
+        self.path, self.format, self.name = path, fmt, str(path)
         if not path.is_file():
             raise InputError(f"input file {path} does not exist (set [input] path, relative to the job file)")
         try:
@@ -38,7 +60,7 @@ class Source:
                 self.num_rows: int = meta.metadata.num_rows
             elif fmt == "csv":
                 self.schema = _csv_schema(path)
-                self.num_rows = sum(b.num_rows for b in self._csv_batches())
+                self.num_rows = sum(b.num_rows for b in self._csv_chunks())
             elif fmt == "jsonl":
                 self.schema, self.num_rows = _jsonl_scan(path)
             else:
@@ -54,32 +76,32 @@ class Source:
     def columns(self) -> list[str]:
         return list(self.schema.names)
 
-    def batches(self, limit: int | None = None) -> Iterator[pa.RecordBatch]:
-        """The rows in order, in batches; at most `limit` rows when given."""
+    def chunks(self, limit: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows in order, in chunks; at most `limit` rows when given."""
         if self.format == "parquet":
-            it: Iterator[pa.RecordBatch] = pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS)
+            it: Iterator[pa.RecordBatch] = pq.ParquetFile(self.path).iter_batches(batch_size=CHUNK_ROWS)
         elif self.format == "csv":
-            it = self._csv_batches()
+            it = self._csv_chunks()
         else:
-            it = _jsonl_batches(self.path, self.schema)
+            it = _jsonl_chunks(self.path, self.schema)
         left = self.num_rows if limit is None else limit
-        for batch in it:
+        for chunk in it:
             if left <= 0:
                 return
-            if batch.num_rows > left:
-                batch = batch.slice(0, left)
-            left -= batch.num_rows
-            if batch.num_rows:
-                yield batch
+            if chunk.num_rows > left:
+                chunk = chunk.slice(0, left)
+            left -= chunk.num_rows
+            if chunk.num_rows:
+                yield chunk
 
     def numbered(self, limit: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """`batches()` with the 0-based number of each batch's first row."""
+        """`chunks()` with the 0-based number of each chunk's first row."""
         row = 0
-        for batch in self.batches(limit):
-            yield row, batch
-            row += batch.num_rows
+        for chunk in self.chunks(limit):
+            yield row, chunk
+            row += chunk.num_rows
 
-    def _csv_batches(self) -> Iterator[pa.RecordBatch]:
+    def _csv_chunks(self) -> Iterator[pa.RecordBatch]:
         convert = pacsv.ConvertOptions(
             column_types={name: pa.string() for name in self.schema.names},
             strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False)
@@ -152,7 +174,7 @@ def _jsonl_scan(path: Path) -> tuple[pa.Schema, int]:
     return pa.schema(fields), rows
 
 
-def _jsonl_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _jsonl_chunks(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     as_text = [f.name for f in schema if f.type == pa.string()]
     rows: list[dict[str, Any]] = []
     for _, obj in _jsonl_objects(path):
@@ -161,7 +183,7 @@ def _jsonl_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
             if v is not None and not isinstance(v, str):
                 obj[name] = json.dumps(v, ensure_ascii=False)
         rows.append(obj)
-        if len(rows) == BATCH_ROWS:
+        if len(rows) == CHUNK_ROWS:
             yield pa.RecordBatch.from_pylist(rows, schema=schema)
             rows = []
     if rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from .batchapi.ledger import Ledger
 from .config import Job
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
@@ -23,11 +24,11 @@ def status(job: Job) -> dict[str, object]:
         return {**counts, "state": str(job.state.path), "state_bytes": 0, "last_run": None, "batches": []}
     store = Store(job.state.path, readonly=True)
     try:
-        for row0, batch in source.numbered(None):
-            rendered = renderer.render_batch(batch, row0)
+        for row0, chunk in source.numbered(None):
+            rendered = renderer.render_chunk(chunk, row0)
             fps = [r.fingerprint for r in rendered if isinstance(r, Request)]
             answers = store.get_many(fps)
-            held = store.in_open_uploads(fps)
+            held = Ledger(store).held(fps)
             for r in rendered:
                 counts["rows"] += 1
                 found = answers.get(r.fingerprint) if isinstance(r, Request) else None
@@ -53,4 +54,4 @@ def _batches(store: Store) -> list[dict[str, object]]:
              "status": u.status, "counts": json.loads(u.counts) if u.counts else None,
              "merged": u.done,
              "prepared": datetime.fromtimestamp(u.created, UTC).isoformat(timespec="seconds")}
-            for u in store.uploads()]
+            for u in Ledger(store).uploads()]

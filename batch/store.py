@@ -24,7 +24,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -46,40 +46,9 @@ CREATE TABLE IF NOT EXISTS answers (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL,
                                  summary TEXT);
-CREATE TABLE IF NOT EXISTS uploads (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL, lines INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    file_id TEXT, batch_id TEXT, status TEXT NOT NULL, counts TEXT, detail TEXT,
-    created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS upload_lines (
-    upload INTEGER NOT NULL, line INTEGER NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (upload, line)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS upload_lines_fp ON upload_lines (fingerprint);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 _CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable limit
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    """One Batch API submission, as far as it got: a local file of `lines` requests (`prepared`), then
-    Groq's file id (`uploaded`), then its batch id and the batch's last known status and counts."""
-
-    id: int
-    name: str  # the file name it is uploaded under, unique to this store
-    lines: int
-    bytes: int
-    file_id: str | None
-    batch_id: str | None
-    status: str
-    counts: str | None  # Groq's request_counts, as JSON
-    detail: str | None  # Groq's errors, or why it was given up
-    created: float
-    done: bool  # its results are in `answers` (or it was given up): it holds no request any more
-
-
-_UPLOAD_COLUMNS = "id, name, lines, bytes, file_id, batch_id, status, counts, detail, created, done"
-_UPLOAD_FIELDS = frozenset(("file_id", "batch_id", "status", "counts", "detail", "done"))
 
 
 class StoreError(JobError):
@@ -91,7 +60,7 @@ class Store:
                  readonly: bool = False) -> None:
         """Open (creating if needed) and lock the store; `readonly` neither creates nor locks, so a
         reader can look while a run writes."""
-        self.path = path
+        self.path, self.readonly = path, readonly
         self._flush_rows, self._flush_s = flush_rows, flush_s
         self._buffer: dict[str, Answer] = {}
         self._last_flush = time.monotonic()
@@ -124,6 +93,11 @@ class Store:
             raise StoreError(f"state file {path} was written by another version of batch "
                              f"(schema {row[0] if row else '?'}, this one reads {SCHEMA_VERSION}). "
                              "Move it aside to start over, or use the version that wrote it.")
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the Batch API's ledger, whose two tables live in the same file."""
+        return self._db
 
     # -- runs -------------------------------------------------------------------------------------
     def begin_run(self) -> int:
@@ -193,59 +167,6 @@ class Store:
             "SUM(error IS NOT NULL AND permanent = 0) FROM answers").fetchone()
         return {"answers": row[0] or 0, "ok": row[1] or 0, "failed_permanent": row[2] or 0,
                 "failed_retryable": row[3] or 0}
-
-    # -- Batch API submissions --------------------------------------------------------------------
-    # Each step is committed the moment it happens (autocommit), before the next one is attempted:
-    # a crash then leaves at worst one uploaded file or one submitted batch the store does not name,
-    # and `batchmode` finds those by name and input file on Groq instead of paying twice.
-    def add_upload(self, prefix: str, digest: str, fingerprints: list[str], size: int) -> Upload:
-        """Record a prepared file of requests (line i+1 holds fingerprints[i]) under a name that no other
-        upload of this store has, even one of the same content: `<prefix>-<id>-<digest>.jsonl`."""
-        self._db.execute("BEGIN")
-        now = time.time()
-        cur = self._db.execute("INSERT INTO uploads (name, lines, bytes, status, created, updated) VALUES "
-                               "('', ?, ?, 'prepared', ?, ?)", (len(fingerprints), size, now, now))
-        upload = int(cur.lastrowid or 0)
-        name = f"{prefix}-{upload}-{digest}.jsonl"
-        self._db.execute("UPDATE uploads SET name=? WHERE id=?", (name, upload))
-        self._db.executemany("INSERT INTO upload_lines VALUES (?, ?, ?)",
-                             ((upload, i + 1, fp) for i, fp in enumerate(fingerprints)))
-        self._db.execute("COMMIT")
-        return Upload(upload, name, len(fingerprints), size, None, None, "prepared", None, None, now, False)
-
-    def update_upload(self, upload: int, **values: object) -> None:
-        assert set(values) <= _UPLOAD_FIELDS, values
-        sets = ", ".join(f"{k}=?" for k in values)
-        self._db.execute(f"UPDATE uploads SET {sets}, updated=? WHERE id=?",
-                         (*values.values(), time.time(), upload))
-
-    def uploads(self, *, open_only: bool = False) -> list[Upload]:
-        if not self._has_uploads():
-            return []
-        where = " WHERE done = 0" if open_only else ""
-        rows = self._db.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads{where} ORDER BY id")
-        return [Upload(**{**dict(zip(_UPLOAD_COLUMNS.split(", "), r, strict=True)), "done": bool(r[-1])})
-                for r in rows]
-
-    def upload_lines(self, upload: int) -> dict[int, str]:
-        """Line number (1-based) -> fingerprint, for one upload."""
-        rows = self._db.execute("SELECT line, fingerprint FROM upload_lines WHERE upload=?", (upload,))
-        return dict(rows.fetchall())
-
-    def in_open_uploads(self, fingerprints: Iterable[str]) -> set[str]:
-        """Those of `fingerprints` that a batch not yet merged holds: sending them again would pay twice."""
-        todo, found = list(set(fingerprints)), set[str]()
-        if not self._has_uploads():
-            return found
-        for i in range(0, len(todo), _CHUNK):
-            chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT l.fingerprint FROM upload_lines l JOIN uploads u ON u.id = l.upload "
-                 f"WHERE u.done = 0 AND l.fingerprint IN ({','.join('?' * len(chunk))})")
-            found.update(r[0] for r in self._db.execute(q, chunk))
-        return found
-
-    def _has_uploads(self) -> bool:  # a read-only look at a store from before the Batch API mode
-        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='uploads'").fetchone() is not None
 
     def meta(self, key: str, default: str) -> str:
         """A value kept with the store, set to `default` the first time it is asked for."""

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch.simulator import SimConfig, Simulator
+from batch.sim import SimConfig, Simulator
 
 
 @contextmanager

@@ -60,8 +60,8 @@ def fill_store(job_file: Path) -> float:
     store = Store(job.state.path, flush_rows=20_000)
     store.begin_run()
     t0, row = time.perf_counter(), 0
-    for batch in Source(job.input.path, job.input.format).batches():
-        for r in renderer.render_batch(batch, row):
+    for batch in Source(job.input.path, job.input.format).chunks():
+        for r in renderer.render_chunk(batch, row):
             assert isinstance(r, Request)
             store.put(Answer(fingerprint=r.fingerprint, text="A one-sentence summary of the ticket, "
                              "about as long as a real answer.", input_tokens=48, output_tokens=14,

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
-from batch.simulator import SimConfig, Simulator
+from batch.sim import SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "openai/gpt-oss-20b"

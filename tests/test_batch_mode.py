@@ -29,7 +29,7 @@ from test_e2e import (
 )
 
 from batch.catalog import cost_usd
-from batch.simulator import SimConfig, Simulator
+from batch.sim import SimConfig, Simulator
 
 StartSim = Callable[..., tuple[str, Simulator]]
 WriteJob = Callable[..., Path]

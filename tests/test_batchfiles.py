@@ -10,7 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from batch.batchfiles import ChunkWriter, read_results, request_line
+from batch.batchapi.endpoints import BatchApi
+from batch.batchapi.files import ChunkWriter, read_results, request_line
+from batch.batchapi.ledger import Ledger
 from batch.client import Client
 from batch.records import Request
 from batch.store import Store
@@ -76,19 +78,21 @@ def test_result_lines_become_answers_errors_or_nothing(tmp_path: Path) -> None:
 
 def test_the_store_records_each_step_and_hides_held_requests(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite")
-    upload = store.add_upload("batch-x", "abc", ["a", "b", "c"], 123).id
-    assert store.add_upload("batch-x", "abc", ["d"], 9).name == f"batch-x-{upload + 1}-abc.jsonl"
-    assert store.in_open_uploads(["a", "c", "z"]) == {"a", "c"}
-    store.update_upload(upload, file_id="file_1", status="uploaded")
+    ledger = Ledger(store)
+    upload = ledger.add("batch-x", "abc", ["a", "b", "c"], 123).id
+    assert ledger.add("batch-x", "abc", ["d"], 9).name == f"batch-x-{upload + 1}-abc.jsonl"
+    assert ledger.held(["a", "c", "z"]) == {"a", "c"}
+    ledger.update(upload, file_id="file_1", status="uploaded")
     store.close()
 
     store = Store(tmp_path / "s.sqlite")  # as a re-run sees it
-    u = store.uploads(open_only=True)[0]
+    ledger = Ledger(store)
+    u = ledger.uploads(open_only=True)[0]
     assert (u.name, u.lines, u.bytes, u.file_id, u.batch_id, u.status) == (
         f"batch-x-{upload}-abc.jsonl", 3, 123, "file_1", None, "uploaded")
-    assert store.upload_lines(upload) == {1: "a", 2: "b", 3: "c"}
-    store.update_upload(upload, batch_id="batch_1", status="completed", done=1)
-    assert [u.lines for u in store.uploads(open_only=True)] == [1] and store.in_open_uploads(["a"]) == set()
+    assert ledger.lines(upload) == {1: "a", 2: "b", 3: "c"}
+    ledger.update(upload, batch_id="batch_1", status="completed", done=1)
+    assert [u.lines for u in ledger.uploads(open_only=True)] == [1] and ledger.held(["a"]) == set()
     assert store.meta("prefix", "x1") == "x1" and store.meta("prefix", "x2") == "x1"
     store.close()
 
@@ -115,7 +119,7 @@ def test_lists_are_followed_page_by_page_on_an_openai_style_server() -> None:
         try:
             url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
             async with Client(url, None, timeout_s=10, connections=1) as client:
-                return await client.list_batches()
+                return await BatchApi(client).list_batches()
         finally:
             await runner.cleanup()
 

@@ -13,14 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batch.client import (
-    Client,
-    check_base_url,
-    error_from_response,
-    parse_completion,
-    parse_duration,
-    parse_rate_headers,
-)
+from batch.client import Client
+from batch.endpoint import check_base_url
 from batch.errors import (
     ApiError,
     BadRequest,
@@ -32,6 +26,7 @@ from batch.errors import (
     ServerError,
     TransportError,
 )
+from batch.responses import error_from_response, parse_completion, parse_duration, parse_rate_headers
 
 MODEL = "openai/gpt-oss-20b"
 KEY = "gsk_TESTKEY_client_0123456789abcdef"

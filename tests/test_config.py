@@ -8,15 +8,14 @@ import pytest
 
 from batch.config import (
     ANSWER_COLUMNS,
-    DEFAULT_BASE_URL,
     TABLES,
     Job,
     describe_keys,
     load_job,
     output_columns,
     parse_job,
-    resolve_base_url,
 )
+from batch.endpoint import DEFAULT_BASE_URL, resolve_base_url
 from batch.errors import ConfigError, JobError
 from batch.template import Placeholder, parse_template, template_columns
 

@@ -29,7 +29,7 @@ from aiohttp import web
 from conftest import MODEL, REPO, BackgroundLoop, LocalServer, cli_env, completion
 from nasty import COLUMNS, nasty_rows, write_csv, write_jsonl, write_parquet
 
-from batch.simulator import Simulator, count_prompt_tokens, count_tokens, sim_answer
+from batch.sim import Simulator, count_prompt_tokens, count_tokens, sim_answer
 
 Rows = list[dict[str, Any]]
 StartSim = Callable[..., tuple[str, Simulator]]
@@ -386,7 +386,9 @@ def test_row_the_server_finds_too_large_fails_alone(tmp_path: Path, start_sim: S
                                                     run_batch: RunBatch) -> None:
     url, sim = start_sim(tpm=5_000)  # the job's own limit is high: only Groq's 413 can catch it
     rows = plain_rows(5)
-    rows[1]["experience"] = "x" * 40_000  # ~10k tokens
+    # The first row: it takes the pacer's first turn, so it is sent before any answer (whose headers
+    # say 5,000) could lower the run's own limit and have it refused here rather than by the server.
+    rows[0]["experience"] = "x" * 40_000  # ~10k tokens
     write_csv(rows, tmp_path / "in.csv")
     job = write_job("in.csv", task={"prompt": PROMPT, "max-new-tokens": 64})
 
@@ -394,9 +396,9 @@ def test_row_the_server_finds_too_large_fails_alone(tmp_path: Path, start_sim: S
 
     assert proc.returncode == 1, proc.stderr
     out = read_output(tmp_path / "out.parquet")[1]
-    assert out[1]["text"] is None and "tokens per minute" in out[1]["error"].lower()
-    assert out[1]["attempts"] == 1, "a 413 was retried"
-    check_rows(rows[:1] + rows[2:], out[:1] + out[2:])
+    assert out[0]["text"] is None and "tokens per minute" in out[0]["error"].lower()
+    assert out[0]["attempts"] == 1, "a 413 was retried"
+    check_rows(rows[1:], out[1:])
     assert [e.status for e in chat_log(sim)].count(413) == 1
     # Permanent failures stay failed on a re-run, unless asked: --retry-failed sends exactly them.
     assert run_batch(job, "--base-url", url).returncode == 1

@@ -18,7 +18,7 @@ from nasty import write_csv
 from batch.config import load_job
 from batch.errors import FatalApiError, JobError
 from batch.preflight import check_model
-from batch.simulator import Simulator
+from batch.sim import Simulator
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]

@@ -42,7 +42,7 @@ def batch(**columns: list[Any]) -> pa.RecordBatch:
 
 
 def one(renderer: Renderer, row: int = 0, **values: Any) -> Request:
-    out = renderer.render_batch(batch(**{k: [v] for k, v in values.items()}), row)
+    out = renderer.render_chunk(batch(**{k: [v] for k, v in values.items()}), row)
     assert len(out) == 1
     assert isinstance(out[0], Request), out[0]
     return out[0]
@@ -77,14 +77,14 @@ def test_values_are_never_rescanned_as_templates() -> None:
 
 def test_non_string_cells_are_rendered_as_written() -> None:
     r = Renderer(task(prompt="${n} ${f} ${t} ${s}", system_message=""))
-    out = r.render_batch(batch(n=[7], f=[2.5], t=[True], s=["007"]), 0)
+    out = r.render_chunk(batch(n=[7], f=[2.5], t=[True], s=["007"]), 0)
     assert isinstance(out[0], Request)
     assert sent(out[0])["messages"][0]["content"] == "7 2.5 true 007"
 
 
 def test_null_in_a_template_column_fails_the_row_naming_column_and_1_based_row() -> None:
     r = Renderer(task(prompt="${name}: ${experience}", system_message="About ${name}"))
-    out = r.render_batch(batch(name=["ann", None, "cy"], experience=["x", "y", None]), 10)
+    out = r.render_chunk(batch(name=["ann", None, "cy"], experience=["x", "y", None]), 10)
     assert isinstance(out[0], Request)
     assert isinstance(out[1], RowFailure) and isinstance(out[2], RowFailure)
     assert out[1].row == 11 and out[2].row == 12
@@ -95,7 +95,7 @@ def test_null_in_a_template_column_fails_the_row_naming_column_and_1_based_row()
 
 def test_null_in_a_column_the_templates_do_not_use_is_fine() -> None:
     r = Renderer(task())
-    out = r.render_batch(batch(experience=["x"], unused=[None]), 0)
+    out = r.render_chunk(batch(experience=["x"], unused=[None]), 0)
     assert isinstance(out[0], Request)
 
 
@@ -139,7 +139,7 @@ def test_fingerprint_is_stable_across_calls_rows_and_renderers() -> None:
 
 
 def test_identical_rows_give_identical_fingerprints() -> None:
-    out = Renderer(task()).render_batch(batch(experience=["a", "b", "a"]), 0)
+    out = Renderer(task()).render_chunk(batch(experience=["a", "b", "a"]), 0)
     fps = [r.fingerprint for r in out if isinstance(r, Request)]
     assert fps[0] == fps[2] != fps[1]
 
@@ -205,6 +205,6 @@ def test_more_than_five_images_in_one_request_fail_the_row() -> None:
     r = Renderer(task(chat_history="history", prompt_images="photo"))
     pic = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
     hist = json.dumps([{"role": "user", "content": [pic, pic, pic]}, {"role": "assistant", "content": "ok"}])
-    out = r.render_batch(batch(experience=["x"], history=[hist],
+    out = r.render_chunk(batch(experience=["x"], history=[hist],
                                photo=[json.dumps(["https://example.com/b.png"] * 3)]), 0)
     assert isinstance(out[0], RowFailure)

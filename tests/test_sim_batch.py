@@ -16,8 +16,8 @@ from typing import Any
 import groq
 import pytest
 
-from batch import simbatch
-from batch.simulator import SimConfig, Simulator, add_cli_arguments, config_from_args, sim_answer
+from batch.sim import SimConfig, Simulator, add_cli_arguments, config_from_args, sim_answer
+from batch.sim import batches as simbatch
 
 MODEL = "openai/gpt-oss-20b"
 # aiohttp's own multipart reader calls its deprecated unread_data() when a read comes back short.
@@ -271,7 +271,7 @@ def test_empty_and_oversized_files_fail(start_sim: Start, connect: Callable[...,
     empty = wait_for(client, submit(client, b""), "failed", "completed")
     assert empty.errors is not None and empty.errors.data is not None
     assert [(e.code, e.line) for e in empty.errors.data] == [("empty_file", None)]
-    monkeypatch.setattr(simbatch, "MAX_LINES", 3)
+    monkeypatch.setattr(simbatch, "LINE_LIMIT", 3)
     many = wait_for(client, submit(client, rows(4)), "failed", "completed")
     assert many.errors is not None and many.errors.data is not None
     assert [(e.code, e.line) for e in many.errors.data] == [("batch_too_large", None)]

@@ -21,15 +21,15 @@ import aiohttp
 import groq
 import pytest
 
-from batch.simulator import (
+from batch.sim import (
     DECOMMISSIONED,
     KNOWN_MODELS,
     SimConfig,
     Simulator,
-    _go_duration,
     add_cli_arguments,
     config_from_args,
     count_tokens,
+    go_duration,
     serve,
     sim_answer,
 )
@@ -371,8 +371,8 @@ def test_log_hashes_the_exact_body_bytes() -> None:
     asyncio.run(scenario())
 
 
-def test_go_durations() -> None:
-    assert [_go_duration(s) for s in (0, 0.86, 7.66, 179.56, 432.5, 3723, 3723.5)] == [
+def testgo_durations() -> None:
+    assert [go_duration(s) for s in (0, 0.86, 7.66, 179.56, 432.5, 3723, 3723.5)] == [
         "0s", "860ms", "7.66s", "2m59.56s", "7m12.5s", "1h2m3s", "1h2m3.5s"]
 
 

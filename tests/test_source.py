@@ -16,7 +16,7 @@ from batch.source import Source
 
 def rows(src: Source, limit: int | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for b in src.batches(limit):
+    for b in src.chunks(limit):
         out.extend(b.to_pylist())
     return out
 
@@ -88,11 +88,11 @@ def test_big_csv_streams_in_many_batches_in_order(tmp_path: Path) -> None:
             f.write(f"{i:06d},{filler}\n")
     src = Source(p, "csv")
     assert src.num_rows == n
-    batches = list(src.batches())
+    batches = list(src.chunks())
     assert len(batches) > 1
     ids = [v for b in batches for v in b.column("id").to_pylist()]
     assert ids == [f"{i:06d}" for i in range(n)]
-    limited = list(src.batches(limit=n - 7))
+    limited = list(src.chunks(limit=n - 7))
     assert sum(b.num_rows for b in limited) == n - 7
     assert limited[-1].column("id").to_pylist()[-1] == f"{n - 8:06d}"
 
@@ -180,10 +180,10 @@ def test_jsonl_many_batches_in_order(tmp_path: Path) -> None:
     n = 10_000
     p = jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
     src = Source(p, "jsonl")
-    batches = list(src.batches())
+    batches = list(src.chunks())
     assert len(batches) > 1
     assert [v for b in batches for v in b.column("i").to_pylist()] == list(range(n))
-    assert sum(b.num_rows for b in src.batches(limit=5000)) == 5000
+    assert sum(b.num_rows for b in src.chunks(limit=5000)) == 5000
 
 
 def test_jsonl_invalid_line_names_its_line_number(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from conftest import BackgroundLoop, LocalServer, completion
 from nasty import write_csv
 
-from batch.simulator import Simulator, sim_answer, sim_json_answer
+from batch.sim import Simulator, sim_answer, sim_json_answer
 from batch.structured import Shape, check, shape_of
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]

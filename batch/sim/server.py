@@ -6,21 +6,21 @@ dropped connections, malformed JSON, hangs), latency and jitter, ``Simulator.log
 request) and :func:`serve` for the ``simulate`` command. The rest of the imitation lives in modules of
 its own, which this one puts together:
 
-- :mod:`batch.simschema`: Groq's strict request schema (an unknown key is a 400) and its error bodies;
-- :mod:`batch.simanswers`: the models, and the answers with their usage and 200 body. Every answer is
+- :mod:`.schema`: Groq's strict request schema (an unknown key is a 400) and its error bodies;
+- :mod:`.answers`: the models, and the answers with their usage and 200 body. Every answer is
   a pure function of its request (:func:`sim_answer` echoes the last user message; a request with a
   JSON ``response_format`` gets :func:`sim_json_answer`), so a test can prove that each answer landed
   on its own row;
-- :mod:`batch.simlimits`: the per-model rate limits (RPM/TPM token buckets, RPD/TPD daily counters)
+- :mod:`.limits`: the per-model rate limits (RPM/TPM token buckets, RPD/TPD daily counters)
   with the ``x-ratelimit-*`` headers and ``retry-after``;
-- :mod:`batch.simconfig`: :class:`SimConfig` and the ``simulate`` command's options;
-- :mod:`batch.simbatch`: the Batch API (``/files`` and ``/batches``), built on the same schema checks
+- :mod:`.config`: :class:`SimConfig` and the ``simulate`` command's options;
+- :mod:`.batches`: the Batch API (``/files`` and ``/batches``), built on the same schema checks
   and answers; ``Simulator.files`` and ``Simulator.batches`` hold its state.
 
-The names other code imports from here (``SimConfig``, ``sim_answer``, ``count_tokens``, ...) are
-re-exported, so this module stays the simulator's one entry point. None of the simulator's modules
-imports anything else from ``batch``: the simulator must stay an independent witness of the client.
-The facts it imitates are in GROQ_API.md; where Groq is uncertain the stricter reading is taken
+The package (``batch.sim``) re-exports the names other code imports (``SimConfig``, ``sim_answer``,
+``count_tokens``, ...). None of the simulator's modules imports anything else from ``batch`` (a test
+parses every import to keep it so): the simulator must stay an independent witness of the client.
+The facts it imitates are in docs/groq.md; where Groq is uncertain the stricter reading is taken
 (e.g. the 413 and the TPM charge count ``max_completion_tokens`` as requested tokens).
 """
 
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .simanswers import (
+from .answers import (
     DECOMMISSIONED,
     KNOWN_MODELS,
-    ModelInfo,
+    ServedModel,
     answer,
     chat_completion,
     count_prompt_tokens,
@@ -52,18 +52,17 @@ from .simanswers import (
     size_up,
     usage_block,
 )
-from .simbatch import BatchApi
-from .simconfig import FAULT_KINDS, SimConfig, add_cli_arguments, config_from_args
-from .simlimits import ORG, UPGRADE, Budget, go_duration
-from .simschema import ApiError, invalid_key, parse_json, validate
+from .batches import BatchApi
+from .config import FAULT_KINDS, SimConfig, add_cli_arguments, config_from_args
+from .limits import ORG, UPGRADE, Budget, go_duration
+from .schema import HttpError, invalid_key, parse_json, validate
 
 # What other code imports from here, whichever module of the simulator defines it.
 __all__ = [
-    "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PREFIX", "UPGRADE", "LogEntry", "ModelInfo",
+    "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PREFIX", "UPGRADE", "LogEntry", "ServedModel",
     "SimConfig", "Simulator", "add_cli_arguments", "config_from_args", "count_prompt_tokens", "count_tokens",
-    "serve", "sim_answer", "sim_json_answer",
+    "go_duration", "serve", "sim_answer", "sim_json_answer",
 ]
-_go_duration = go_duration  # its old name here, which tests/test_simulator.py imports
 
 PREFIX = "/openai/v1"
 
@@ -185,7 +184,7 @@ class Simulator:
     async def _unknown_url(self, request: web.Request) -> web.Response:
         message = (f"Unknown request URL: {request.method} {request.path}. Please check the URL for typos, "
                    "or see the docs at https://console.groq.com/docs/")
-        return ApiError(404, message, code="unknown_url").response({})
+        return HttpError(404, message, code="unknown_url").response({})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         received = time.monotonic()
@@ -194,7 +193,7 @@ class Simulator:
         trace: dict[str, str] = {}  # model and fault, as far as the handler got
         try:
             response = await self._complete(request, raw, received, request_id, trace)
-        except ApiError as err:
+        except HttpError as err:
             # Past auth, the model's rate-limit headers go on every answer, errors included.
             model = trace.get("model", "")
             limits = self._budget(model).headers(self.config) if model in KNOWN_MODELS else {}
@@ -250,7 +249,7 @@ class Simulator:
                                 "choices": [choice]})
             return web.Response(status=200, text=whole[: len(whole) // 2], content_type="application/json")
         status, message, type_, code = _FAULT_ERRORS[kind]
-        raise ApiError(status, message, type_=type_, code=code)
+        raise HttpError(status, message, type_=type_, code=code)
 
 
 async def serve(config: SimConfig, host: str, port: int) -> None:

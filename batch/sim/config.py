@@ -16,7 +16,7 @@ import argparse
 import math
 from dataclasses import dataclass
 
-from .simanswers import KNOWN_MODELS
+from .answers import KNOWN_MODELS
 
 FAULT_KINDS = ("500", "502", "503", "498", "drop", "malformed", "hang")
 

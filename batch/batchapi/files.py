@@ -13,6 +13,7 @@ cancelled request no answer at all — it stays pending.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .client import error_from_response, parse_completion
-from .errors import ApiError, BadRequest, FatalApiError, RequestTooLarge, TransportError
-from .records import Answer, Request
+from ..errors import ApiError, BadRequest, FatalApiError, RequestTooLarge, TransportError
+from ..records import Answer, Request
+from ..responses import error_from_response, parse_completion
 
 log = logging.getLogger("batch")
 
@@ -169,3 +170,13 @@ def _permanent(exc: ApiError) -> bool:
 def _describe(exc: ApiError) -> str:
     text = str(exc)
     return text if not exc.status or text.startswith((str(exc.status), "HTTP")) else f"{exc.status}: {text}"
+
+
+def upload_folder(state: Path) -> Path:
+    """Where request files wait for upload, and results for merging: beside the state."""
+    return state.with_name(state.name + ".batches")
+
+
+def remove_folder_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # absent, or still holding a file for the next run
+        folder.rmdir()

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .simconfig import SimConfig
-from .simschema import ApiError
+from .config import SimConfig
+from .schema import HttpError
 
 ORG = "org_sim"
 UPGRADE = "Need more tokens? Upgrade to Dev Tier today at https://console.groq.com/settings/billing"
@@ -85,7 +85,7 @@ class Budget:
         """Charge one request of `requested` tokens, or raise the 413/429 Groq would send."""
         head = f"for model `{model}` in organization `{ORG}` service tier `on_demand` on"
         if requested > cfg.tpm:  # no wait can help: 413, not 429
-            raise ApiError(413, f"Request too large {head} tokens per minute (TPM): Limit {cfg.tpm}, "
+            raise HttpError(413, f"Request too large {head} tokens per minute (TPM): Limit {cfg.tpm}, "
                            f"Requested {requested}, please reduce your message size and try again. "
                            f"{UPGRADE}", type_="tokens", code="rate_limit_exceeded")
         day_over = self.day_left if self.requests + 1 > cfg.rpd else 0.0
@@ -100,7 +100,7 @@ class Budget:
         ):
             if wait > 0:
                 retry = {"retry-after": str(max(1, math.ceil(wait)))}
-                raise ApiError(429, f"Rate limit reached {head} {what}: Limit {limit}, Used {used}, "
+                raise HttpError(429, f"Rate limit reached {head} {what}: Limit {limit}, Used {used}, "
                                f"Requested {asked}. Please try again in {go_duration(wait)}. {UPGRADE}",
                                type_=type_, code="rate_limit_exceeded", headers=retry)
         self.rpm.level -= 1

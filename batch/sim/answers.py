@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .simschema import ApiError, image_url, invalid
+from .schema import HttpError, image_url, invalid
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ServedModel:
     """What ``GET /models`` says about an active model."""
 
     owned_by: str
@@ -36,11 +36,11 @@ class ModelInfo:
     max_completion_tokens: int = 65_536
 
 
-KNOWN_MODELS: Mapping[str, ModelInfo] = {
-    "openai/gpt-oss-20b": ModelInfo("OpenAI", 1754407957),
-    "openai/gpt-oss-120b": ModelInfo("OpenAI", 1754408224),
-    "openai/gpt-oss-safeguard-20b": ModelInfo("OpenAI", 1761708789),
-    "qwen/qwen3.8-27b": ModelInfo("Alibaba Cloud", 1777000000),
+KNOWN_MODELS: Mapping[str, ServedModel] = {
+    "openai/gpt-oss-20b": ServedModel("OpenAI", 1754407957),
+    "openai/gpt-oss-120b": ServedModel("OpenAI", 1754408224),
+    "openai/gpt-oss-safeguard-20b": ServedModel("OpenAI", 1761708789),
+    "qwen/qwen3.8-27b": ServedModel("Alibaba Cloud", 1777000000),
 }
 _SMALL, _LARGE = "openai/gpt-oss-20b", "openai/gpt-oss-120b"
 # Decommissioned id -> suggested replacement: small models to gpt-oss-20b, 70b and up to
@@ -124,12 +124,12 @@ def size_up(body: dict[str, Any]) -> tuple[str, int | None, int, int]:
     """Check the model and the request's size; return model, completion cap, prompt and requested tokens."""
     model: str = body["model"]
     if model in DECOMMISSIONED:
-        raise ApiError(400, f"The model `{model}` has been decommissioned and is no longer supported. "
+        raise HttpError(400, f"The model `{model}` has been decommissioned and is no longer supported. "
                        "Please refer to https://console.groq.com/docs/deprecations for a recommendation on "
                        "which model to use instead.", code="model_decommissioned")
     info = KNOWN_MODELS.get(model)
     if info is None:
-        raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.",
+        raise HttpError(404, f"The model `{model}` does not exist or you do not have access to it.",
                        code="model_not_found")
     cap_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     cap: int | None = body.get(cap_key)
@@ -138,7 +138,7 @@ def size_up(body: dict[str, Any]) -> tuple[str, int | None, int, int]:
     prompt = count_prompt_tokens(body["messages"])
     requested = prompt + (cap or 0)  # what the rate limits reserve until the real usage is known
     if requested > info.context_window:
-        raise ApiError(400, f"This model's maximum context length is {info.context_window} tokens. However, "
+        raise HttpError(400, f"This model's maximum context length is {info.context_window} tokens. However, "
                        f"you requested {requested} tokens ({prompt} in the messages, {cap or 0} in the "
                        "completion). Please reduce the length of the messages or completion.",
                        code="context_length_exceeded", param="messages")

@@ -27,18 +27,26 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from .simbatchinput import ENDPOINT, validate_file
-from .simbatchstate import TERMINAL, SimBatch, SimFile, new_id
-from .simconfig import SimConfig
-from .simschema import ApiError, invalid, invalid_key, parse_json
+from .batchinput import ENDPOINT, validate_file
+from .batchstate import ENDED, SimBatch, SimFile, new_id
+from .config import SimConfig
+from .schema import HttpError, invalid, invalid_key, parse_json
 
 __all__ = [
-    "ENDPOINT", "MAX_FILE_BYTES", "MAX_LINES", "TERMINAL", "BatchApi", "Handler", "SimBatch", "SimFile",
-    "validate_file", "window_seconds",
+    "ENDED",
+    "ENDPOINT",
+    "LINE_LIMIT",
+    "MAX_FILE_BYTES",
+    "BatchApi",
+    "Handler",
+    "SimBatch",
+    "SimFile",
+    "validate_file",
+    "window_seconds",
 ]
 
 MAX_FILE_BYTES = 100_000_000  # "100 MB": the decimal reading, the stricter one
-MAX_LINES = 50_000
+LINE_LIMIT = 50_000
 _WINDOW = re.compile(r"([0-9]+)([hd])")
 _MIN_WINDOW_S, _MAX_WINDOW_S = 24 * 3600, 7 * 86400
 _BATCH_KEYS = frozenset(("input_file_id", "endpoint", "completion_window", "metadata"))
@@ -46,8 +54,8 @@ _BATCH_KEYS = frozenset(("input_file_id", "endpoint", "completion_window", "meta
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _not_found(kind: str, id_: str) -> ApiError:
-    return ApiError(404, f"{kind} `{id_}` not found", code="not_found")
+def _not_found(kind: str, id_: str) -> HttpError:
+    return HttpError(404, f"{kind} `{id_}` not found", code="not_found")
 
 
 def window_seconds(window: object) -> int | None:
@@ -101,7 +109,7 @@ class BatchApi:
             try:
                 self.refresh()
                 return await handler(request)
-            except ApiError as err:
+            except HttpError as err:
                 return err.response({})
 
         return guarded
@@ -111,7 +119,7 @@ class BatchApi:
         now = time.monotonic()
         for batch in self.batches.values():
             batch.advance(now)
-            if batch.status in TERMINAL and not batch.settled:
+            if batch.status in ENDED and not batch.settled:
                 self._settle(batch)
 
     def _add_file(self, filename: str, purpose: str, data: bytes, created_at: int) -> SimFile:
@@ -146,7 +154,7 @@ class BatchApi:
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         if request.content_type != "multipart/form-data":
-            raise ApiError(400, "Upload a file as multipart/form-data, with the fields 'file' and "
+            raise HttpError(400, "Upload a file as multipart/form-data, with the fields 'file' and "
                            "'purpose'.", code="invalid_value")
         data: bytes | None = None
         purpose: str | None = None
@@ -169,15 +177,15 @@ class BatchApi:
             else:
                 await part.release()
         if data is None:
-            raise ApiError(400, "'file' : a file is required", code="missing_required_parameter",
+            raise HttpError(400, "'file' : a file is required", code="missing_required_parameter",
                            param="file")
         if purpose is None:
-            raise ApiError(400, "'purpose' : a purpose is required", code="missing_required_parameter",
+            raise HttpError(400, "'purpose' : a purpose is required", code="missing_required_parameter",
                            param="purpose")
         if purpose != "batch":
             raise invalid("purpose", "value must be batch")
         if size > MAX_FILE_BYTES:
-            raise ApiError(400, f"The file is {size} bytes; a file may be at most 100 MB ({MAX_FILE_BYTES} "
+            raise HttpError(400, f"The file is {size} bytes; a file may be at most 100 MB ({MAX_FILE_BYTES} "
                            "bytes).", code="file_too_large", param="file")
         self.uploads += 1
         record = self._add_file(filename, "batch", data, int(time.time()))
@@ -201,10 +209,10 @@ class BatchApi:
     async def _create_batch(self, request: web.Request) -> web.StreamResponse:
         parsed = parse_json(await request.read())
         if not isinstance(parsed, dict):
-            raise ApiError(400, "the request body must be a JSON object", code="invalid_value")
+            raise HttpError(400, "the request body must be a JSON object", code="invalid_value")
         for key in parsed:
             if key not in _BATCH_KEYS:
-                raise ApiError(400, f"property '{key}' is unsupported")
+                raise HttpError(400, f"property '{key}' is unsupported")
         file_id = parsed.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
             raise invalid("input_file_id", "value must be a non-empty string")
@@ -225,7 +233,7 @@ class BatchApi:
         if source.purpose != "batch":
             raise invalid("input_file_id", f"the file's purpose is {source.purpose}, not batch")
         cfg = self._config()
-        lines, total, errors = validate_file(source.data, cfg.batch_models, MAX_LINES)
+        lines, total, errors = validate_file(source.data, cfg.batch_models, LINE_LIMIT)
         if errors:
             lines = []
         self._order_rng.shuffle(lines)
@@ -254,6 +262,6 @@ class BatchApi:
             batch.cancel_at = time.monotonic()
             self.refresh()
         elif batch.status not in ("cancelling", "cancelled"):  # cancelling twice is harmless, as on OpenAI
-            raise ApiError(400, f"Cannot cancel a batch with status '{batch.status}'.",
+            raise HttpError(400, f"Cannot cancel a batch with status '{batch.status}'.",
                            code="batch_not_cancellable")
         return web.json_response(batch.to_json())

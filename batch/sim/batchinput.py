@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .simanswers import size_up
-from .simschema import ApiError, invalid, validate
+from .answers import size_up
+from .schema import HttpError, invalid, validate
 
 ENDPOINT = "/v1/chat/completions"
 _LINE_KEYS = frozenset(("custom_id", "method", "url", "body"))
@@ -42,7 +42,7 @@ class _LineError(Exception):
         self.code, self.message, self.param = code, message, param
 
 
-def _line_error(err: ApiError, in_body: bool) -> _LineError:
+def _line_error(err: HttpError, in_body: bool) -> _LineError:
     """A chat-route error as a line error; its param is prefixed with ``body.`` when it is the body's."""
     error: dict[str, Any] = err.body["error"]
     param: str | None = error.get("param")
@@ -75,7 +75,7 @@ def _check_line(raw: bytes, seen: dict[str, int], number: int, models: tuple[str
     try:
         body = validate(line.get("body"))
         model, cap, prompt, _ = size_up(body)
-    except ApiError as err:
+    except HttpError as err:
         raise _line_error(err, in_body=True) from None
     if models is not None and model not in models:
         raise _LineError("model_not_available_for_batch",
@@ -87,7 +87,7 @@ def validate_file(data: bytes, models: tuple[str, ...] | None, max_lines: int,
                   ) -> tuple[list[Line], int, list[dict[str, Any]]]:
     """Check every line of an input file: (valid lines, number of lines, errors with 1-based lines).
 
-    ``max_lines`` is the cap on lines; the Batch API passes its ``MAX_LINES``, read at each call.
+    ``max_lines`` is the cap on lines; the Batch API passes its ``LINE_LIMIT``, read at each call.
     """
     errors: list[dict[str, Any]] = []
     raw_lines = data.split(b"\n")

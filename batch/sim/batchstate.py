@@ -23,10 +23,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .simanswers import answer, chat_completion, usage_block
-from .simbatchinput import ENDPOINT, Line
+from .answers import answer, chat_completion, usage_block
+from .batchinput import ENDPOINT, Line
 
-TERMINAL = frozenset(("failed", "completed", "expired", "cancelled"))
+ENDED = frozenset(("failed", "completed", "expired", "cancelled"))
 _EXPIRED = {"code": "batch_expired",
             "message": "This request could not be executed before the completion window expired."}
 _SERVER_ERROR = {"error": {"message": "Internal Server Error", "type": "internal_server_error"}}

@@ -2,7 +2,7 @@
 
     pending requests ─► JSONL files (≤ 50,000 lines, ≤ 100 MB) ─► upload ─► batch ─► poll ─► merge ─► store
 
-Every step is written to the store the moment Groq confirms it (`store.Upload`), before the next step
+Every step is written to the store the moment Groq confirms it (`ledger.Upload`), before the next step
 is tried, so a run that dies anywhere is continued by the same command and nothing is paid twice: a
 file without a submitted batch is taken on by `batchsubmit` (which asks Groq what an earlier try left),
 a submitted batch is polled until it ends, then its results are merged.
@@ -26,24 +26,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .batchfiles import ChunkWriter, Results, read_results
-from .batchsubmit import Submitter, retrying
-from .client import Client
-from .errors import ApiError, FatalApiError, Stopped
-from .progress import BatchProgress
-from .records import Answer, Request
-from .report import RunStats
-from .store import Store, StoreError, Upload
+from ..errors import ApiError, FatalApiError, Stopped
+from ..progress import BatchProgress
+from ..records import Answer, Request
+from ..report import RunStats
+from ..store import Store
+from .endpoints import BatchApi
+from .files import ChunkWriter, Results, read_results
+from .ledger import Ledger, Upload
+from .submit import POLICY, Submitter, retrying
 
 log = logging.getLogger("batch")
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+ENDED = frozenset({"completed", "failed", "expired", "cancelled"})  # a batch in one of these never changes
 DOWNLOADS = 3  # downloads of a result file that keeps coming back unreadable, before the run stops
 MAX_ROUNDS = 5  # submissions in one run: the first, and again after a validation failure rejected lines
 
 
 @dataclass
-class Outcome:
+class Collected:
     waiting: list[Upload] = field(default_factory=list)  # still running at Groq when the run ended
     unanswered: int = 0  # requests an expired or cancelled batch did not answer
     expired: bool = False
@@ -55,10 +56,11 @@ class Outcome:
 class BatchMode:
     """One run's Batch API work; `stop()` (a signal) ends the waiting, never a step half-done."""
 
-    def __init__(self, client: Client, store: Store, stats: RunStats, progress: BatchProgress, *,
+    def __init__(self, client: BatchApi, store: Store, stats: RunStats, progress: BatchProgress, *,
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
                  retry_failed: bool = False) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
+        self._ledger = Ledger(store)
         self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait
         self._retry_failed = retry_failed
         # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
@@ -73,9 +75,9 @@ class BatchMode:
         self._stopped = True
         self._wake.set()
 
-    async def run(self, batches: Callable[[], Iterator[list[Request]]]) -> Outcome:
+    async def run(self, batches: Callable[[], Iterator[list[Request]]]) -> Collected:
         """Recover what an earlier run left half-done, submit what is missing, wait, merge."""
-        outcome = Outcome()
+        outcome = Collected()
         await self._recover()
         for _ in range(MAX_ROUNDS):
             submitted = 0 if self._stopped else await self._submit(self._missing(batches()))
@@ -91,7 +93,7 @@ class BatchMode:
         for requests in batches:
             fps = {r.fingerprint for r in requests}
             todo = (self._store.missing(fps, retry_failed=self._retry_failed)
-                    - self._store.in_open_uploads(fps) - self._left)
+                    - self._ledger.held(fps) - self._left)
             for r in requests:
                 if r.fingerprint in todo:
                     todo.discard(r.fingerprint)  # identical rows share one request
@@ -120,7 +122,7 @@ class BatchMode:
         if self._stopped:
             path.unlink(missing_ok=True)
             return 0
-        upload = self._store.add_upload(self._prefix, sha256[:12], fingerprints, size)  # before a byte leaves
+        upload = self._ledger.add(self._prefix, sha256[:12], fingerprints, size)  # before a byte leaves
         path.replace(self._folder / upload.name)
         log.info("batch: uploading %s (%d requests, %.1f MB)", upload.name, len(fingerprints), size / 1e6)
         await self._steps.advance(upload, look_first=False)
@@ -128,24 +130,24 @@ class BatchMode:
 
     # -- recovery ----------------------------------------------------------------------------------
     async def _recover(self) -> None:
-        for u in self._store.uploads(open_only=True):
+        for u in self._ledger.uploads(open_only=True):
             if u.batch_id is None:
                 log.info("batch: continuing %s, left %s by an earlier run", u.name, u.status)
                 await self._steps.advance(u, look_first=True)
 
     # -- waiting and merging ------------------------------------------------------------------------
-    async def _watch(self, outcome: Outcome) -> bool:
+    async def _watch(self, outcome: Collected) -> bool:
         """Poll every open batch until all are merged (or, without waiting, once); True when a batch
         failed validation with line errors, so that the rest of its lines need a new batch."""
         delay, rejected = 1.0, False
         while True:
-            for u in self._store.uploads(open_only=True):
+            for u in self._ledger.uploads(open_only=True):
                 if u.batch_id is None:
                     continue  # a step failed this run; the next run continues it
                 obj = await self._poll(u)
-                if obj is not None and obj.get("status") in TERMINAL:
+                if obj is not None and obj.get("status") in ENDED:
                     rejected |= await self._merge(u, obj, outcome)  # the fields it uses never change
-            still = [u for u in self._store.uploads(open_only=True) if u.batch_id is not None]
+            still = [u for u in self._ledger.uploads(open_only=True) if u.batch_id is not None]
             if not still or not self._wait_for or self._stopped:
                 outcome.waiting = still
                 return rejected
@@ -169,15 +171,15 @@ class BatchMode:
             return None
         counts = obj.get("request_counts") or {}
         status = str(obj.get("status"))
-        self._store.update_upload(u.id, status=status, counts=json.dumps(counts))
+        self._ledger.update(u.id, status=status, counts=json.dumps(counts))
         self._progress.show(u.batch_id, status, int(counts.get("completed") or 0),
                             int(counts.get("failed") or 0), int(counts.get("total") or u.lines))
         return obj
 
-    async def _merge(self, u: Upload, obj: dict[str, Any], outcome: Outcome) -> bool:
+    async def _merge(self, u: Upload, obj: dict[str, Any], outcome: Collected) -> bool:
         """Bring a finished batch's results into the store; mark it merged. True if it was refused
         line by line (its other lines need submitting again)."""
-        lines = self._store.upload_lines(u.id)
+        lines = self._ledger.lines(u.id)
         expected = set(lines.values())
         fetched = [await self._download(obj[key], self._folder / f"{u.name}.{key.split('_')[0]}")
                    for key in ("output_file_id", "error_file_id") if isinstance(obj.get(key), str)]
@@ -202,7 +204,7 @@ class BatchMode:
                 log.warning("batch: %s completed without a result for %d requests; they stay pending",
                             u.batch_id, len(left))
         self._store.flush()
-        self._store.update_upload(u.id, status=status, done=1)
+        self._ledger.update(u.id, status=status, done=1)
         (self._folder / u.name).unlink(missing_ok=True)
         log.info("batch: %s %s: %d results merged into the store%s", u.batch_id, status, len(answered),
                  f", {len(left)} requests unanswered" if left and status != "failed" else "")
@@ -225,7 +227,7 @@ class BatchMode:
                                   f"unreadable lines in {attempt} downloads; nothing of its batch was "
                                   "merged. Run the same command again later to fetch it again (nothing is "
                                   "submitted twice).")
-                wait = self._rng.uniform(0, 2.0 ** (attempt - 1))
+                wait = POLICY.backoff(attempt, self._rng)
                 log.warning("batch: %s had %d unreadable lines; downloading it again in %.1f s", file_id,
                             results.unreadable, wait)
                 await asyncio.sleep(wait)
@@ -234,10 +236,10 @@ class BatchMode:
             local.unlink(missing_ok=True)
 
     def _refused(self, u: Upload, obj: dict[str, Any], lines: dict[int, str], answered: set[str],
-                 outcome: Outcome) -> bool:
+                 outcome: Collected) -> bool:
         """A batch that failed validation: Groq's line errors become permanent row errors."""
         errors = (obj.get("errors") or {}).get("data") or []
-        self._store.update_upload(u.id, detail=json.dumps(errors)[:20000])
+        self._ledger.update(u.id, detail=json.dumps(errors)[:20000])
         blamed = 0
         for e in errors:
             line, message = e.get("line"), e.get("message") or e.get("code") or "rejected"
@@ -253,72 +255,3 @@ class BatchMode:
             outcome.refused.append(f"{u.batch_id} ({u.name}): {reasons}")
             return False
         return True
-
-
-
-
-
-def upload_folder(state: Path) -> Path:
-    """Where request files wait for upload, and results for merging: beside the state."""
-    return state.with_name(state.name + ".batches")
-
-
-def remove_folder_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # absent, or still holding a file for the next run
-        folder.rmdir()
-
-
-async def cancel(client: Client, state: Path) -> list[tuple[str, str]]:
-    """Cancel this store's batches that are not merged yet: (batch id or file name, what happened).
-
-    A submitted batch is cancelled at Groq, and the store only read (a run waiting on it may hold the
-    lock): the next run sees the cancellation and merges what was answered. A submission that never
-    became a batch (a run died between the steps) is settled here, under the store's lock: a batch Groq
-    has of its file after all is recorded and cancelled; otherwise the uploaded file is deleted and the
-    submission given up, so its requests are pending again (and an online run may send them).
-    """
-    if not state.exists():
-        return []
-    store = Store(state, readonly=True)
-    try:
-        pending = store.uploads(open_only=True)
-    finally:
-        store.close()
-    done = [(u.batch_id, await _cancel_one(client, u.batch_id)) for u in pending if u.batch_id is not None]
-    loose = [u for u in pending if u.batch_id is None]
-    return done + (await _settle(client, state, loose) if loose else [])
-
-
-async def _cancel_one(client: Client, batch_id: str) -> str:
-    try:
-        return str((await client.cancel_batch(batch_id)).get("status"))
-    except ApiError as exc:
-        return f"not cancelled: {exc}"
-
-
-async def _settle(client: Client, state: Path, loose: list[Upload]) -> list[tuple[str, str]]:
-    try:
-        store = Store(state)
-    except StoreError:
-        return [(u.name, "not cancelled: a run of this job is using it now (it will submit it)")
-                for u in loose]
-    folder = upload_folder(state)
-    steps = Submitter(client, store, RunStats(), window="24h", job_name="", folder=folder)
-    done: list[tuple[str, str]] = []
-    try:
-        for u in loose:
-            file_id = u.file_id or await steps.file_named(u.name)
-            batch = await steps.batch_of(file_id) if file_id else None
-            if batch is not None:
-                store.update_upload(u.id, file_id=file_id, batch_id=str(batch["id"]), status="submitted")
-                done.append((str(batch["id"]), await _cancel_one(client, str(batch["id"]))))
-                continue
-            if file_id:
-                with contextlib.suppress(ApiError):
-                    await client.delete_file(file_id)
-            steps.give_up(u, "cancelled before it became a batch; its requests are pending again")
-            (folder / u.name).unlink(missing_ok=True)
-            done.append((u.name, "given up before it became a batch; its requests are pending again"))
-    finally:
-        store.close()
-    return done

@@ -22,23 +22,23 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .client import Client
-from .errors import ApiError, FatalApiError, RateLimited, ServerError, TransportError
-from .report import RunStats
-from .store import Store, Upload
+from ..errors import ApiError, FatalApiError, Stopped
+from ..report import RunStats
+from ..retry import Action, RetryPolicy
+from ..store import Store
+from .endpoints import BatchApi
+from .ledger import Ledger, Upload
 
 log = logging.getLogger("batch")
 T = TypeVar("T")
 
-ATTEMPTS = 6  # tries of one Batch API call that fails transiently (5xx, dropped connection, 429)
-
-
 class Submitter:
     """Advances uploads of one store at one Batch API; counts the batches it submits in `stats`."""
 
-    def __init__(self, client: Client, store: Store, stats: RunStats, *, window: str, job_name: str,
+    def __init__(self, client: BatchApi, store: Store, stats: RunStats, *, window: str, job_name: str,
                  folder: Path) -> None:
         self._client, self._store, self._stats = client, store, stats
+        self._ledger = Ledger(store)
         self._window, self._job_name, self._folder = window, job_name, folder
         self._rng = random.Random()
 
@@ -54,12 +54,12 @@ class Submitter:
 
     async def _upload(self, u: Upload, *, look_first: bool) -> str | None:
         path = self._folder / u.name
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(1, POLICY.max_attempts + 1):
             if look_first or attempt > 1:  # an earlier try may have reached Groq without our hearing
                 found = await self.file_named(u.name)
                 if found is not None:
                     log.info("batch: %s is already on Groq as %s; using it", u.name, found)
-                    self._store.update_upload(u.id, file_id=found, status="uploaded")
+                    self._ledger.update(u.id, file_id=found, status="uploaded")
                     return found
             if not path.exists():
                 self.give_up(u, f"its local file {path} is gone; its requests go into a new batch")
@@ -67,17 +67,17 @@ class Submitter:
             try:
                 obj = await self._client.upload_file(u.name, path)
             except ApiError as exc:
-                if not _retryable(exc):  # refused: nothing was stored, its requests go back to pending
+                if not POLICY.transient(exc):  # refused: nothing was stored, its requests go back to pending
                     self.give_up(u, f"Groq refused the upload: {exc}")
                 await transient(exc, attempt, f"uploading {u.name}", self._rng)
                 continue
-            self._store.update_upload(u.id, file_id=obj["id"], status="uploaded")
+            self._ledger.update(u.id, file_id=obj["id"], status="uploaded")
             return str(obj["id"])
         return None  # unreachable: the last transient failure raises
 
     async def _create(self, u: Upload, *, look_first: bool) -> None:
         assert u.file_id is not None
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(1, POLICY.max_attempts + 1):
             if look_first or attempt > 1:
                 found = await self.batch_of(u.file_id)
                 if found is not None:
@@ -88,7 +88,7 @@ class Submitter:
                 obj = await self._client.create_batch(u.file_id, self._window,
                                                       {"job": self._job_name[:500], "file": u.name})
             except ApiError as exc:
-                if not _retryable(exc):  # refused: no batch exists, its requests go back to pending
+                if not POLICY.transient(exc):  # refused: no batch exists, its requests go back to pending
                     self.give_up(u, f"Groq refused the batch: {exc}")
                     with contextlib.suppress(ApiError):
                         await self._client.delete_file(u.file_id)
@@ -132,34 +132,36 @@ class Submitter:
         return max(mine, key=lambda b: b.get("created_at") or 0) if mine else None
 
     def _record(self, u: Upload, obj: dict[str, Any]) -> None:
-        self._store.update_upload(u.id, batch_id=str(obj["id"]),
+        self._ledger.update(u.id, batch_id=str(obj["id"]),
                                   status=str(obj.get("status") or "validating"),
                                   counts=json.dumps(obj.get("request_counts")))
 
     def give_up(self, u: Upload, why: str) -> None:
         log.warning("batch: %s: %s", u.name, why)
-        self._store.update_upload(u.id, status="abandoned", detail=why, done=1)
+        self._ledger.update(u.id, status="abandoned", detail=why, done=1)
 
 
-def _retryable(exc: ApiError) -> bool:
-    return isinstance(exc, ServerError | TransportError | RateLimited)
+# One retry policy for every path: the same classes are transient here as for chat requests.
+POLICY = RetryPolicy()
 
 
 async def transient(exc: ApiError, attempt: int, what: str, rng: random.Random) -> None:
     """Wait before the next try of a Batch API call, or raise if it cannot succeed."""
-    if not _retryable(exc) or attempt >= ATTEMPTS:
+    decision = POLICY.decide(exc, attempt, rng)
+    if decision.action is Action.QUOTA:
+        raise Stopped(f"{what}: a daily quota is used up ({exc}); run the same command again later "
+                      "(nothing is submitted twice)") from exc
+    if decision.action is not Action.RETRY or not POLICY.transient(exc):
         if isinstance(exc, FatalApiError):
             raise exc
         raise FatalApiError(f"{what}: {exc}", status=exc.status, code=exc.code) from exc
-    wait = min(exc.retry_after, 60.0) if isinstance(exc, RateLimited) and exc.retry_after else \
-        rng.uniform(0, min(30.0, 2.0 ** attempt))
-    log.warning("batch: %s failed (%s); trying again in %.1f s", what, exc, wait)
-    await asyncio.sleep(wait)
+    log.warning("batch: %s failed (%s); trying again in %.1f s", what, exc, decision.delay_s)
+    await asyncio.sleep(decision.delay_s)
 
 
 async def retrying(call: Callable[[], Awaitable[T]], what: str, rng: random.Random) -> T:
     """`call()`, tried again after transient failures."""
-    for attempt in range(1, ATTEMPTS + 1):
+    for attempt in range(1, POLICY.max_attempts + 1):
         try:
             return await call()
         except ApiError as exc:

@@ -3,7 +3,7 @@
 This module owns Groq's strict schema and nothing else: the allowed top-level keys (an unknown key is
 a 400), the roles, the content parts of a message (text, and images only in user messages, at most 5
 a request), the type and range of each optional parameter, and the JSON body parse. It also owns the
-Groq-shaped error (:class:`ApiError`, rendered as ``{"error": {message, type, code, param}}``) that
+Groq-shaped error (:class:`HttpError`, rendered as ``{"error": {message, type, code, param}}``) that
 every simulator module raises, with its two most common cases, :func:`invalid` and
 :func:`invalid_key`. The Batch API checks each line's body with the very same :func:`validate`.
 
@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 
-class ApiError(Exception):
+class HttpError(Exception):
     """A Groq-shaped JSON error, raised anywhere in a handler and rendered in one place."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str = "",
@@ -36,19 +36,19 @@ class ApiError(Exception):
         return web.json_response(self.body, status=self.status, reason=reason, headers=headers)
 
 
-def invalid(param: str, message: str) -> ApiError:
-    return ApiError(400, f"'{param}' : {message}", code="invalid_value", param=param)
+def invalid(param: str, message: str) -> HttpError:
+    return HttpError(400, f"'{param}' : {message}", code="invalid_value", param=param)
 
 
-def invalid_key() -> ApiError:
-    return ApiError(401, "Invalid API Key", code="invalid_api_key")
+def invalid_key() -> HttpError:
+    return HttpError(401, "Invalid API Key", code="invalid_api_key")
 
 
 def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
-        raise ApiError(400, "We could not parse the JSON body of your request. The body must be valid "
+        raise HttpError(400, "We could not parse the JSON body of your request. The body must be valid "
                        "JSON.", code="invalid_json") from None
 
 
@@ -139,10 +139,10 @@ def _validate_message(i: int, message: object) -> int:
 def validate(body: object) -> dict[str, Any]:
     """Groq's strict schema: unknown keys, wrong types and ranges are 400s before anything else."""
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_value")
+        raise HttpError(400, "the request body must be a JSON object", code="invalid_value")
     for key in body:
         if key not in _ALLOWED_KEYS:
-            raise ApiError(400, f"property '{key}' is unsupported")
+            raise HttpError(400, f"property '{key}' is unsupported")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise invalid("model", "value must be a non-empty string")
     messages = body.get("messages")

@@ -1,0 +1,107 @@
+"""The Batch API's ledger: which submissions a job made and which request is on which line.
+
+It lives in the job's store (the same SQLite file, two tables of its own), so one file holds
+everything a run needs to resume. Each step is committed the moment it happens (autocommit), before
+the next one is attempted: a crash then leaves at worst one uploaded file or one submitted batch the
+ledger does not name, and `submit` finds those by name and input file on Groq instead of paying twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..store import Store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, lines INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    file_id TEXT, batch_id TEXT, status TEXT NOT NULL, counts TEXT, detail TEXT,
+    created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS upload_lines (
+    upload INTEGER NOT NULL, line INTEGER NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (upload, line)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS upload_lines_fp ON upload_lines (fingerprint);
+"""
+_COLUMNS = "id, name, lines, bytes, file_id, batch_id, status, counts, detail, created, done"
+_NAMES = _COLUMNS.split(", ")
+_UPDATABLE = frozenset(("file_id", "batch_id", "status", "counts", "detail", "done"))
+_CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable limit
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One Batch API submission, as far as it got: a local file of `lines` requests (`prepared`), then
+    Groq's file id (`uploaded`), then its batch id and the batch's last known status and counts."""
+
+    id: int
+    name: str  # the file name it is uploaded under, unique to this store
+    lines: int
+    bytes: int
+    file_id: str | None
+    batch_id: str | None
+    status: str
+    counts: str | None  # Groq's request_counts, as JSON
+    detail: str | None  # Groq's errors, or why it was given up
+    created: float
+    done: bool  # its results are in the answers (or it was given up): it holds no request any more
+
+
+class Ledger:
+    """The submissions recorded in one store. A read-only store from before the Batch API mode has
+    no ledger tables: it then simply holds no submission."""
+
+    def __init__(self, store: Store) -> None:
+        self._db = store.db
+        if not store.readonly:
+            self._db.executescript(_SCHEMA)
+
+    def add(self, prefix: str, digest: str, fingerprints: list[str], size: int) -> Upload:
+        """Record a prepared file of requests (line i+1 holds fingerprints[i]) under a name that no other
+        upload of this store has, even one of the same content: `<prefix>-<id>-<digest>.jsonl`."""
+        self._db.execute("BEGIN")
+        now = time.time()
+        cur = self._db.execute("INSERT INTO uploads (name, lines, bytes, status, created, updated) VALUES "
+                               "('', ?, ?, 'prepared', ?, ?)", (len(fingerprints), size, now, now))
+        upload = int(cur.lastrowid or 0)
+        name = f"{prefix}-{upload}-{digest}.jsonl"
+        self._db.execute("UPDATE uploads SET name=? WHERE id=?", (name, upload))
+        self._db.executemany("INSERT INTO upload_lines VALUES (?, ?, ?)",
+                             ((upload, i + 1, fp) for i, fp in enumerate(fingerprints)))
+        self._db.execute("COMMIT")
+        return Upload(upload, name, len(fingerprints), size, None, None, "prepared", None, None, now, False)
+
+    def update(self, upload: int, **values: object) -> None:
+        assert set(values) <= _UPDATABLE, values
+        sets = ", ".join(f"{k}=?" for k in values)
+        self._db.execute(f"UPDATE uploads SET {sets}, updated=? WHERE id=?",
+                         (*values.values(), time.time(), upload))
+
+    def uploads(self, *, open_only: bool = False) -> list[Upload]:
+        if not self._exists():
+            return []
+        where = " WHERE done = 0" if open_only else ""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM uploads{where} ORDER BY id")
+        return [Upload(**{**dict(zip(_NAMES, r, strict=True)), "done": bool(r[-1])}) for r in rows]
+
+    def lines(self, upload: int) -> dict[int, str]:
+        """Line number (1-based) -> fingerprint, for one upload."""
+        rows = self._db.execute("SELECT line, fingerprint FROM upload_lines WHERE upload=?", (upload,))
+        return dict(rows.fetchall())
+
+    def held(self, fingerprints: Iterable[str]) -> set[str]:
+        """Those of `fingerprints` that a batch not yet merged holds: sending them again would pay twice."""
+        todo, found = list(set(fingerprints)), set[str]()
+        if not self._exists():
+            return found
+        for i in range(0, len(todo), _CHUNK):
+            chunk = todo[i:i + _CHUNK]
+            q = (f"SELECT l.fingerprint FROM upload_lines l JOIN uploads u ON u.id = l.upload "
+                 f"WHERE u.done = 0 AND l.fingerprint IN ({','.join('?' * len(chunk))})")
+            found.update(r[0] for r in self._db.execute(q, chunk))
+        return found
+
+    def _exists(self) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='uploads'").fetchone() is not None

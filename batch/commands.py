@@ -1,0 +1,110 @@
+"""The commands beside `run`: plan, status, cancel, models, simulate — argv already parsed, output printed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import endpoint, sim
+from .batchapi.cancel import cancel as cancel_batches
+from .batchapi.endpoints import BatchApi
+from .client import Client
+from .config import load_job
+from .errors import EXIT_OK, EXIT_ROWS_FAILED, JobError
+from .plan import describe, make_plan
+from .simulated import KEY as SIMULATED_KEY
+from .status import status as job_status
+
+log = logging.getLogger("batch")
+
+def plan(path: Path, *, limit: int | None, mode: str | None, as_json: bool) -> int:
+    job = load_job(path)
+    made = make_plan(job, limit, mode)
+    print(json.dumps(dataclasses.asdict(made), indent=2, ensure_ascii=False) if as_json
+          else describe(job=job, plan=made))
+    return EXIT_OK
+
+
+def status(path: Path, *, as_json: bool) -> int:
+    info = job_status(load_job(path))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{path}: {info['rows']} rows — {info['answered']} answered, "
+          f"{info['failed_permanent']} failed (permanent), {info['failed_retryable']} failed (retried next "
+          f"run), {info['invalid_rows']} invalid input rows, {info['pending']} pending"
+          + (f" ({info['in_batches']} of them in Batch API batches not collected yet)" if info["in_batches"]
+             else ""))
+    print(f"state: {info['state']} ({int(str(info['state_bytes'])) / 1e6:.2f} MB)")
+    last = info["last_run"]
+    if isinstance(last, dict):
+        print(f"last run: {last.get('status')}, {last.get('rows_ok')} ok / {last.get('rows_failed')} failed, "
+              f"{last.get('requests_sent')} requests"
+              + (f" + {last.get('batch_requests')} in Batch API batches" if last.get("mode") == "batch"
+                 else "")
+              + f", {last.get('elapsed_s')} s, "
+              f"estimated cost ${last.get('estimated_cost_usd')}")
+    batches = info["batches"]
+    if isinstance(batches, list) and batches:
+        print(f"Batch API batches ({len(batches)}):")
+        for b in batches:
+            counts = b.get("counts") or {}
+            print(f"  {b.get('batch_id') or '(not submitted)'}\t{b.get('status')}\t"
+                  f"{counts.get('completed', 0)}/{b.get('lines')} answered, {counts.get('failed', 0)} failed"
+                  f"\t{'merged' if b.get('merged') else 'open'}\t{b.get('file')}")
+    return EXIT_OK
+
+
+def simulate(args: argparse.Namespace) -> int:
+    config = sim.config_from_args(args)
+    try:
+        asyncio.run(sim.serve(config, args.host, args.port))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return JobError.exit_code
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+async def models(base_url: str | None, *, simulate: bool) -> int:
+    if simulate:
+        server = sim.Simulator()
+        url = await server.start()
+        try:
+            return await _list_models(url, SIMULATED_KEY)
+        finally:
+            await server.stop()
+    url = endpoint.check_base_url(endpoint.resolve_base_url(base_url, None, os.environ))
+    return await _list_models(url, endpoint.api_key(url, os.environ))
+
+
+async def cancel(path: Path, base_url: str | None) -> int:
+    job = load_job(path)
+    url = endpoint.check_base_url(endpoint.resolve_base_url(base_url, job, os.environ))
+    async with Client(url, endpoint.api_key(url, os.environ), timeout_s=60, connections=2) as client:
+        done = await cancel_batches(BatchApi(client), job.state.path)
+    if not done:
+        print(f"{path}: no batch of this job is running at the Batch API; nothing to cancel")
+    for batch_id, outcome in done:
+        print(f"{batch_id}\t{outcome}")
+    if done:
+        print("run the job again to collect what the cancelled batches answered", file=sys.stderr)
+    return EXIT_ROWS_FAILED if any(o.startswith("not cancelled") for _, o in done) else EXIT_OK
+
+
+async def _list_models(url: str, key: str | None) -> int:
+    async with Client(url, key, timeout_s=30, connections=1) as client:
+        models = await client.models()
+    for m in sorted(models, key=lambda m: str(m.get("id"))):
+        ctx, most = m.get("context_window"), m.get("max_completion_tokens")
+        details = [f"context {ctx:,}" if isinstance(ctx, int) else "",
+                   f"max completion {most:,}" if isinstance(most, int) else ""]
+        print("\t".join([str(m.get("id")), *filter(None, details)]))
+    return EXIT_OK

@@ -1,0 +1,93 @@
+"""Pass 1, online: every request the store has no answer for, through the pool, answers into the store.
+
+    rows ─► prompts ─► store.missing ─► pool (limits, retry) ─► client ─► store
+
+Requests are produced lazily, in input order, one chunk of rows at a time, so memory follows what is in
+flight rather than the input. Identical requests (rows that would send the same bytes) go once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from .client import Client
+from .config import LimitsSpec
+from .endpoint import Endpoint
+from .limits import Pacer
+from .pool import Pool
+from .progress import Progress
+from .prompts import Renderer
+from .records import Answer, Request
+from .report import RunStats
+from .retry import RetryPolicy
+from .source import Rows
+from .store import Store
+
+
+class OnlinePass:
+    """Sends what is missing; `stop()` stops taking new rows (requests in flight finish)."""
+
+    def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
+                 limit: int | None, retry_failed: bool) -> None:
+        self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
+        self._limits, self._limit, self._retry_failed = limits, limit, retry_failed
+        self.pool: Pool | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.pool is not None:
+            self.pool.stop("interrupted")
+
+    async def run(self, endpoint: Endpoint, progress: Progress) -> Pool:
+        """Send; the pool, which says why it ended (`fatal`, `quota`, `stop_reason`)."""
+        store, limits = self._store, self._limits
+        loop = asyncio.get_running_loop()
+        commit_pending = False
+
+        def commit() -> None:
+            nonlocal commit_pending
+            commit_pending = False
+            store.flush()
+
+        def on_answer(answer: Answer) -> None:
+            # Commit right after the current loop iteration: answers that arrive together share one
+            # transaction, and a kill -9 loses no answer that was received (only those on the wire).
+            nonlocal commit_pending
+            store.put(answer)
+            if not commit_pending:
+                commit_pending = True
+                loop.call_soon(commit)
+            self._stats.record_answer(answer)
+            progress.advance()
+
+        async with Client(endpoint.base_url, endpoint.key, timeout_s=limits.request_timeout,
+                          connections=limits.concurrency) as client:
+            pacer = Pacer(endpoint.rpm, endpoint.tpm, learn_requests=limits.requests_per_minute is None,
+                          learn_tokens=limits.tokens_per_minute is None)
+            pool = Pool(client.chat, pacer, RetryPolicy(max_attempts=limits.max_attempts),
+                        concurrency=limits.concurrency, on_answer=on_answer, stats=self._stats)
+            self.pool = pool
+            if self._stopped:
+                pool.stop("interrupted")
+            try:
+                await pool.run(self._pending(pool, progress))
+            finally:
+                store.flush()
+        return pool
+
+    def _pending(self, pool: Pool, progress: Progress) -> Iterator[Request]:
+        """The requests that still need sending, in input order, each once."""
+        for row0, chunk in self._rows.numbered(self._limit):
+            rendered = self._renderer.render_chunk(chunk, row0)
+            fps = {r.fingerprint for r in rendered if isinstance(r, Request)} - pool.outstanding
+            missing = self._store.missing(fps, retry_failed=self._retry_failed)
+            for r in rendered:
+                if (isinstance(r, Request) and r.fingerprint in missing
+                        and r.fingerprint not in pool.outstanding):
+                    missing.discard(r.fingerprint)  # later rows with the same request share its answer
+                    yield r
+                else:
+                    progress.advance()
+

@@ -1,0 +1,33 @@
+"""The Groq double: the same endpoints, headers, limits, errors and Batch API as Groq, on loopback.
+
+It serves ``--simulate`` runs, the ``simulate`` command and the tests. It imports nothing from the rest
+of ``batch`` (tests/test_layout.py checks every import), so it stays an independent witness of the
+client rather than a mirror of its assumptions. ``server`` puts the parts together; see its docstring.
+"""
+
+from .server import (
+    DECOMMISSIONED,
+    FAULT_KINDS,
+    KNOWN_MODELS,
+    ORG,
+    PREFIX,
+    UPGRADE,
+    LogEntry,
+    ServedModel,
+    SimConfig,
+    Simulator,
+    add_cli_arguments,
+    config_from_args,
+    count_prompt_tokens,
+    count_tokens,
+    go_duration,
+    serve,
+    sim_answer,
+    sim_json_answer,
+)
+
+__all__ = [
+    "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PREFIX", "UPGRADE", "LogEntry", "ServedModel",
+    "SimConfig", "Simulator", "add_cli_arguments", "config_from_args", "count_prompt_tokens", "count_tokens",
+    "go_duration", "serve", "sim_answer", "sim_json_answer",
+]

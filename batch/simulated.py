@@ -1,0 +1,37 @@
+"""The built-in Groq simulator as an endpoint, for the doors that offer it (`--simulate`, `simulate=True`).
+
+A demo of the whole path: generous limits (the job's own are the real account's), a little latency,
+and a few faults so that retries show. The engine never starts it; a door does, and hands the engine
+its endpoint like any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from .endpoint import Endpoint
+from .sim import SimConfig, Simulator
+
+log = logging.getLogger("batch")
+
+KEY = "gsk_simulated"  # what a simulated run sends instead of the user's key
+RPM, TPM = 6000, 2_000_000
+
+
+def demo_config() -> SimConfig:
+    return SimConfig(rpm=RPM, tpm=TPM, rpd=1_000_000, tpd=10**9, latency_ms=40, jitter_ms=40,
+                     fault_rate=0.03, faults=("500", "502", "503", "drop", "malformed"), seed=2)
+
+
+@contextlib.asynccontextmanager
+async def simulated(config: SimConfig | None = None) -> AsyncIterator[Endpoint]:
+    """The simulator, serving on a free loopback port for as long as the block runs."""
+    sim = Simulator(config or demo_config())
+    url = await sim.start()
+    log.info("simulate: using the built-in Groq simulator at %s (no key, no network)", url)
+    try:
+        yield Endpoint(url, KEY, float(RPM), float(TPM), simulated=True)
+    finally:
+        await sim.stop()
