@@ -30,9 +30,9 @@ from . import frames
 from .config import Job
 from .engine import Run, RunOptions
 from .errors import Stopped
+from .estimate import Plan, make_plan
 from .options import build_job
 from .output import write_output
-from .estimate import Plan, make_plan
 from .preflight import check_job
 from .prompts import Renderer
 from .simulated import simulated

@@ -186,11 +186,12 @@ import json, sys
 import pandas as pd
 import batch
 n, url = int(sys.argv[1]), sys.argv[2]
+MODEL, PROMPT = sys.argv[3], sys.argv[4]
 df = pd.DataFrame({"body": [f"row {i}" for i in range(n)]})
-out = batch.run(df, model=%r, prompt=%r, max_new_tokens=1024, base_url=url, concurrency=4,
+out = batch.run(df, model=MODEL, prompt=PROMPT, max_new_tokens=1024, base_url=url, concurrency=4,
                 requests_per_minute=600000, tokens_per_minute=100000000, progress=False)
 print(json.dumps({"texts": list(out["text"]), "summary": out.attrs["batch"]}))
-""" % (MODEL, PROMPT)
+"""
 
 
 def _script(tmp_path: Path) -> Path:
@@ -211,7 +212,7 @@ def test_two_processes_share_the_default_cache_at_once(tmp_path: Path, start_sim
 
     url, sim = start_sim(latency_ms=20)
     script = _script(tmp_path)
-    procs = [subprocess.Popen([sys.executable, str(script), "60", url], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, str(script), "60", url, MODEL, PROMPT], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
     results = [p.communicate(timeout=120) for p in procs]
     for proc, (out, err) in zip(procs, results, strict=True):
@@ -227,8 +228,8 @@ def test_ctrl_c_keeps_every_answer_and_the_next_call_resumes(tmp_path: Path, sta
     import time
 
     url, sim = start_sim(latency_ms=100)
-    proc = subprocess.Popen([sys.executable, str(_script(tmp_path)), "300", url], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path)), "300", url, MODEL, PROMPT],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + 60  # a hang guard only: the condition is what is waited for
     while chats(sim) < 40 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
