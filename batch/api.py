@@ -35,7 +35,7 @@ from .options import build_job
 from .output import write_output
 from .preflight import check_job
 from .prompts import Renderer
-from .simulated import simulated
+from .simulated import kept_apart, simulated
 from .source import Rows, Source
 from .store import Store
 
@@ -120,6 +120,8 @@ def _prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any],
     if not door.get("state"):
         server = "simulated" if door.get("simulate") else endpoints.resolve_base_url(None, job, os.environ)
         job = _with_state(job, _cache_path(job, server))
+    elif door.get("simulate"):
+        job = kept_apart(job)
     return _Prepared(job, check_job(job, rows), kind, tmp)
 
 

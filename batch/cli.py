@@ -21,7 +21,7 @@ from .engine import Run, RunOptions, report_path
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from .preflight import check_job
 from .report import Summary
-from .simulated import simulated
+from .simulated import kept_apart, simulated
 
 log = logging.getLogger("batch")
 
@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     async def main_task() -> int:
         if args.simulate:
             async with simulated() as ep:
-                return await guarded(Run(job, rows, ep, opts))
+                return await guarded(Run(kept_apart(job), rows, ep, opts))
         return await guarded(Run(job, rows, endpoint.resolve(job, args.base_url, os.environ), opts))
 
     async def guarded(run: Run) -> int:

@@ -8,9 +8,11 @@ its endpoint like any other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
+from .config import Job
 from .endpoint import Endpoint
 from .sim import SimConfig, Simulator
 
@@ -35,3 +37,11 @@ async def simulated(config: SimConfig | None = None) -> AsyncIterator[Endpoint]:
         yield Endpoint(url, KEY, float(RPM), float(TPM), simulated=True)
     finally:
         await sim.stop()
+
+
+def kept_apart(job: Job) -> Job:
+    """The job with a store of its own for simulated answers (`<state>.simulated.sqlite` beside the
+    state), so that a later run against Groq never takes the simulator's answers for the model's."""
+    path = job.state.path
+    return dataclasses.replace(job, state=dataclasses.replace(
+        job.state, path=path.with_name(f"{path.stem}.simulated{path.suffix or '.sqlite'}")))
