@@ -245,3 +245,19 @@ def test_ctrl_c_keeps_every_answer_and_the_next_call_resumes(tmp_path: Path, sta
     # Only the requests on the wire at the interrupt (at most one per worker) are paid twice.
     assert chats(sim) <= 300 + 4
     assert out.attrs["batch"]["rows_from_store"] >= answered - 4
+
+
+def test_stopped_carries_the_rows_so_far_then_the_next_call_collects(
+        simulator: tuple[str, Simulator]) -> None:
+    url, sim = simulator
+    df = pd.DataFrame({"body": ["p", "q", "r"]})
+    with pytest.raises(batch.Stopped) as info:
+        batch.run(df, **opts(url, mode="batch", wait=False))
+    partial = info.value.partial
+    assert isinstance(partial, pd.DataFrame) and list(partial["body"]) == ["p", "q", "r"]
+    assert partial["text"].isna().all() and partial["error"].notna().all()
+    assert "still running" in info.value.reason
+
+    out = batch.run(df, **opts(url, mode="batch", poll_interval=0.2))  # attaches; submits nothing new
+    assert list(out["text"]) == [expected(b) for b in "pqr"]
+    assert (sim.uploads, sim.batches_created) == (1, 1)
