@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,26 @@ def run(data: Any, job: str | Path | None = None, /, **options: Any) -> Any:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(arun(data, job, **options))
-    # A notebook's loop is running in this thread: run ours in another, and wait for it here.
+    return _in_a_thread(arun(data, job, **options))
+
+
+def _in_a_thread(work: Coroutine[Any, Any, Any]) -> Any:
+    """A notebook's loop is running in this thread: run ours in another and wait for it here. A stop
+    (KeyboardInterrupt) here cancels the run there, which keeps every answer received, then re-raises."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(work)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch") as pool:
-        return pool.submit(asyncio.run, arun(data, job, **options)).result()
+        done = pool.submit(loop.run_until_complete, task)
+        try:
+            return done.result()
+        except KeyboardInterrupt:
+            loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(BaseException):
+                done.result()
+            raise
+        finally:
+            if done.done():
+                loop.close()
 
 
 async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> Any:

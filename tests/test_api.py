@@ -261,3 +261,55 @@ def test_stopped_carries_the_rows_so_far_then_the_next_call_collects(
     out = batch.run(df, **opts(url, mode="batch", poll_interval=0.2))  # attaches; submits nothing new
     assert list(out["text"]) == [expected(b) for b in "pqr"]
     assert (sim.uploads, sim.batches_created) == (1, 1)
+
+
+NOTEBOOK = """
+import asyncio, glob, os, signal, sqlite3, sys, threading, time
+import pandas as pd
+import batch
+url, model, prompt = sys.argv[1], sys.argv[2], sys.argv[3]
+df = pd.DataFrame({"body": [f"cell {i}" for i in range(300)]})
+
+def answered():
+    for path in glob.glob(os.path.join(os.environ["XDG_CACHE_HOME"], "batch", "*.sqlite")):
+        try:
+            with sqlite3.connect(path) as db:
+                return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        except sqlite3.Error:
+            pass
+    return 0
+
+def stop_button():  # pressed once answers are in; the deadline only guards a hang
+    deadline = time.monotonic() + 60
+    while answered() < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what a kernel's stop sends
+
+async def cell():
+    batch.run(df, model=model, prompt=prompt, max_new_tokens=1024, base_url=url, concurrency=4,
+              requests_per_minute=600000, tokens_per_minute=100000000, progress=False)
+
+threading.Thread(target=stop_button, daemon=True).start()
+try:
+    asyncio.new_event_loop().run_until_complete(cell())  # a kernel's loop, as IPython runs one
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_notebook_stop_cancels_the_run_and_keeps_its_answers(tmp_path: Path, start_sim: StartSim) -> None:
+    import subprocess
+    import sys
+
+    url, sim = start_sim(latency_ms=50)
+    script = tmp_path / "notebook.py"
+    script.write_text(NOTEBOOK, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script), url, MODEL, PROMPT], capture_output=True, text=True,
+                          env=_env(), timeout=120, check=False)
+    assert proc.stdout.strip() == "interrupted", proc.stderr
+    answered = chats(sim)
+    assert 30 <= answered < 300, "the run went on after the stop"
+
+    out = batch.run(pd.DataFrame({"body": [f"cell {i}" for i in range(300)]}), **opts(url, concurrency=4))
+    assert list(out["text"]) == [expected(f"cell {i}") for i in range(300)]
+    assert chats(sim) <= 300 + 4 and out.attrs["batch"]["rows_from_store"] >= answered - 4
