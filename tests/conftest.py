@@ -171,7 +171,7 @@ def run_batch(tmp_path: Path, api_key: str) -> Iterator[Callable[..., subprocess
         proc = subprocess.run([sys.executable, "-m", "batch", "run", str(job), *args],
                               env=env or cli_env(key), cwd=tmp_path, capture_output=True, text=True,
                               encoding="utf-8", timeout=timeout)
-        for secret in {api_key, key} - {None}:
+        for secret in {s for s in (api_key, key) if s}:
             assert secret not in proc.stdout and secret not in proc.stderr, "the API key was printed"
         return proc
 

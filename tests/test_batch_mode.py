@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import BackgroundLoop, cli_env
+from nasty import write_csv
 from test_e2e import (
     PROMPT,
     _spawn,
@@ -25,7 +26,6 @@ from test_e2e import (
     check_rows,
     plain_rows,
     read_output,
-    write_csv,
 )
 
 from batch.catalog import cost_usd
@@ -35,7 +35,7 @@ StartSim = Callable[..., tuple[str, Simulator]]
 WriteJob = Callable[..., Path]
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAST = {"batch_validate_s": 0.05, "batch_finalize_s": 0.05}
+FAST: dict[str, Any] = {"batch_validate_s": 0.05, "batch_finalize_s": 0.05}
 RUN = {"mode": "batch", "poll-interval": 0.2}
 
 

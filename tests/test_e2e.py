@@ -29,7 +29,7 @@ from aiohttp import web
 from conftest import MODEL, REPO, BackgroundLoop, LocalServer, cli_env, completion
 from nasty import COLUMNS, nasty_rows, write_csv, write_jsonl, write_parquet
 
-from batch.sim import Simulator, count_prompt_tokens, count_tokens, sim_answer
+from batch.sim import LogEntry, Simulator, count_prompt_tokens, count_tokens, sim_answer
 
 Rows = list[dict[str, Any]]
 StartSim = Callable[..., tuple[str, Simulator]]
@@ -77,13 +77,14 @@ def read_output(path: Path) -> tuple[list[str], Rows]:
     return table.column_names, table.to_pylist()
 
 
-def chat_log(sim: Simulator) -> list[Any]:
+def chat_log(sim: Simulator) -> list[LogEntry]:
     return list(sim.log)
 
 
 def answered_twice(sim: Simulator) -> list[str]:
     """Request bodies that got a real answer (a 200 that was not a fault) more than once."""
-    counts = Counter(e.body_sha256 for e in chat_log(sim) if e.status == 200 and e.fault is None)
+    counts = Counter(e.body_sha256 for e in chat_log(sim)
+                     if e.status == 200 and e.fault is None and e.body_sha256 is not None)
     return [sha for sha, n in counts.items() if n > 1]
 
 
@@ -719,7 +720,10 @@ def test_two_kills_in_a_600_row_run_pay_only_what_was_in_flight(
     for name, after in (("first", 150), ("second", 350)):  # kill -9 twice, well inside the run
         proc = _spawn(job, url, api_key, tmp_path, name)
         try:
-            _wait_for(lambda n=after: sum(e.status == 200 for e in chat_log(sim)) >= n, 30, "answers")
+            def enough(n: int = after) -> bool:
+                return sum(e.status == 200 for e in chat_log(sim)) >= n
+
+            _wait_for(enough, 30, "answers")
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         finally:

@@ -363,6 +363,7 @@ def test_request_errors(simulator: tuple[str, Simulator], connect: Callable[...,
     url, sim = simulator
     client = connect(url)
     with pytest.raises(groq.BadRequestError) as bad_purpose:
+        # a purpose and (below) an endpoint the SDK's types forbid, for the server to refuse
         client.files.create(file=("rows.jsonl", jsonl(rows(1))), purpose="assistants")  # type: ignore[arg-type]
     assert isinstance(bad_purpose.value.body, dict) and bad_purpose.value.body["error"]["param"] == "purpose"
     assert sim.uploads == 0
