@@ -1,3 +1,28 @@
-"""batch: run a prompt over every row of a table against Groq, at the account's rate limits."""
+"""batch: run a prompt over every row of a table against Groq, at the account's rate limits.
+
+    import batch
+    out = batch.run(df, model="openai/gpt-oss-20b", prompt="Summarize: ${body}", max_new_tokens=64)
+
+`run`, `arun` and `plan` are the Python door (`batch.api`); `python -m batch` the command line. Both
+are imported on first use, so that `python -m batch` pays only for what it runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import FatalApiError, JobError, Stopped
+
+if TYPE_CHECKING:
+    from .api import arun, plan, run
 
 __version__ = "0.1.0"
+__all__ = ["FatalApiError", "JobError", "Stopped", "__version__", "arun", "plan", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "arun", "plan"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'batch' has no attribute {name!r}")

@@ -17,7 +17,7 @@ from .batchapi.endpoints import BatchApi
 from .client import Client
 from .config import load_job
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, JobError
-from .plan import describe, make_plan
+from .estimate import describe, make_plan
 from .simulated import KEY as SIMULATED_KEY
 from .status import status as job_status
 

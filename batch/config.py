@@ -21,8 +21,18 @@ from typing import Any
 from batch.errors import ConfigError
 from batch.keys import TABLES, check_value, describe_keys, show, unknown_name
 
-__all__ = ["ANSWER_COLUMNS", "TABLES", "Job", "TaskSpec", "describe_keys", "load_job",
-           "output_columns", "parse_job", "window_hours"]
+__all__ = [
+    "ANSWER_COLUMNS",
+    "TABLES",
+    "Job",
+    "TaskSpec",
+    "describe_keys",
+    "job_from_tables",
+    "load_job",
+    "output_columns",
+    "parse_job",
+    "window_hours",
+]
 
 ANSWER_COLUMNS: tuple[str, ...] = (
     "input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens",
@@ -144,11 +154,17 @@ def _beside(job_file: Path, raw: str) -> Path:
 
 def parse_job(text: str, file: Path) -> Job:
     """The job in `text`, as if read from `file` (named in messages; relative paths start beside it)."""
-    label = str(file)  # as the user typed it: messages should echo their words, not an absolute path
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{label}: invalid TOML: {exc}"]) from exc
+        raise ConfigError([f"{file}: invalid TOML: {exc}"]) from exc
+    return job_from_tables(data, file)
+
+
+def job_from_tables(data: Mapping[str, Any], file: Path) -> Job:
+    """The job in `data` (TOML's tables as dicts), as if read from `file`: the one validation of every
+    door. `file` is named in messages, and relative paths start beside it."""
+    label = str(file)  # as the user typed it: messages should echo their words, not an absolute path
     problems = [unknown_name(label, None, n, v) for n, v in data.items() if n not in TABLES]
     values: dict[str, dict[str, Any]] = {}
     for table in TABLES:

@@ -44,6 +44,8 @@ class RunOptions:
     wait: bool = True  # batch mode: False submits (or collects what is done), then stops
     progress: bool = True
     tty: bool = False  # a progress bar rather than log lines
+    notebook: bool = False  # the bar as a notebook widget
+    shared_store: bool = False  # a store several processes use at once (the Python API's cache)
 
 
 class Run:
@@ -62,11 +64,11 @@ class Run:
             self._stage.stop()
 
     async def execute(self) -> Summary:
-        job, endpoint = self.job, self.endpoint
+        job, endpoint, opts = self.job, self.endpoint, self.opts
         check_job(job, self.rows)
         if not endpoint.simulated:  # the built-in simulator serves every model batch knows
             await check_model(job, endpoint.base_url, endpoint.key)
-        store = Store(job.state.path)
+        store = Store(job.state.path, shared=opts.shared_store)
         try:
             store.begin_run()
             if job.task.top_k is not None:
@@ -115,7 +117,7 @@ class Run:
         self._stage = stage
         if self.interrupted:
             stage.stop()
-        progress = Progress(total, self.stats, tty=opts.tty, enabled=opts.progress)
+        progress = Progress(total, self.stats, tty=opts.tty, enabled=opts.progress, notebook=opts.notebook)
         try:
             pool = await stage.run(self.endpoint, progress)
         finally:

@@ -1,7 +1,7 @@
 """The one error tree of batch; exit codes hang off it.
 
     BatchError                      exit 1 unless a subclass says otherwise
-    ├── JobError                    exit 2: the job or its input is invalid; nothing was sent
+    ├── JobError (a ValueError)     exit 2: the job or its input is invalid; nothing was sent
     │   ├── ConfigError             the job file (every problem at once, each with file/table/key)
     │   └── InputError              the input table (missing file, missing template column, ...)
     ├── Stopped                     exit 3: stopped early, resumable (signal, daily quota)
@@ -34,8 +34,9 @@ class BatchError(Exception):
     exit_code = 1
 
 
-class JobError(BatchError):
-    """The job cannot succeed as written; raised before any request is sent."""
+class JobError(BatchError, ValueError):
+    """The job cannot succeed as written; raised before any request is sent. A ValueError, so that
+    code calling the Python API can treat invalid options like any other invalid argument."""
 
     exit_code = 2
 
@@ -53,9 +54,17 @@ class InputError(JobError):
 
 
 class Stopped(BatchError):
-    """The run stopped before every row was answered; re-running the command resumes it."""
+    """The run stopped before every row was answered; re-running the command resumes it.
+
+    From the Python API, `partial` holds the rows so far in the caller's kind (answered rows with their
+    answers, the others with an error saying they have none yet), and `reason` the message."""
 
     exit_code = 3
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.partial: object = None
 
 
 class ApiError(BatchError):

@@ -18,7 +18,7 @@ log = logging.getLogger("batch")
 
 class Progress:
     def __init__(self, total_rows: int, stats: RunStats, *, tty: bool, enabled: bool = True,
-                 interval_s: float = 30.0) -> None:
+                 interval_s: float = 30.0, notebook: bool = False) -> None:
         self.total, self.done = total_rows, 0
         self._stats = stats
         self._interval = interval_s
@@ -26,7 +26,11 @@ class Progress:
         self._next_postfix = 0.0
         self._bar: tqdm[Never] | None = None
         self._enabled = enabled
-        if enabled and tty:
+        if enabled and notebook:
+            from tqdm.notebook import tqdm as widget  # a notebook's bar; needs ipywidgets there
+
+            self._bar = widget(total=total_rows, unit="row", smoothing=0.05)
+        elif enabled and tty:
             self._bar = tqdm(total=total_rows, unit="row", dynamic_ncols=True, smoothing=0.05)
 
     def advance(self, rows: int = 1) -> None:

@@ -57,21 +57,23 @@ class StoreError(JobError):
 
 class Store:
     def __init__(self, path: Path, *, flush_rows: int = 500, flush_s: float = 1.0,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, shared: bool = False) -> None:
         """Open (creating if needed) and lock the store; `readonly` neither creates nor locks, so a
-        reader can look while a run writes."""
+        reader can look while a run writes; `shared` does not lock either, for a cache that several
+        processes fill at once (SQLite serialises their writes; each waits its turn)."""
         self.path, self.readonly = path, readonly
         self._flush_rows, self._flush_s = flush_rows, flush_s
         self._buffer: dict[str, Answer] = {}
         self._last_flush = time.monotonic()
         self.run_id = 0
-        self._lock_fd = -1 if readonly else _lock(path)
+        self._lock_fd = -1 if readonly or shared else _lock(path)
         try:
             if readonly:
                 self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                            isolation_level=None)
             else:
-                self._db = sqlite3.connect(path, isolation_level=None)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: kill -9 loses nothing committed
                 self._db.executescript(_SCHEMA)
@@ -127,7 +129,7 @@ class Store:
             return
         rows = [(*_values(a), self.run_id) for a in self._buffer.values()]
         marks = ",".join("?" * (len(_COLUMNS) + 1))
-        self._db.execute("BEGIN")
+        self._db.execute("BEGIN IMMEDIATE")  # take the write lock first: no deadlock with another writer
         self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) VALUES ({marks})",
                              rows)
         self._db.execute("COMMIT")

@@ -21,6 +21,7 @@ from .config import Job
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
 from .records import Request
+from .source import Rows
 from .store import Store
 
 SHOWN = 3  # rendered requests shown
@@ -46,8 +47,9 @@ class Plan:
     batch_files: int = 0  # batch mode: JSONL files the requests to send make (50,000 lines / 100 MB each)
 
 
-def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Plan:
-    source = check_job(job)
+def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, data: Rows | None = None
+              ) -> Plan:
+    source = check_job(job, data)
     renderer = Renderer(job.task, key=job.input.key)
     store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
     rows = invalid = answered = held = prompt = completion = 0
