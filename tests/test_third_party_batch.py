@@ -22,7 +22,7 @@ What aimock 1.43.0 does (read from node_modules/@copilotkit/aimock/dist/batches.
 - A completed batch gets a real output file: one line per input line, the input's `custom_id`, a fresh
   `response.request_id` (`req_...`) and a canned chat completion for the request's model.
 
-Where aimock differs from Groq's Batch API (shared/GROQ_API.md, "Batch API"); these are aimock's, not
+Where aimock differs from Groq's Batch API (docs/groq.md, "Batch API"); these are aimock's, not
 batch's, and the tests assert them as aimock's behaviour rather than bend batch to them:
 
 - Batch lines never consult fixtures: every answer is "Mock batch completion" (usage 1 in, 1 out). So a
