@@ -1,6 +1,6 @@
 """What batch knows about Groq's models without asking: prices, base-tier limits, decommissions.
 
-Figures are Groq's published ones as of late 2026 (see GROQ_API.md). They drive cost estimates,
+Figures are Groq's published ones as of late 2026 (see docs/groq.md, "Models"). They drive cost estimates,
 the default pacing when a job states no limits, and the refusal to run a job whose model is gone.
 """
 
@@ -25,14 +25,14 @@ MODELS: dict[str, ModelInfo] = {
     "openai/gpt-oss-20b": ModelInfo(0.075, 0.30, 30, 8_000, 1_000, 200_000),
     "openai/gpt-oss-120b": ModelInfo(0.15, 0.60, 30, 8_000, 1_000, 200_000),
     "openai/gpt-oss-safeguard-20b": ModelInfo(0.075, 0.30, 30, 8_000, 1_000, 200_000),
-    # Price uncertain (GROQ_API.md); limits assumed equal to the other base-tier models.
+    # Price uncertain (docs/groq.md); limits assumed equal to the other base-tier models.
     "qwen/qwen3.8-27b": ModelInfo(0.80, 4.00, 30, 8_000, 1_000, 200_000),
 }
 
 # Base-tier limits for a model batch does not know: the most common base tier.
 DEFAULT_LIMITS = ModelInfo(0.0, 0.0, 30, 8_000, 1_000, 200_000)
 
-# Decommissioned ids (every model of the original component's list among them) -> replacement.
+# Decommissioned ids -> the current model to use instead (docs/groq.md, "Models").
 DECOMMISSIONED: dict[str, str] = {
     "llama-3.1-405b-reasoning": "openai/gpt-oss-120b",
     "llama-3.1-70b-versatile": "openai/gpt-oss-120b",

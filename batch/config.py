@@ -122,7 +122,7 @@ class Job:
 
 
 REQUIRED_TABLES = ("input", "task")
-# Which reasoning efforts a model family takes (GROQ_API.md); other families are not second-guessed.
+# Which reasoning efforts a model family takes (docs/groq.md); other families are not second-guessed.
 EFFORTS_BY_FAMILY = {"openai/gpt-oss": ("low", "medium", "high"), "qwen/": ("none", "default")}
 
 

@@ -1,7 +1,7 @@
 """A row's chat history and images, from table cells to Groq's message schema.
 
 History is a list of `{role, content}`: a Parquet list of structs, or JSON text in CSV/JSONL. Content
-is a string or the component's parts (`{"type": "text", "text"}`, `{"type": "image_url",
+is a string or a list of parts (`{"type": "text", "text"}`, `{"type": "image_url",
 "image_url": {"url"}}`). Images are one cell value or a list: https URLs, `data:image/...` URLs or raw
 base64 (turned into a data URL with the media type its first bytes show), or — when the job sets an
 image directory — a file path relative to it, read and inlined as a data URL. A path is resolved

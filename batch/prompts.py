@@ -81,7 +81,7 @@ class Renderer:
             "max_completion_tokens": task.max_new_tokens,
             "seed": task.seed,
             "user": task.user,
-            # Groq's extras, after the original component's parameters: a job that sets none of them
+            # Groq's extras, after the parameters every job has: a job that sets none of them
             # sends (and fingerprints) exactly what it sent before they existed.
             "stop": list(task.stop) if isinstance(task.stop, tuple) else task.stop,
             "reasoning_effort": task.reasoning_effort,
@@ -120,7 +120,7 @@ class Renderer:
         past = messages.history(cells[hist], hist) if hist else []
         pictures = messages.images(cells[imgs], imgs, self.image_dir) if imgs else []
         chat: list[dict[str, Any]] = []
-        if self.system is not None and not past:  # the component's rule: a history replaces it
+        if self.system is not None and not past:  # a chat history replaces the system message
             chat.append({"role": "system", "content": self.system.render(values)})
         chat.extend(past)
         text = self.prompt.render(values)

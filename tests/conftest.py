@@ -8,6 +8,8 @@
 * `run_batch(job, *args, key=...)`: `python -m batch run ...` as a real subprocess; every run checks
   that the API key never shows on stdout or stderr, and at teardown no file under `tmp_path` holds it.
 * `BackgroundLoop`: an event loop in a daemon thread, for any aiohttp server a test needs.
+* `wait_until(condition, what)`: how a test waits for something another process or thread does: on a
+  condition (a log line, a file, a server counter), never on a sleep; the deadline only stops a hang.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +34,9 @@ from batch.sim import SimConfig, Simulator
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "openai/gpt-oss-20b"
 T = TypeVar("T")
+
+# A deadline against hanging only: nothing takes this long when all is well, even on a loaded machine.
+HANG_GUARD_S = 60.0
 
 # Simulator limits that never throttle a test that does not ask to be throttled.
 SIM_FAST: dict[str, Any] = {"rpm": 10_000_000, "tpm": 10**12, "rpd": 10**9, "tpd": 10**15}
@@ -50,6 +56,14 @@ JOB_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "output": {"path": "out.parquet"},
 }
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = HANG_GUARD_S) -> None:
+    """Poll `condition` until it holds; fail naming `what` if it still does not after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 class BackgroundLoop:
@@ -78,11 +92,11 @@ def background_loop() -> Iterator[BackgroundLoop]:
 
 @pytest.fixture
 def start_sim(background_loop: BackgroundLoop) -> Iterator[Callable[..., tuple[str, Simulator]]]:
-    """Start simulators on loopback sockets: `start_sim(latency_ms=..., ...) -> (base_url, sim)`."""
+    """Start simulators on loopback sockets: `start_sim(latency_ms=..., clock=...) -> (base_url, sim)`."""
     started: list[Simulator] = []
 
-    def start(**config: Any) -> tuple[str, Simulator]:
-        sim = Simulator(SimConfig(**{**SIM_FAST, **config}))
+    def start(clock: Callable[[], float] = time.monotonic, **config: Any) -> tuple[str, Simulator]:
+        sim = Simulator(SimConfig(**{**SIM_FAST, **config}), clock=clock)
         url = background_loop.run(sim.start())
         started.append(sim)
         return url, sim
@@ -171,7 +185,7 @@ def run_batch(tmp_path: Path, api_key: str) -> Iterator[Callable[..., subprocess
         proc = subprocess.run([sys.executable, "-m", "batch", "run", str(job), *args],
                               env=env or cli_env(key), cwd=tmp_path, capture_output=True, text=True,
                               encoding="utf-8", timeout=timeout)
-        for secret in {api_key, key} - {None}:
+        for secret in {s for s in (api_key, key) if s}:
             assert secret not in proc.stdout and secret not in proc.stderr, "the API key was printed"
         return proc
 

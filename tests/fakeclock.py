@@ -12,12 +12,17 @@ Every non-blocking turn costs 1 ns of virtual time, as a real turn costs real ti
 callback that re-arms a timer for "now" (aiolimiter does, when float rounding leaves its bucket a hair
 too full) would spin forever on a clock that never moves. Blocking forever (no timer, nothing ready,
 no real I/O within 2 real seconds) is a deadlock in a test: it raises instead of hanging.
+
+`HeldClock` is the other kind: real time for a simulator serving a real client in a subprocess, which
+the test holds still (a batch stays in progress while it is killed) or moves on (a simulated day ends).
 """
 
 from __future__ import annotations
 
 import asyncio
 import selectors
+import threading
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -74,3 +79,35 @@ def run_virtual(coro: Coroutine[Any, Any, T]) -> T:
 def now() -> float:
     """The running loop's clock: virtual seconds since the start, inside `run_virtual`."""
     return asyncio.get_running_loop().time()
+
+
+class HeldClock:
+    """Real monotonic time that a test can hold still and move on by hand, for a simulator whose
+    batches, simulated days and rate-limit windows should not move while the test looks (pass it as
+    `Simulator(config, clock=...)`). It never goes back. Thread-safe: the simulator reads it on its
+    own loop while the test holds, moves and releases it."""
+
+    def __init__(self, *, held: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._offset = 0.0
+        self._held_at: float | None = time.monotonic() if held else None
+
+    def __call__(self) -> float:
+        with self._lock:
+            return (self._held_at if self._held_at is not None else time.monotonic()) + self._offset
+
+    def hold(self) -> None:
+        with self._lock:
+            if self._held_at is None:
+                self._held_at = time.monotonic()
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._offset += seconds
+
+    def release(self) -> None:
+        """Run on with real time again, from where the clock stood."""
+        with self._lock:
+            if self._held_at is not None:
+                self._offset -= time.monotonic() - self._held_at
+                self._held_at = None

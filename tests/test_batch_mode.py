@@ -9,23 +9,23 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop, cli_env
+from conftest import HANG_GUARD_S, BackgroundLoop, cli_env, wait_until
+from fakeclock import HeldClock
+from nasty import write_csv
 from test_e2e import (
     PROMPT,
     _spawn,
-    _wait_for,
+    _stderr,
     check_columns,
     check_rows,
     plain_rows,
     read_output,
-    write_csv,
 )
 
 from batch.catalog import cost_usd
@@ -35,7 +35,7 @@ StartSim = Callable[..., tuple[str, Simulator]]
 WriteJob = Callable[..., Path]
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAST = {"batch_validate_s": 0.05, "batch_finalize_s": 0.05}
+FAST: dict[str, Any] = {"batch_validate_s": 0.05, "batch_finalize_s": 0.05}
 RUN = {"mode": "batch", "poll-interval": 0.2}
 
 
@@ -50,7 +50,7 @@ def _rows_and_job(tmp_path: Path, write_job: WriteJob, n: int,
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.wait(timeout=HANG_GUARD_S)
 
 
 def test_a_300_row_job_is_answered_through_batches_alone(
@@ -92,18 +92,20 @@ def test_a_300_row_job_is_answered_through_batches_alone(
 
 def test_a_kill_after_submission_and_a_rerun_attaches_to_the_same_batch(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
-    url, sim = start_sim(**FAST, batch_lines_per_s=100)  # 300 lines: about 3 s in progress
+    clock = HeldClock(held=True)  # the batch moves only when the test moves it
+    url, sim = start_sim(clock=clock, **FAST, batch_lines_per_s=100)
     rows, job = _rows_and_job(tmp_path, write_job, 300)
 
     proc = _spawn(job, url, api_key, tmp_path, "first")
     try:
-        _wait_for(lambda: any(b.status == "in_progress" for b in list(sim.batches.values())), 20,
-                  "the batch to run")
+        wait_until(lambda: "batch: submitted" in _stderr(tmp_path, "first"), "the batch to be submitted")
+        clock.advance(1.05)  # validated, and about 100 of its 300 lines answered
         _kill(proc)
     finally:
         proc.kill()
+    sim.batch_api.refresh()
     (batch,) = sim.batches.values()
-    assert batch.status == "in_progress", "the kill came too late to test anything"
+    assert batch.status == "in_progress" and 0 < batch.completed < 300
 
     status = subprocess.run([sys.executable, "-m", "batch", "status", str(job), "--json"], cwd=tmp_path,
                             env=cli_env(None), capture_output=True, text=True, timeout=30)
@@ -116,9 +118,10 @@ def test_a_kill_after_submission_and_a_rerun_attaches_to_the_same_batch(
                           env=cli_env(None), capture_output=True, text=True, timeout=30)
     assert json.loads(plan.stdout)["in_batches"] == 300, plan.stderr  # not counted as still to send
 
+    clock.release()
     again = run_batch(job, "--base-url", url)
     assert again.returncode == 0, again.stderr
-    assert "attach" not in again.stderr or batch.id in again.stderr
+    assert f"batch: {batch.id} completed: 300 results merged" in again.stderr, again.stderr
     assert (sim.uploads, sim.batches_created) == (1, 1), "the re-run submitted again"
     assert sim.log == []
     check_rows(rows, read_output(tmp_path / "out.parquet")[1], batch=True)
@@ -161,7 +164,7 @@ def _kill_when_held(hold: Hold, job: Path, url: str, key: str, tmp_path: Path) -
     """Run the job in the background and kill -9 it while `hold` holds its request."""
     proc = _spawn(job, url, key, tmp_path, "first")
     try:
-        assert hold.seen.wait(20), (tmp_path / "first.err").read_text(encoding="utf-8")
+        assert hold.seen.wait(HANG_GUARD_S), _stderr(tmp_path, "first")
         _kill(proc)
     finally:
         proc.kill()
@@ -286,7 +289,8 @@ def test_a_model_the_batch_api_refuses_fails_every_row_without_online_requests(
 
 def test_no_wait_submits_and_exits_3_then_cancel_and_collect(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
-    url, sim = start_sim(**FAST, batch_lines_per_s=20)
+    clock = HeldClock(held=True)  # the batch moves only when the test moves it
+    url, sim = start_sim(clock=clock, **FAST, batch_lines_per_s=20)
     rows, job = _rows_and_job(tmp_path, write_job, 100)
 
     first = run_batch(job, "--base-url", url, "--no-wait")
@@ -297,12 +301,13 @@ def test_no_wait_submits_and_exits_3_then_cancel_and_collect(
     online = run_batch(job, "--base-url", url, "--mode", "online")  # would pay twice: refused
     assert online.returncode == 2 and "twice" in online.stderr and sim.log == []
 
-    time.sleep(0.5)
+    clock.advance(2.55)  # validated, and about 50 of its 100 lines answered
     cancel = subprocess.run([sys.executable, "-m", "batch", "cancel", str(job), "--base-url", url],
                             cwd=tmp_path, env=cli_env(api_key), capture_output=True, text=True, timeout=30)
     assert cancel.returncode == 0, cancel.stderr
     assert batch.id in cancel.stdout and "cancelling" in cancel.stdout
 
+    clock.release()  # for the cancel to finish
     collect = run_batch(job, "--base-url", url)
     assert collect.returncode == 3, collect.stderr  # what the cancel left unanswered is still to ask
     assert batch.status == "cancelled" and 0 < batch.completed < 100
@@ -362,25 +367,26 @@ def test_a_refused_submission_ends_the_run_and_the_next_run_starts_clean(
 
 def test_ctrl_c_stops_waiting_and_the_batch_goes_on(
         tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
-    url, sim = start_sim(**FAST, batch_lines_per_s=40)  # 120 lines: 3 s in progress
+    clock = HeldClock(held=True)  # the batch moves only when the test moves it: it cannot end by itself
+    url, sim = start_sim(clock=clock, **FAST, batch_lines_per_s=40)
     rows, job = _rows_and_job(tmp_path, write_job, 120)
 
     proc = _spawn(job, url, api_key, tmp_path, "first")
     try:
-        _wait_for(lambda: any(b.status == "in_progress" for b in list(sim.batches.values())), 20,
-                  "the batch to run")
-        started = time.monotonic()
+        wait_until(lambda: "batch: submitted" in _stderr(tmp_path, "first"), "the batch to be submitted")
+        clock.advance(1.05)  # validated, and about 40 of its 120 lines answered
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=10)
+        code = proc.wait(timeout=HANG_GUARD_S)  # the batch is held: only the signal can end the run
     finally:
         proc.kill()
-    err = (tmp_path / "first.err").read_text(encoding="utf-8")
+    err = _stderr(tmp_path, "first")
     assert code == 3, err
-    assert time.monotonic() - started < 3, "the run did not stop waiting at once"
     assert "still running" in err and "interrupted" in err
+    sim.batch_api.refresh()
     (batch,) = sim.batches.values()
     assert batch.status == "in_progress"  # Ctrl-C stops our waiting, not Groq's work
 
+    clock.release()
     again = run_batch(job, "--base-url", url)
     assert again.returncode == 0, again.stderr
     assert (sim.uploads, sim.batches_created) == (1, 1) and sim.log == []

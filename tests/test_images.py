@@ -66,7 +66,7 @@ def test_a_path_out_of_the_folder_is_refused_without_opening(tree: Path, monkeyp
         opened.append(str(path))
         return real_open(path, *args, **kw)
 
-    monkeypatch.setattr(messages.os, "open", spy)
+    monkeypatch.setattr(os, "open", spy)  # the os module messages uses
     name = str(tree / "secret.png") if name == "ABSOLUTE" else name
     with pytest.raises(RowProblem) as info:
         image_part(name, str(tree / "images"))

@@ -15,7 +15,7 @@ from aiohttp import web
 from conftest import REPO, BackgroundLoop, LocalServer, cli_env, completion
 from nasty import write_csv
 
-from batch.config import load_job
+from batch.config import Job, load_job
 from batch.errors import FatalApiError, JobError
 from batch.preflight import check_model
 from batch.sim import Simulator
@@ -61,7 +61,7 @@ def test_a_served_model_passes_and_runs(tmp_path: Path, simulator: tuple[str, Si
     assert len(sim.log) == 3
 
 
-def _job(tmp_path: Path, write_job: WriteJob, model: str) -> Any:
+def _job(tmp_path: Path, write_job: WriteJob, model: str) -> Job:
     write_csv(ROWS, tmp_path / "in.csv")
     return load_job(write_job("in.csv", task={"model": model}))
 

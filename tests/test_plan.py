@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from batch.config import load_job
-from batch.plan import make_plan
+from batch.estimate import make_plan
 from batch.records import Answer
 from batch.store import Store
 

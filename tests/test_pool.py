@@ -7,7 +7,7 @@ import itertools
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -84,11 +84,11 @@ class Run:
         return {int(a.fingerprint[2:]): a for a in self.answers}
 
     async def run(self, reqs: Iterator[Request] | list[Request],
-                  during: Callable[[Pool], object] | None = None) -> Pool:
+                  during: Callable[[Pool], Awaitable[None]] | None = None) -> Pool:
         pool = self.pool = Pool(self.api, Pacer(*self.pacer_limits), self.policy,
                                 concurrency=self.concurrency, on_answer=self.answers.append, stats=self.stats,
                                 rng=self.rng)
-        helper = asyncio.ensure_future(during(pool)) if during else None  # type: ignore[arg-type]
+        helper = asyncio.ensure_future(during(pool)) if during else None
         await pool.run(reqs)
         self.ended_at = now()
         if helper is not None:
@@ -125,8 +125,9 @@ def test_concurrency_is_never_exceeded_and_is_used(concurrency: int) -> None:
 
 
 def test_a_retryable_error_then_success_takes_two_attempts() -> None:
-    failures = {5: [ServerError("Service Unavailable", status=503)], 9: [TransportError("dropped")],
-                12: [RateLimited("slow down", limit="rpm", status=429, retry_after=1.0)]}
+    failures: dict[int, list[ApiError]] = {
+        5: [ServerError("Service Unavailable", status=503)], 9: [TransportError("dropped")],
+        12: [RateLimited("slow down", limit="rpm", status=429, retry_after=1.0)]}
     api = FakeApi(fail=lambda _, i: failures[i].pop() if failures.get(i) else None)
     r = Run(api)
     run_virtual(r.run(requests(20)))

@@ -32,7 +32,7 @@ def test_readme_example_job_is_valid(tmp_path: Path) -> None:
     assert job.task.temperature == 0.05 and job.output.text_column == "resume_format"
 
 
-def test_sample_job_matches_the_component_recipe() -> None:
+def test_sample_job_is_the_star_resume_recipe() -> None:
     job = load_job(ROOT / "jobs" / "resumes.toml")
     t = job.task
     assert (t.model, t.system_message, t.max_new_tokens, t.temperature, t.top_k, t.top_p) == (

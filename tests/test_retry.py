@@ -1,4 +1,4 @@
-"""Tests for batch.retry: what each error class means (per GROQ_API.md), and the backoff."""
+"""Tests for batch.retry: what each error class means (docs/groq.md, "Errors"), and the backoff."""
 
 from __future__ import annotations
 

@@ -1,20 +1,23 @@
-"""The simulator's Batch API (batch/simbatch.py), checked with Groq's own SDK as the reference client.
+"""The simulator's Batch API (batch/sim/batches.py), checked with Groq's own SDK as the reference client.
 
 Files and batches go through the official `groq` SDK, so whatever it parses here it parses from Groq.
 Schedules are shortened (validate and finalize in tens of milliseconds, fast lines, a high time scale)
-so each lifecycle takes well under two seconds of real time.
+so each lifecycle takes well under two seconds of real time; a test that looks at a batch midway holds
+the simulator's clock (`HeldClock`) and moves it on by hand, so what it sees does not depend on load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import groq
 import pytest
+from conftest import HANG_GUARD_S, wait_until
+from fakeclock import HeldClock
+from groq.types.batch_retrieve_response import BatchRetrieveResponse
 
 from batch.sim import SimConfig, Simulator, add_cli_arguments, config_from_args, sim_answer
 from batch.sim import batches as simbatch
@@ -34,7 +37,7 @@ def connect() -> Iterator[Callable[..., groq.Groq]]:
     def connect(base_url: str, api_key: str = "gsk_test") -> groq.Groq:
         # The SDK appends /openai/v1 itself, so it gets the bare host.
         client = groq.Groq(api_key=api_key, base_url=base_url.removesuffix("/openai/v1"), max_retries=0,
-                           timeout=10.0)
+                           timeout=HANG_GUARD_S)
         clients.append(client)
         return client
 
@@ -83,15 +86,16 @@ def submit(client: groq.Groq, lines: list[dict[str, Any]] | bytes, window: str =
                                  completion_window=window).id
 
 
-def wait_for(client: groq.Groq, batch_id: str, *statuses: str, timeout: float = 10.0) -> Any:
+def wait_for(client: groq.Groq, batch_id: str, *statuses: str) -> BatchRetrieveResponse:
     """Poll until the batch's status is one of `statuses`; return it (the SDK's model)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch.status}"
-        time.sleep(0.02)
+    seen: list[BatchRetrieveResponse] = []
+
+    def reached() -> bool:
+        seen.append(client.batches.retrieve(batch_id))
+        return seen[-1].status in statuses
+
+    wait_until(reached, f"batch {batch_id} to be {' or '.join(statuses)}")
+    return seen[-1]
 
 
 def content(client: groq.Groq, file_id: str | None) -> list[dict[str, Any]]:
@@ -119,8 +123,9 @@ def test_round_trip_answers_every_line_like_the_online_route(start_sim: Start,
     assert done.request_counts is not None
     counts = done.request_counts
     assert (counts.total, counts.completed, counts.failed) == (60, 60, 0)
-    stamps = [done.created_at, done.in_progress_at, done.finalizing_at, done.completed_at]
-    assert all(s is not None for s in stamps) and stamps == sorted(stamps)
+    stamps = [s for s in (done.created_at, done.in_progress_at, done.finalizing_at, done.completed_at)
+              if s is not None]
+    assert len(stamps) == 4 and stamps == sorted(stamps)
     assert done.failed_at is done.expired_at is done.cancelled_at is None
 
     # Batch lines cost the online budgets nothing: the day's first online request sees 999 left.
@@ -148,6 +153,7 @@ def test_round_trip_answers_every_line_like_the_online_route(start_sim: Start,
     plain = next(o for o in output if o["custom_id"] == "row-0")
     assert plain["response"]["body"]["choices"][0]["message"]["content"] == sim_answer(by_id["row-0"])
 
+    assert done.output_file_id is not None
     out_file = client.files.info(done.output_file_id)
     assert (out_file.purpose, out_file.filename) == ("batch_output", f"{done.id}_output.jsonl")
     assert {f.id for f in client.files.list().data} == {file.id, done.output_file_id}
@@ -173,7 +179,6 @@ def test_list_is_newest_first_and_content_is_raw_bytes(start_sim: Start,
     assert raw.read() == data and raw.headers["content-type"] == "application/octet-stream"
     first = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                   completion_window="36h")
-    time.sleep(0.01)
     second = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                    completion_window="7d")
     assert [b.id for b in client.batches.list().data] == [second.id, first.id]
@@ -184,20 +189,24 @@ def test_list_is_newest_first_and_content_is_raw_bytes(start_sim: Start,
 
 def test_expiry_keeps_the_answered_lines_and_expires_the_rest(start_sim: Start,
                                                              connect: Callable[..., groq.Groq]) -> None:
-    # "24h" lasts 0.6 s; 60 lines at 40 a second need 1.5 s.
-    url, _ = start_sim(**{**FAST, "batch_lines_per_s": 40.0, "batch_time_scale": 86400 / 0.6})
+    # "24h" lasts 0.6 s; 60 lines at 40 a second need 1.5 s: the window closes on line 22 (0.05 s validating).
+    clock = HeldClock(held=True)
+    url, _ = start_sim(clock=clock, **{**FAST, "batch_lines_per_s": 40.0, "batch_time_scale": 86400 / 0.6})
     client = connect(url)
     lines = rows(60)
     batch_id = submit(client, lines)
     seen: list[int] = []
-    while (batch := client.batches.retrieve(batch_id)).status in ("validating", "in_progress"):
-        if batch.status == "in_progress" and batch.request_counts is not None:
-            seen.append(batch.request_counts.completed)
-        time.sleep(0.02)
+    for _ in range(5):  # 0.1 s of simulator time a step: 4 lines answered a step
+        clock.advance(0.1)
+        progress = client.batches.retrieve(batch_id)
+        assert progress.status == "in_progress" and progress.request_counts is not None
+        seen.append(progress.request_counts.completed)
     assert seen == sorted(seen) and seen[0] < seen[-1] < 60  # answers arrive over time
+    clock.advance(0.2)  # past the window's end
+    batch = client.batches.retrieve(batch_id)
     assert batch.status == "expired" and batch.expired_at is not None and batch.completed_at is None
     counts = batch.request_counts
-    assert counts is not None and counts.total == 60 and 10 <= counts.completed <= 40
+    assert counts is not None and counts.total == 60 and 21 <= counts.completed <= 22
     assert counts.failed == 60 - counts.completed
     output, errors = content(client, batch.output_file_id), content(client, batch.error_file_id)
     assert len(output) == counts.completed and len(errors) == counts.failed
@@ -303,19 +312,21 @@ def test_fault_rate_puts_500s_in_the_error_file(start_sim: Start, connect: Calla
 
 
 def test_cancel_keeps_what_was_answered(start_sim: Start, connect: Callable[..., groq.Groq]) -> None:
-    url, _ = start_sim(**{**FAST, "batch_lines_per_s": 50.0, "batch_finalize_s": 0.3})
+    clock = HeldClock(held=True)
+    url, _ = start_sim(clock=clock, **{**FAST, "batch_lines_per_s": 50.0, "batch_finalize_s": 0.3})
     client = connect(url)
     batch_id = submit(client, rows(100))
-    running = wait_for(client, batch_id, "in_progress")
-    while running.request_counts is None or running.request_counts.completed < 5:
-        time.sleep(0.02)
-        running = client.batches.retrieve(batch_id)
+    clock.advance(0.55)  # 0.05 s validating, then 0.5 s at 50 lines a second: about 25 answered
+    running = client.batches.retrieve(batch_id)
+    assert running.status == "in_progress" and running.request_counts is not None
     cancelling = client.batches.cancel(batch_id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
     assert cancelling.request_counts is not None
     answered = cancelling.request_counts.completed
-    assert 5 <= answered < 100
+    assert answered == running.request_counts.completed and 20 <= answered <= 25
+    clock.advance(0.2)  # still finalizing the cancel
     assert client.batches.cancel(batch_id).status == "cancelling"  # a second cancel changes nothing
+    clock.release()
     cancelled = wait_for(client, batch_id, "cancelled")
     assert cancelled.cancelled_at is not None and cancelled.request_counts is not None
     assert cancelled.request_counts.completed == answered and cancelled.request_counts.failed == 0
@@ -325,7 +336,7 @@ def test_cancel_keeps_what_was_answered(start_sim: Start, connect: Callable[...,
     early = client.batches.cancel(submit(client, rows(3)))  # still validating: nothing is ever answered
     assert early.status == "cancelling"
     gone = wait_for(client, early.id, "cancelled")
-    assert gone.output_file_id is gone.error_file_id is gone.in_progress_at is None
+    assert gone.output_file_id is None and gone.error_file_id is None and gone.in_progress_at is None
     assert gone.request_counts is not None and gone.request_counts.total == 0
 
 
@@ -363,6 +374,7 @@ def test_request_errors(simulator: tuple[str, Simulator], connect: Callable[...,
     url, sim = simulator
     client = connect(url)
     with pytest.raises(groq.BadRequestError) as bad_purpose:
+        # a purpose and (below) an endpoint the SDK's types forbid, for the server to refuse
         client.files.create(file=("rows.jsonl", jsonl(rows(1))), purpose="assistants")  # type: ignore[arg-type]
     assert isinstance(bad_purpose.value.body, dict) and bad_purpose.value.body["error"]["param"] == "purpose"
     assert sim.uploads == 0
@@ -397,6 +409,7 @@ def test_an_output_file_is_no_input(start_sim: Start, connect: Callable[..., gro
     url, _ = start_sim(**FAST)
     client = connect(url)
     done = wait_for(client, submit(client, rows(1)), "completed")
+    assert done.output_file_id is not None
     with pytest.raises(groq.BadRequestError) as info:
         client.batches.create(input_file_id=done.output_file_id, endpoint="/v1/chat/completions",
                               completion_window="24h")

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import aiohttp
 import groq
 import pytest
+from conftest import HANG_GUARD_S, wait_until
+from fakeclock import HeldClock
 
 from batch.sim import (
     DECOMMISSIONED,
@@ -42,8 +44,8 @@ T = TypeVar("T")
 class Running:
     """A Simulator serving on 127.0.0.1 from a background thread, with SDK clients for it."""
 
-    def __init__(self, config: SimConfig) -> None:
-        self.sim = Simulator(config)
+    def __init__(self, config: SimConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sim = Simulator(config, clock=clock)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -73,8 +75,8 @@ class Running:
 def make_sim() -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def make(**config: Any) -> Running:
-        started.append(Running(SimConfig(**config)))
+    def make(clock: Callable[[], float] = time.monotonic, **config: Any) -> Running:
+        started.append(Running(SimConfig(**config), clock))
         return started[-1]
 
     yield make
@@ -241,13 +243,15 @@ def test_small_burst_admits_one_big_request_then_429_on_tpm(make_sim: Callable[.
 
 
 def test_daily_requests_reset_with_the_day(make_sim: Callable[..., Running]) -> None:
-    client = make_sim(rpd=1, day_s=0.8).client()
+    clock = HeldClock(held=True)
+    client = make_sim(rpd=1, clock=clock).client()
     client.chat.completions.create(**request())
     with pytest.raises(groq.RateLimitError) as info:
         client.chat.completions.create(**request())
     assert isinstance(info.value.body, dict)
     assert "requests per day (RPD): Limit 1, Used 1, Requested 1" in info.value.body["error"]["message"]
-    time.sleep(0.85)  # the simulated day started when the Simulator was created
+    assert info.value.response.headers["retry-after"] == str(86400)  # the whole day is still to come
+    clock.advance(86400)  # the simulated day started when the Simulator was created
     client.chat.completions.create(**request())
 
 
@@ -312,12 +316,10 @@ def test_malformed_json_escapes_the_sdk_as_a_decode_error(make_sim: Callable[...
 
 
 def test_hang_times_out_and_is_logged_as_unanswered(make_sim: Callable[..., Running]) -> None:
-    sim = make_sim(fault_rate=1.0, faults=("hang",), hang_s=2.0)
+    sim = make_sim(fault_rate=1.0, faults=("hang",), hang_s=600.0)  # a 500 would come after the guard
     with pytest.raises(groq.APITimeoutError):
         sim.client(timeout=0.3).chat.completions.create(**request())
-    deadline = time.monotonic() + 1.5
-    while not sim.sim.log and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: bool(sim.sim.log), "the simulator to see the client gone")
     assert [(e.status, e.fault) for e in sim.sim.log] == [(0, "hang")]
 
 
@@ -377,17 +379,22 @@ def testgo_durations() -> None:
 
 
 def test_serve_announces_itself_and_runs_until_cancelled(capsys: pytest.CaptureFixture[str]) -> None:
-    async def scenario() -> None:
+    async def scenario() -> str:
         task = asyncio.create_task(serve(SimConfig(), "127.0.0.1", 0))
-        await asyncio.sleep(0.2)
+        err = ""
+        async with asyncio.timeout(HANG_GUARD_S):
+            while "listening" not in err:
+                await asyncio.sleep(0.02)
+                err += capsys.readouterr().err
         assert not task.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        return err + capsys.readouterr().err
 
-    asyncio.run(scenario())
+    err = asyncio.run(scenario())
     assert re.fullmatch(r"Groq simulator listening on http://127\.0\.0\.1:\d+/openai/v1 \(Ctrl-C to stop\)\n",
-                        capsys.readouterr().err)
+                        err)
 
 
 def test_cli_glue_and_loopback_only() -> None:
@@ -409,10 +416,10 @@ def test_stop_does_not_wait_out_a_hang() -> None:
         url = await sim.start()
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer k"}) as session:
             pending = asyncio.create_task(session.post(f"{url}/chat/completions", json=request()))
-            await asyncio.sleep(0.2)
-            started = time.monotonic()
-            await sim.stop()
-            assert time.monotonic() - started < 2
+            async with asyncio.timeout(HANG_GUARD_S):  # the hang lasts 300 s: a stop that waits it out fails
+                while sim.in_flight == 0:
+                    await asyncio.sleep(0.02)
+                await sim.stop()
             with pytest.raises(aiohttp.ClientError):
                 await pending
         assert [(e.status, e.fault) for e in sim.log] == [(0, "hang")]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from batch.records import Answer
+from batch.sim import Simulator
 from batch.store import Store, StoreError
 
 FULL = Answer(
@@ -171,10 +173,22 @@ def test_store_from_another_schema_version_is_refused(path: Path) -> None:
         assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("999",)
 
 
-def test_store_error_is_a_job_error() -> None:
-    from batch.errors import JobError
+def test_an_unreadable_store_ends_the_run_with_exit_2_before_anything_is_sent(
+        tmp_path: Path, simulator: tuple[str, Simulator], write_job: Callable[..., Path],
+        run_batch: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    url, sim = simulator
+    (tmp_path / "in.csv").write_text("name,experience\nAda,Wrote a compiler.\n", encoding="utf-8")
+    job = write_job("in.csv")
+    state = tmp_path / "out.parquet.state.sqlite"
+    state.write_bytes(b"this is not a database\n" * 100)
 
-    assert issubclass(StoreError, JobError)
+    proc = run_batch(job, "--base-url", url)
+
+    assert proc.returncode == 2, proc.stderr  # a job error: fix it, then run again
+    assert str(state) in proc.stderr and "move it aside" in proc.stderr.lower(), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sim.log == [] and not (tmp_path / "out.parquet").exists()
+    assert state.read_bytes() == b"this is not a database\n" * 100  # left as it was, for the user to look at
 
 
 def test_runs_and_summary(path: Path) -> None:

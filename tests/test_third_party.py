@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -269,10 +270,8 @@ def test_aimock_error_is_typed(aimock: Server, user: str, cls: type[ApiError], s
 
 
 def test_aimock_latency_past_the_timeout_is_a_transport_error(aimock: Server) -> None:
-    started = time.monotonic()
-    err = chat_error(aimock.base_url, "tp-slow", timeout_s=0.5)  # the fixture waits 3 s
+    err = chat_error(aimock.base_url, "tp-slow", timeout_s=0.5)  # the fixture waits 3 s, then answers
     assert type(err) is TransportError and "timed out" in str(err)
-    assert time.monotonic() - started < 2.5
 
 
 def test_aimock_same_session_survives_faults(aimock: Server) -> None:
@@ -389,15 +388,16 @@ def test_mocklimit_models_list(mocklimit_groq: Server) -> None:
 
 def test_mocklimit_full_run_waits_out_its_429s(tmp_path: Path, mocklimit_groq: Server) -> None:
     """6 rows, 3 in flight, against 3 requests per 4 s: rows 4-6 get 429, wait it out, succeed."""
-    started = time.monotonic()
     proc, rows = _run_job(tmp_path, [f"w{i}" for i in range(6)], mocklimit_groq.base_url, concurrency=3)
     assert proc.returncode == 0, proc.stderr
     assert [r["answer"] for r in rows] == ["Answer from mocklimit."] * 6
     assert all(r["error"] == "" for r in rows)
     attempts = [int(r["attempts"]) for r in rows]
     assert sum(attempts) > 6 and max(attempts) <= 3, (attempts, proc.stderr)
-    assert "retry row=" in proc.stderr and " 429" in proc.stderr
-    assert time.monotonic() - started >= 3  # it waited for the window; it did not hammer through
+    # Each retry after a 429 waited out the window the server named: it did not hammer through.
+    waits = re.findall(r"retry row=\d+ attempt=\d+ in ([0-9.]+)s: 429: .* retry after (\d+) seconds",
+                       proc.stderr)
+    assert waits and all(float(wait) >= int(after) for wait, after in waits), proc.stderr
 
 
 @pytest.fixture(scope="module")

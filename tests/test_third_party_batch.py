@@ -22,7 +22,7 @@ What aimock 1.43.0 does (read from node_modules/@copilotkit/aimock/dist/batches.
 - A completed batch gets a real output file: one line per input line, the input's `custom_id`, a fresh
   `response.request_id` (`req_...`) and a canned chat completion for the request's model.
 
-Where aimock differs from Groq's Batch API (shared/GROQ_API.md, "Batch API"); these are aimock's, not
+Where aimock differs from Groq's Batch API (docs/groq.md, "Batch API"); these are aimock's, not
 batch's, and the tests assert them as aimock's behaviour rather than bend batch to them:
 
 - Batch lines never consult fixtures: every answer is "Mock batch completion" (usage 1 in, 1 out). So a
@@ -39,7 +39,7 @@ batch's, and the tests assert them as aimock's behaviour rather than bend batch 
   requests in the error file); the status alone says nothing was answered.
 - No `finalizing` status (batch does not wait for one).
 
-One bug in batch was found this way (fixed in batch/batchapi/mode.py, `BatchMode._download`): an output
+One bug in batch was found this way (fixed in batch/batchapi/download.py, `download_results`): an output
 download whose body is not JSONL (aimock's malformed chaos) was merged as "completed without a result",
 marking the batch done and leaving every request in it to be submitted, and paid for, again.
 """
@@ -222,14 +222,15 @@ def proxy(aimock: Server) -> Iterator[tuple[str, HeaderProxy]]:
 
 # -- the job -----------------------------------------------------------------------------------------
 
-def make_job(tmp_path: Path, write_job: WriteJob, words: list[str] = WORDS, **run: Any) -> Path:
+def make_job(tmp_path: Path, write_job: WriteJob, run: dict[str, Any] | None = None,
+             words: list[str] = WORDS) -> Path:
     with (tmp_path / "in.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["id", "word"])
         w.writerows([i, word] for i, word in enumerate(words, 1))
     return write_job("in.csv", input={"key": "id"},
                      task={"prompt": "Answer for ${word}, please.", "max-new-tokens": 20},
-                     run={**RUN, **run})
+                     run={**RUN, **(run or {})})
 
 
 def output(tmp_path: Path) -> list[dict[str, Any]]:
@@ -267,7 +268,7 @@ def test_every_row_is_answered_through_files_and_batches_alone(
         api: str, tmp_path: Path, aimock: Server, write_job: WriteJob, run_batch: RunBatch,
         api_key: str) -> None:
     base_url = aimock.root + PREFIXES[api]
-    job = make_job(tmp_path, write_job, mode=None)  # batch mode by the command line alone
+    job = make_job(tmp_path, write_job, {"mode": None})  # batch mode by the command line alone
     proc = run_batch(job, "--mode", "batch", "--base-url", base_url)
     assert proc.returncode == 0, proc.stderr
 
@@ -431,7 +432,7 @@ def test_expired_requests_go_online_and_get_the_fixtures_answers(
         run_batch: RunBatch) -> None:
     root, hp = proxy
     hp.rules = [Rule("POST", r"/batches$", {"X-AIMock-Batch-Outcome": "expired"})]
-    job = make_job(tmp_path, write_job, **{"on-expired": "online"})
+    job = make_job(tmp_path, write_job, {"on-expired": "online"})
     proc = run_batch(job, "--base-url", root + PREFIXES["groq"])
     assert proc.returncode == 0, proc.stderr
     (batch,) = batches(aimock)
@@ -449,7 +450,7 @@ def test_expired_requests_go_online_and_get_the_fixtures_answers(
 def test_a_completion_window_aimock_refuses_ends_the_run_and_leaves_no_file(
         tmp_path: Path, aimock: Server, write_job: WriteJob, run_batch: RunBatch) -> None:
     base_url = aimock.root + PREFIXES["groq"]
-    job = make_job(tmp_path, write_job, **{"completion-window": "48h"})  # Groq's range; aimock: 24h only
+    job = make_job(tmp_path, write_job, {"completion-window": "48h"})  # Groq's range; aimock: 24h only
     first = run_batch(job, "--base-url", base_url)
     assert first.returncode == 4, first.stderr
     assert "'completion_window' must be '24h'" in first.stderr

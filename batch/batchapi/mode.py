@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import random
@@ -26,20 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ApiError, FatalApiError, Stopped
+from ..errors import ApiError, FatalApiError
 from ..progress import BatchProgress
 from ..records import Answer, Request
 from ..report import RunStats
 from ..store import Store
+from .download import download_results
 from .endpoints import BatchApi
-from .files import ChunkWriter, Results, read_results
+from .files import ChunkWriter
 from .ledger import Ledger, Upload
-from .submit import POLICY, Submitter, retrying
+from .submit import Submitter
 
 log = logging.getLogger("batch")
 
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})  # a batch in one of these never changes
-DOWNLOADS = 3  # downloads of a result file that keeps coming back unreadable, before the run stops
 MAX_ROUNDS = 5  # submissions in one run: the first, and again after a validation failure rejected lines
 
 
@@ -181,8 +180,10 @@ class BatchMode:
         line by line (its other lines need submitting again)."""
         lines = self._ledger.lines(u.id)
         expected = set(lines.values())
-        fetched = [await self._download(obj[key], self._folder / f"{u.name}.{key.split('_')[0]}")
-                   for key in ("output_file_id", "error_file_id") if isinstance(obj.get(key), str)]
+        fetched = [await download_results(self._client, obj[key], self._folder / f"{u.name}.{kind}",
+                                          self._rng, lambda: self._stopped)
+                   for kind, key in (("output", "output_file_id"), ("error", "error_file_id"))
+                   if isinstance(obj.get(key), str)]
         answered: set[str] = set()
         for a in (a for results in fetched for a in results.answers):
             if a.fingerprint in expected:
@@ -209,31 +210,6 @@ class BatchMode:
         log.info("batch: %s %s: %d results merged into the store%s", u.batch_id, status, len(answered),
                  f", {len(left)} requests unanswered" if left and status != "failed" else "")
         return rejected
-
-    async def _download(self, file_id: str, local: Path) -> Results:
-        """A result file, downloaded and parsed. One with unreadable lines (a proxy's error page, a cut
-        body: a 200 all the same) is fetched again, backing off; if it stays unreadable the run stops
-        before merging anything of its batch, which stays open for the next run — marking it merged
-        would leave every request in it to be paid for again."""
-        try:
-            for attempt in range(1, DOWNLOADS + 1):
-                await retrying(functools.partial(self._client.download_file, file_id, local),
-                                f"downloading {file_id}", self._rng)
-                results = read_results(local)
-                if not results.unreadable:
-                    return results
-                if attempt == DOWNLOADS or self._stopped:
-                    raise Stopped(f"the Batch API's result file {file_id} had {results.unreadable} "
-                                  f"unreadable lines in {attempt} downloads; nothing of its batch was "
-                                  "merged. Run the same command again later to fetch it again (nothing is "
-                                  "submitted twice).")
-                wait = POLICY.backoff(attempt, self._rng)
-                log.warning("batch: %s had %d unreadable lines; downloading it again in %.1f s", file_id,
-                            results.unreadable, wait)
-                await asyncio.sleep(wait)
-            raise AssertionError("unreachable")
-        finally:
-            local.unlink(missing_ok=True)
 
     def _refused(self, u: Upload, obj: dict[str, Any], lines: dict[int, str], answered: set[str],
                  outcome: Collected) -> bool:

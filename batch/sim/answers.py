@@ -9,9 +9,6 @@ cap and context window), the tokenizer (:func:`count_tokens`, :func:`count_promp
 Groq's usage block and the 200 body of a chat completion, which the Batch API wraps in its output
 lines. Every answer is a pure function of its request, so a test can prove that each answer landed on
 its own row.
-
-Part of the Groq simulator (:mod:`batch.simulator`); it imports nothing from ``batch`` but
-:mod:`batch.simschema`.
 """
 
 from __future__ import annotations

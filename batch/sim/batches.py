@@ -1,19 +1,13 @@
 """The simulator's Groq Batch API: the ``/files`` and ``/batches`` routes under ``/openai/v1``.
 
-This module owns the Batch API's HTTP side and its store: file storage (upload as multipart with
-``purpose=batch``, the 100 MB cap, list, info, content, delete), batch creation and its checks
-(endpoint, completion window from ``24h`` to ``7d``, input file), list, retrieve and cancel, and
-writing a batch's output and error files once it reaches a terminal state. What it builds on lives
-beside it: :mod:`batch.simbatchinput` checks the input file line by line (custom_id, method, url, the
-50,000-line cap, and each body through the very schema and model checks of the online chat route,
-plus ``SimConfig.batch_models``), and :mod:`batch.simbatchstate` holds the files and batches and runs
-each batch's lifecycle (validating, failed, in_progress, finalizing, completed, expired, cancelling,
-cancelled) on no background task: :meth:`BatchApi.refresh` brings it up to date whenever a batch or a
-file is asked for. Batch lines never touch the online rate-limit budgets (the Batch API's limits are
-separate on Groq) and are not in ``Simulator.log``.
-
-Part of the Groq simulator (:mod:`batch.simulator`, which serves these routes); it imports nothing
-from ``batch`` but the simulator's own modules, never :mod:`batch.simulator` itself.
+This module owns the Batch API's HTTP side and its store: files (upload, list, info, content, delete),
+batch creation and its checks (endpoint, completion window from ``24h`` to ``7d``, input file), list,
+retrieve and cancel, and each batch's output and error files once it is terminal. Beside it,
+:mod:`.batchinput` reads an upload and checks an input file line by line (through the very schema and
+model checks of the online chat route, plus ``SimConfig.batch_models``), and :mod:`.batchstate` runs
+each batch's lifecycle on no background task: :meth:`BatchApi.refresh` brings it up to date, on the
+simulator's clock, whenever a batch or a file is asked for. Batch lines never touch the online
+rate-limit budgets (the Batch API's limits are separate on Groq) and are not in ``Simulator.log``.
 """
 
 from __future__ import annotations
@@ -25,9 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from .batchinput import ENDPOINT, validate_file
+from .batchinput import ENDPOINT, read_upload, validate_file
 from .batchstate import ENDED, SimBatch, SimFile, new_id
 from .config import SimConfig
 from .schema import HttpError, invalid, invalid_key, parse_json
@@ -75,9 +69,10 @@ class BatchApi:
     """The Batch API's state and routes. `files` and `batches` are public for tests to inspect; call
     `refresh()` first to bring the batches up to date (the routes do it on every request)."""
 
-    def __init__(self, config: Callable[[], SimConfig], authorized: Callable[[web.Request], bool]) -> None:
+    def __init__(self, config: Callable[[], SimConfig], authorized: Callable[[web.Request], bool],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         # The config is read through a callable, as the simulator's may be changed or replaced at runtime.
-        self._config, self._authorized = config, authorized
+        self._config, self._authorized, self._clock = config, authorized, clock
         self.files: dict[str, SimFile] = {}
         self.batches: dict[str, SimBatch] = {}
         self.uploads = 0
@@ -116,7 +111,7 @@ class BatchApi:
 
     def refresh(self) -> None:
         """Bring every batch to the present; write the files of those that reached a terminal state."""
-        now = time.monotonic()
+        now = self._clock()
         for batch in self.batches.values():
             batch.advance(now)
             if batch.status in ENDED and not batch.settled:
@@ -153,40 +148,7 @@ class BatchApi:
         return batch
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
-        if request.content_type != "multipart/form-data":
-            raise HttpError(400, "Upload a file as multipart/form-data, with the fields 'file' and "
-                           "'purpose'.", code="invalid_value")
-        data: bytes | None = None
-        purpose: str | None = None
-        filename, size = "", 0
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "file":
-                filename, size = part.filename or "file", 0
-                chunks: list[bytes] = []
-                # Read to the end even past the cap: a client still sending would miss the 400 otherwise.
-                while chunk := await part.read_chunk():
-                    size += len(chunk)
-                    if size <= MAX_FILE_BYTES:
-                        chunks.append(chunk)
-                data = b"".join(chunks)
-            elif part.name == "purpose":
-                purpose = await part.text()
-            else:
-                await part.release()
-        if data is None:
-            raise HttpError(400, "'file' : a file is required", code="missing_required_parameter",
-                           param="file")
-        if purpose is None:
-            raise HttpError(400, "'purpose' : a purpose is required", code="missing_required_parameter",
-                           param="purpose")
-        if purpose != "batch":
-            raise invalid("purpose", "value must be batch")
-        if size > MAX_FILE_BYTES:
-            raise HttpError(400, f"The file is {size} bytes; a file may be at most 100 MB ({MAX_FILE_BYTES} "
-                           "bytes).", code="file_too_large", param="file")
+        filename, data = await read_upload(request, MAX_FILE_BYTES)
         self.uploads += 1
         record = self._add_file(filename, "batch", data, int(time.time()))
         return web.json_response(record.to_json())
@@ -240,7 +202,7 @@ class BatchApi:
         faulty = [cfg.batch_fault_rate > 0 and self._fault_rng.random() < cfg.batch_fault_rate for _ in lines]
         batch = SimBatch(
             id=new_id("batch_"), input_file_id=file_id, completion_window=str(window), metadata=metadata,
-            created=time.monotonic(), created_wall=time.time(), lines=lines, faulty=faulty, total=total,
+            created=self._clock(), created_wall=time.time(), lines=lines, faulty=faulty, total=total,
             validation_errors=errors, validate_s=cfg.batch_validate_s, lines_per_s=cfg.batch_lines_per_s,
             finalize_s=cfg.batch_finalize_s, window_s=seconds / cfg.batch_time_scale,
         )
@@ -250,7 +212,7 @@ class BatchApi:
         return web.json_response(batch.to_json())
 
     async def _list_batches(self, request: web.Request) -> web.StreamResponse:
-        newest = sorted(self.batches.values(), key=lambda b: b.created, reverse=True)
+        newest = reversed(self.batches.values())  # in creation order, even when created at one moment
         return web.json_response({"object": "list", "data": [b.to_json() for b in newest]})
 
     async def _get_batch(self, request: web.Request) -> web.StreamResponse:
@@ -259,7 +221,7 @@ class BatchApi:
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
         batch = self._batch(request)
         if batch.status in ("validating", "in_progress"):
-            batch.cancel_at = time.monotonic()
+            batch.cancel_at = self._clock()
             self.refresh()
         elif batch.status not in ("cancelling", "cancelled"):  # cancelling twice is harmless, as on OpenAI
             raise HttpError(400, f"Cannot cancel a batch with status '{batch.status}'.",

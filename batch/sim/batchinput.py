@@ -1,4 +1,4 @@
-"""The simulator's check of a Batch API input file, line by line, before a batch may run.
+"""The simulator's reading of an uploaded file, and its check of a Batch API input file, line by line.
 
 This module owns what a batch's input file must be: JSONL, one chat request a line, each line an
 object of ``custom_id`` (non-empty, unique in the file), ``method`` (POST), ``url`` (the batch's
@@ -6,10 +6,8 @@ endpoint, :data:`ENDPOINT`) and ``body``, which must pass the very schema and mo
 online chat route (an error there gets its param prefixed with ``body.``), on a model that
 ``SimConfig.batch_models`` lets the Batch API take; and the whole file must not be empty nor longer
 than the line cap. :func:`validate_file` gives back the valid lines, ready to answer, and every error
-with its 1-based line, as Groq lists them in a failed batch.
-
-Part of the Groq simulator (:mod:`batch.simulator`); it imports nothing from ``batch`` but
-:mod:`batch.simschema` and :mod:`batch.simanswers`.
+with its 1-based line, as Groq lists them in a failed batch. :func:`read_upload` reads the multipart
+upload that brings such a file (``file`` and ``purpose=batch``, at most 100 MB).
 """
 
 from __future__ import annotations
@@ -17,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import BodyPartReader, web
 
 from .answers import size_up
 from .schema import HttpError, invalid, validate
@@ -108,3 +108,41 @@ def validate_file(data: bytes, models: tuple[str, ...] | None, max_lines: int,
         errors.append({"code": "batch_too_large", "message": f"The input file has {len(raw_lines)} "
                        f"requests; a batch takes at most {max_lines}.", "param": None, "line": None})
     return lines, len(raw_lines), errors
+
+
+async def read_upload(request: web.Request, max_bytes: int) -> tuple[str, bytes]:
+    """The (filename, content) of a ``POST /files``, or the 400 Groq sends for it."""
+    if request.content_type != "multipart/form-data":
+        raise HttpError(400, "Upload a file as multipart/form-data, with the fields 'file' and "
+                        "'purpose'.", code="invalid_value")
+    data: bytes | None = None
+    purpose: str | None = None
+    filename, size = "", 0
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "file":
+            filename, size = part.filename or "file", 0
+            chunks: list[bytes] = []
+            # Read to the end even past the cap: a client still sending would miss the 400 otherwise.
+            while chunk := await part.read_chunk():
+                size += len(chunk)
+                if size <= max_bytes:
+                    chunks.append(chunk)
+            data = b"".join(chunks)
+        elif part.name == "purpose":
+            purpose = await part.text()
+        else:
+            await part.release()
+    if data is None:
+        raise HttpError(400, "'file' : a file is required", code="missing_required_parameter", param="file")
+    if purpose is None:
+        raise HttpError(400, "'purpose' : a purpose is required", code="missing_required_parameter",
+                        param="purpose")
+    if purpose != "batch":
+        raise invalid("purpose", "value must be batch")
+    if size > max_bytes:
+        raise HttpError(400, f"The file is {size} bytes; a file may be at most 100 MB ({max_bytes} "
+                        "bytes).", code="file_too_large", param="file")
+    return filename, data

@@ -3,16 +3,13 @@
 This module owns what a file and a batch are (:class:`SimFile`, :class:`SimBatch`, and their JSON as
 Groq shows them) and how a batch lives: validating, failed, in_progress, finalizing, completed,
 expired, cancelling, cancelled. The lifecycle runs on no background task: it is a pure function of
-monotonic timestamps (:meth:`SimBatch.advance`), brought up to date whenever a batch or a file is
+the simulator's clock (:meth:`SimBatch.advance`), brought up to date whenever a batch or a file is
 asked for. A batch validates for ``batch_validate_s``, then answers its lines one by one, in a seeded
 random order, at ``batch_lines_per_s``; its completion window lasts the window divided by
 ``batch_time_scale`` in real seconds; it finalizes for ``batch_finalize_s``. Once it is terminal,
 :meth:`SimBatch.results` gives the lines of its output and error files. An answer is the body the
 online route would send for the same request (same text, same usage), so a test can hold both routes
 to one standard.
-
-Part of the Groq simulator (:mod:`batch.simulator`); it imports nothing from ``batch`` but
-:mod:`batch.simanswers` and :mod:`batch.simbatchinput`.
 """
 
 from __future__ import annotations
@@ -59,8 +56,8 @@ class SimBatch:
     input_file_id: str
     completion_window: str
     metadata: dict[str, str] | None
-    created: float  # monotonic
-    created_wall: float  # time.time() at the same moment, to turn monotonic moments into unix seconds
+    created: float  # on the simulator's clock
+    created_wall: float  # time.time() at the same moment, to turn clock moments into unix seconds
     lines: list[Line]  # the valid lines in the order they are answered (random); empty if validation failed
     faulty: list[bool]  # by answering position: that line gets a 500 instead of an answer
     total: int  # lines in the input file
@@ -77,7 +74,7 @@ class SimBatch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     settled: bool = False  # terminal, and its files exist: nothing will change any more
-    stamps: dict[str, float] = field(default_factory=dict)  # event -> monotonic moment
+    stamps: dict[str, float] = field(default_factory=dict)  # event -> moment on the clock
     _failures: list[int] = field(default_factory=list)  # prefix sums of `faulty`
 
     def __post_init__(self) -> None:

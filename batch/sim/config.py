@@ -5,9 +5,6 @@ This module owns what can be set on the Groq simulator and its checks: the per-m
 and their rate, the length of the simulated day, and the Batch API's timings, models and fault rate.
 :func:`add_cli_arguments` and :func:`config_from_args` turn the same knobs into command-line options
 and back, with SimConfig's defaults.
-
-Part of the Groq simulator (:mod:`batch.simulator`); it imports nothing from ``batch`` but
-:mod:`batch.simanswers` (for the known models).
 """
 
 from __future__ import annotations

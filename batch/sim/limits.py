@@ -6,9 +6,6 @@ which Groq checks them, the 413 for a request larger than the TPM limit and the 
 ``retry-after``, the charge of what an answer really used, and the ``x-ratelimit-*`` headers (whose
 ``-requests`` are per day and ``-tokens`` per minute, as on Groq). Durations are written in Go's
 format (:func:`go_duration`), as in Groq's headers and messages.
-
-Part of the Groq simulator (:mod:`batch.simulator`); it imports nothing from ``batch`` but
-:mod:`batch.simschema` and :mod:`batch.simconfig`.
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ a request), the type and range of each optional parameter, and the JSON body par
 Groq-shaped error (:class:`HttpError`, rendered as ``{"error": {message, type, code, param}}``) that
 every simulator module raises, with its two most common cases, :func:`invalid` and
 :func:`invalid_key`. The Batch API checks each line's body with the very same :func:`validate`.
-
-Part of the Groq simulator (:mod:`batch.simulator`); it imports nothing from ``batch``.
 """
 
 from __future__ import annotations

@@ -1,27 +1,23 @@
 """A faithful Groq double on aiohttp.web, for tests, demos and ``--simulate`` runs.
 
 This module owns the server and its wiring: the ``/openai/v1`` routes (chat completions, models, and
-Groq's 404 body for any other URL), the bearer-key check, the injectable faults (500/502/503/498,
-dropped connections, malformed JSON, hangs), latency and jitter, ``Simulator.log`` (every chat
-request) and :func:`serve` for the ``simulate`` command. The rest of the imitation lives in modules of
-its own, which this one puts together:
+Groq's 404 body for any other URL), the bearer-key check, latency and jitter, hangs, the clock,
+``Simulator.log`` (every chat request) and :func:`serve` for the ``simulate`` command. The rest of the
+imitation lives in modules of its own, which this one puts together:
 
 - :mod:`.schema`: Groq's strict request schema (an unknown key is a 400) and its error bodies;
-- :mod:`.answers`: the models, and the answers with their usage and 200 body. Every answer is
-  a pure function of its request (:func:`sim_answer` echoes the last user message; a request with a
-  JSON ``response_format`` gets :func:`sim_json_answer`), so a test can prove that each answer landed
-  on its own row;
-- :mod:`.limits`: the per-model rate limits (RPM/TPM token buckets, RPD/TPD daily counters)
-  with the ``x-ratelimit-*`` headers and ``retry-after``;
+- :mod:`.answers`: the models, and the answers with their usage and 200 body. Every answer is a pure
+  function of its request (:func:`sim_answer` echoes the last user message; a JSON ``response_format``
+  gets :func:`sim_json_answer`), so a test can prove that each answer landed on its own row;
+- :mod:`.limits`: the per-model rate limits (RPM/TPM token buckets, RPD/TPD daily counters) with the
+  ``x-ratelimit-*`` headers and ``retry-after``; :mod:`.faults`: the injected faults;
 - :mod:`.config`: :class:`SimConfig` and the ``simulate`` command's options;
-- :mod:`.batches`: the Batch API (``/files`` and ``/batches``), built on the same schema checks
-  and answers; ``Simulator.files`` and ``Simulator.batches`` hold its state.
+- :mod:`.batches`: the Batch API (``/files`` and ``/batches``), built on the same schema checks and
+  answers; ``Simulator.files`` and ``Simulator.batches`` hold its state.
 
-The package (``batch.sim``) re-exports the names other code imports (``SimConfig``, ``sim_answer``,
-``count_tokens``, ...). None of the simulator's modules imports anything else from ``batch`` (a test
-parses every import to keep it so): the simulator must stay an independent witness of the client.
-The facts it imitates are in docs/groq.md; where Groq is uncertain the stricter reading is taken
-(e.g. the 413 and the TPM charge count ``max_completion_tokens`` as requested tokens).
+The package re-exports the names other code imports. The facts it imitates are in docs/groq.md; where
+Groq is uncertain the stricter reading is taken (e.g. the 413 and the TPM charge count
+``max_completion_tokens`` as requested tokens).
 """
 
 from __future__ import annotations
@@ -29,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import json
 import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -54,6 +50,7 @@ from .answers import (
 )
 from .batches import BatchApi
 from .config import FAULT_KINDS, SimConfig, add_cli_arguments, config_from_args
+from .faults import fault_response
 from .limits import ORG, UPGRADE, Budget, go_duration
 from .schema import HttpError, invalid_key, parse_json, validate
 
@@ -79,16 +76,6 @@ class LogEntry:
     tokens: int = 0  # what the answer charged (prompt + completion); 0 when nothing was answered
 
 
-_FAULT_ERRORS = {
-    "500": (500, "Internal Server Error", "internal_server_error", ""),
-    "503": (503, "Service Unavailable", "service_unavailable", ""),
-    "498": (498, "Capacity exceeded for flex tier. Please try again later or use the on_demand service tier.",
-            "capacity_exceeded", "capacity_exceeded"),
-}
-_BAD_GATEWAY = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad "
-                "Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n")
-
-
 def _gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
@@ -106,21 +93,25 @@ def _require_loopback(host: str) -> None:
 class Simulator:
     """The Groq double: `await start()` for a base URL, `await stop()` when done, `log` to inspect."""
 
-    def __init__(self, config: SimConfig | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or SimConfig()
+        # The time that rate-limit windows, simulated days and batches run on; latency is always real.
+        # A test may pass a clock it holds still or moves on by hand.
+        self.clock = clock
         self.log: list[LogEntry] = []
+        self.in_flight = 0  # chat requests received and not yet answered: a test can wait for one
         # Groq takes base64 images up to 4 MB a request: aiohttp's default 1 MB cap would be a wrong 413.
         self.app = web.Application(client_max_size=32 * 1024 * 1024)
         self.app.router.add_get(f"{PREFIX}/models", self._models)
         self.app.router.add_post(f"{PREFIX}/chat/completions", self._chat)
-        self.batch_api = BatchApi(lambda: self.config, self._authorized)
+        self.batch_api = BatchApi(lambda: self.config, self._authorized, clock)
         self.batch_api.add_routes(self.app.router, PREFIX)  # before the catch-all below, which would win
         self.files, self.batches = self.batch_api.files, self.batch_api.batches
         self.app.router.add_route("*", "/{tail:.*}", self._unknown_url)  # e.g. a client that posts to /v1
         # Separate streams, so that turning jitter on does not change which requests get faults.
         self._fault_rng = random.Random(self.config.seed)
         self._jitter_rng = random.Random(self.config.seed + 1)
-        self._epoch = time.monotonic()
+        self._epoch = clock()
         self._budgets: dict[str, Budget] = {}
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -161,7 +152,7 @@ class Simulator:
         return scheme.lower() == "bearer" and bool(token) and self.config.api_key in (None, token)
 
     def _budget(self, model: str) -> Budget:
-        now = time.monotonic()
+        now = self.clock()
         budget = self._budgets.setdefault(model, Budget(now))
         budget.sync(self.config, now, self._epoch)
         return budget
@@ -191,6 +182,7 @@ class Simulator:
         raw = await request.read()
         request_id = "req_" + uuid.uuid4().hex[:26]
         trace: dict[str, str] = {}  # model and fault, as far as the handler got
+        self.in_flight += 1
         try:
             response = await self._complete(request, raw, received, request_id, trace)
         except HttpError as err:
@@ -198,6 +190,8 @@ class Simulator:
             model = trace.get("model", "")
             limits = self._budget(model).headers(self.config) if model in KNOWN_MODELS else {}
             response = err.response(limits and {**limits, "x-request-id": request_id})
+        finally:
+            self.in_flight -= 1
         status = 0 if response is None else response.status
         if response is None:  # drop, or the client left: close without sending a byte
             if request.transport is not None:
@@ -235,21 +229,11 @@ class Simulator:
                                  headers={**budget.headers(cfg), "x-request-id": request_id})
 
     async def _fault(self, request: web.Request, kind: str) -> web.Response | None:
-        if kind == "drop":
-            return None
         if kind == "hang":  # the client should time out first; one that waits gets a 500
             if not await self._wait(request, self.config.hang_s):
                 return None
             kind = "500"
-        if kind == "502":  # Groq's edge proxy answers HTML, not JSON
-            return web.Response(status=502, text=_BAD_GATEWAY, content_type="text/html")
-        if kind == "malformed":
-            choice = {"index": 0, "message": {"role": "assistant", "content": "..."}, "finish_reason": "stop"}
-            whole = json.dumps({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-                                "choices": [choice]})
-            return web.Response(status=200, text=whole[: len(whole) // 2], content_type="application/json")
-        status, message, type_, code = _FAULT_ERRORS[kind]
-        raise HttpError(status, message, type_=type_, code=code)
+        return fault_response(kind)
 
 
 async def serve(config: SimConfig, host: str, port: int) -> None:
