@@ -255,6 +255,20 @@ def test_daily_requests_reset_with_the_day(make_sim: Callable[..., Running]) -> 
     client.chat.completions.create(**request())
 
 
+def test_a_held_clock_stands_still_moves_by_hand_and_never_goes_back() -> None:
+    clock = HeldClock(held=True)
+    start = clock()
+    assert clock() == start  # held: real time passes, the clock does not
+    clock.advance(86400)
+    assert clock() == start + 86400
+    clock.release()
+    released = clock()
+    assert released >= start + 86400  # runs on from where it stood, not from real time
+    clock.hold()
+    held = clock()
+    assert held >= released and clock() == held
+
+
 def test_oversized_request_is_413(make_sim: Callable[..., Running]) -> None:
     with pytest.raises(groq.APIStatusError) as info:
         make_sim(tpm=100).client().chat.completions.create(**request(max_completion_tokens=200))
