@@ -22,7 +22,7 @@ from .batchapi.run import BatchPass, refuse_open_batches
 from .config import Job
 from .endpoint import Endpoint
 from .errors import Stopped
-from .online import OnlinePass
+from .online import OnlinePass, PacerFactory, local_pacer
 from .output import write_output
 from .preflight import check_job, check_model
 from .progress import BatchProgress, Progress
@@ -44,6 +44,8 @@ class RunOptions:
     wait: bool = True  # batch mode: False submits (or collects what is done), then stops
     progress: bool = True
     tty: bool = False  # a progress bar rather than log lines
+    pacer: PacerFactory = local_pacer  # a shared pacer: partitions of one input, a cluster's limiter
+    model_checked: bool = False  # the door already asked the server's model list (once for many runs)
 
 
 class Run:
@@ -64,7 +66,8 @@ class Run:
     async def execute(self) -> Summary:
         job, endpoint = self.job, self.endpoint
         check_job(job, self.rows)
-        if not endpoint.simulated:  # the built-in simulator serves every model batch knows
+        # The built-in simulator serves every model batch knows; a door may have asked already.
+        if not endpoint.simulated and not self.opts.model_checked:
             await check_model(job, endpoint.base_url, endpoint.key)
         store = Store(job.state.path)
         try:
@@ -111,7 +114,7 @@ class Run:
         job, opts = self.job, self.opts
         total = self.rows.num_rows if opts.limit is None else min(opts.limit, self.rows.num_rows)
         stage = OnlinePass(self.rows, renderer, store, self.stats, limits=job.limits, limit=opts.limit,
-                           retry_failed=opts.retry_failed)
+                           retry_failed=opts.retry_failed, pacer=opts.pacer)
         self._stage = stage
         if self.interrupted:
             stage.stop()
