@@ -21,7 +21,7 @@ from pathlib import Path
 from .batchapi.run import BatchPass, refuse_open_batches
 from .config import Job
 from .endpoint import Endpoint
-from .errors import Stopped
+from .errors import QuotaReached, Stopped
 from .online import OnlinePass, PacerFactory, local_pacer
 from .output import write_output
 from .preflight import check_job, check_model
@@ -126,7 +126,7 @@ class Run:
         if pool.fatal is not None:
             raise pool.fatal
         if pool.quota is not None:
-            raise Stopped(quota_message(pool.quota.limit, pool.quota.reset_s))
+            raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
         if pool.stop_reason:
             raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
                           "(it sends only the rows that have no answer yet).")
