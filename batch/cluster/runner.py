@@ -39,7 +39,7 @@ from .work import PartTask, run_partition
 
 log = logging.getLogger("batch.cluster")
 
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -47,9 +47,11 @@ async def connect(address: str) -> AsyncIterator[Client]:
     """A client of the scheduler at `address`, or of a LocalCluster started for `local` / `local:N`."""
     if address.startswith("local"):
         n = int(address.split(":")[1]) if ":" in address else None
+        # On loopback only; the scheduler's HTTP endpoint on a free loopback port, not the usual 8787.
         async with LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=n, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                asynchronous=True) as cluster, Client(cluster, asynchronous=True) as client:  # type: ignore[no-untyped-call]
+                n_workers=n, processes=True, threads_per_worker=1, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", asynchronous=True) as cluster, \
+                Client(cluster, asynchronous=True) as client:  # type: ignore[no-untyped-call]
             yield client
         return
     try:
