@@ -93,9 +93,10 @@ def list_partitions(location: str, fmt: str | None) -> list[Partition]:
         try:
             infos = fs.glob(path, detail=True) if any(c in path for c in "*?[") else \
                 fs.find(path, detail=True)
-        except (FileNotFoundError, PermissionError, OSError) as exc:
-            raise InputError(f"[input] path: cannot list {location}: {exc}; check the bucket and prefix, "
-                             "and the credentials in the environment (AWS_ACCESS_KEY_ID, ...)") from exc
+        except Exception as exc:  # fsspec's backends raise their own kinds (botocore: no credentials)
+            raise InputError(f"[input] path: cannot list {location}: {type(exc).__name__}: {exc}; check the "
+                             "bucket and prefix, and the credentials in the environment (AWS_ACCESS_KEY_ID, "
+                             "AWS_ENDPOINT_URL, ...)") from None
         for p, info in sorted(infos.items()):
             if info.get("type", "file") == "file":
                 url = fs.unstrip_protocol(p)
@@ -152,6 +153,21 @@ def publish(file: Path, output: str, name: str) -> None:
     tmp = folder / f".{name}.{os.getpid()}.tmp"  # hidden: readers of the folder never see it
     shutil.copyfile(file, tmp)
     os.replace(tmp, folder / name)
+
+
+def check_output(output: str) -> None:
+    """Refuse, before anything is sent, a remote output whose bucket is missing (a local folder is
+    created as needed)."""
+    if is_remote(output):
+        fs, path = _fs(output)
+        bucket = path.split("/", 1)[0]
+        try:
+            there = fs.exists(bucket)
+        except Exception as exc:  # as in list_partitions: the backend's own kinds
+            raise InputError(f"[output] path: cannot reach {output}: {type(exc).__name__}: {exc}") from None
+        if not there:
+            raise InputError(f"[output] path: the bucket of {output} does not exist; create it, or fix "
+                             "the path")
 
 
 def published(output: str, name: str) -> bool:

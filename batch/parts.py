@@ -90,7 +90,11 @@ async def run_part(job: Job, part: Partition, endpoint: Endpoint, opts: RunOptio
         on_run(run)
     summary = await run.execute()
     assert job.output.dataset is not None
-    partitions.publish(pjob.output.path, job.output.dataset, part.name)
+    try:
+        partitions.publish(pjob.output.path, job.output.dataset, part.name)
+    except Exception as exc:  # a disk, a bucket: the answers are all in the journal
+        raise Stopped(f"could not write {part.name} to {job.output.dataset}: {type(exc).__name__}: {exc}. "
+                      "Every answer is saved; fix this and run the same command again.") from None
     pjob.output.path.unlink(missing_ok=True)  # published; the journal keeps every answer
     result = json.loads(summary.to_json())
     marker = done_marker(job, part)
@@ -142,6 +146,8 @@ class PartitionedRun:
         refuse_limit(self.opts)
         assert job.input.dataset is not None
         parts = partitions.list_partitions(job.input.dataset, job.input.format or None)
+        assert job.output.dataset is not None
+        partitions.check_output(job.output.dataset)
         for part in parts:  # every partition is checked before the first request
             if already_done(job, part) is None:
                 check_job(part_job(job, part))

@@ -101,6 +101,8 @@ class ClusterRun:
             raise JobError(f"{job.file}: [input] path: a cluster runs a partitioned input (a folder, a glob "
                            "or a URL of files); point it at one, or run this file without --cluster")
         parts = partitions.list_partitions(job.input.dataset, job.input.format or None)
+        assert job.output.dataset is not None
+        partitions.check_output(job.output.dataset)
         todo = [p for p in parts if already_done(job, p) is None]
         done = [o for p in parts if (o := already_done(job, p)) is not None]
         for part in todo if not partitions.is_remote(job.input.dataset) else todo[:1]:
