@@ -202,13 +202,17 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main_task())
     except BatchError as exc:
-        if holder and isinstance(holder[0], Run):  # a partitioned run writes its own report
+        if holder and isinstance(holder[0], Run):
             _report_stop(holder[0], exc)
+        elif holder and holder[0].summary is not None:  # a partitioned run wrote its report already
+            print(holder[0].summary.human(), file=sys.stderr)
         return _fail(exc)
 
 
 class Runner(Protocol):
     """What the command line runs: one file (`Run`), a partitioned input, or a cluster run."""
+
+    summary: Summary | None  # set once the run is over, stopped or not
 
     def interrupt(self) -> None: ...
 

@@ -56,6 +56,7 @@ class Run:
         self.stats = RunStats()
         self.mode = self.opts.mode or job.run.mode
         self.interrupted = False
+        self.summary: Summary | None = None
         self._stage: OnlinePass | BatchPass | None = None
 
     def interrupt(self) -> None:
@@ -149,6 +150,7 @@ class Run:
                                 output=job.output.path, message=message, mode=self.mode)
         summary.write_json(report_path(job))
         store.finish_run(summary.to_json())
+        self.summary = summary
         return summary
 
 

@@ -130,6 +130,7 @@ class PartitionedRun:
         self.job, self.endpoint, self.opts = job, endpoint, opts
         self._run: Run | None = None
         self.interrupted = False
+        self.summary: Summary | None = None
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -140,6 +141,10 @@ class PartitionedRun:
         self._run = run
         if self.interrupted:
             run.interrupt()
+
+    def _finish(self, outcomes: list[PartOutcome], total: int, started: float) -> Summary:
+        self.summary = finish(self.job, outcomes, total=total, started=started)
+        return self.summary
 
     async def execute(self) -> Summary:
         job, endpoint, started = self.job, self.endpoint, time.monotonic()
@@ -168,13 +173,13 @@ class PartitionedRun:
                 outcomes.append(await run_part(job, part, endpoint, opts, on_run=self._hold))
             except (Stopped, FatalApiError) as exc:
                 outcomes.append(stopped_outcome(part, exc, self._run))
-                finish(job, outcomes, total=len(parts), started=started)
+                self._finish(outcomes, len(parts), started)
                 raise
             finally:
                 self._run = None
             if self.interrupted:
                 exc2 = Stopped("interrupted; finished parts are written and answers so far are saved. Run "
                                "the same command again to resume.")
-                finish(job, outcomes, total=len(parts), started=started)
+                self._finish(outcomes, len(parts), started)
                 raise exc2
-        return finish(job, outcomes, total=len(parts), started=started)
+        return self._finish(outcomes, len(parts), started)

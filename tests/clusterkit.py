@@ -26,8 +26,8 @@ def local_cluster(workers: int = 2, **kwargs: Any) -> Iterator[tuple[LocalCluste
     try:
         yield cluster, client
     finally:
-        client.close()
-        cluster.close()  # type: ignore[no-untyped-call]
+        client.close()  # type: ignore[no-untyped-call]
+        cluster.close()
 
 
 def make_parts(folder: Path, parts: int, rows: int, *, tag: str = "r") -> int:

@@ -160,3 +160,43 @@ def test_a_worker_without_batch_is_refused(simulator: tuple[str, Simulator], wri
         proc = run_batch(job, "--cluster", cluster.scheduler_address)
     assert proc.returncode == 2 and "cannot import batch" in proc.stderr
     assert sim.log == []
+
+
+def test_a_daily_quota_stops_every_worker(dask: tuple[str, Client], start_sim: StartSim, api_key: str,
+                                          write_job: Callable[..., Path], run_batch: RunBatch,
+                                          tmp_path: Path) -> None:
+    url, sim = start_sim(rpd=12, latency_ms=20, api_key=api_key)
+    rows = make_parts(tmp_path / "in", parts=4, rows=10)
+    job = job_for(write_job, tmp_path / "in", url)
+    proc = run_batch(job, "--cluster", dask[0])
+    assert proc.returncode == 3, proc.stderr
+    assert "requests per day" in proc.stderr
+    assert sum(answered(sim).values()) == 12
+    assert refused(sim) <= 2 * 4  # at most what each worker had in flight: no storm
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert report["status"] == "stopped"
+    sim.config.rpd = 1000  # the quota resets: the next run finishes, paying nothing twice
+    again = run_batch(job, "--cluster", dask[0])
+    assert again.returncode == 0, again.stderr
+    assert len(outputs(tmp_path)) == rows and max(answered(sim).values()) == 1
+
+
+def test_ctrl_c_stops_the_cluster_run(dask: tuple[str, Client], start_sim: StartSim, api_key: str,
+                                      write_job: Callable[..., Path], run_batch: RunBatch,
+                                      tmp_path: Path) -> None:
+    url, sim = start_sim(latency_ms=100, api_key=api_key)
+    rows = make_parts(tmp_path / "in", parts=4, rows=15)
+    job = job_for(write_job, tmp_path / "in", url)
+    proc = subprocess.Popen([sys.executable, "-m", "batch", "run", str(job), "--cluster", dask[0]],
+                            env=cli_env(api_key), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(sim.log) >= 6, "the first answers")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, err
+    assert len(sim.log) < rows
+    again = run_batch(job, "--cluster", dask[0])
+    assert again.returncode == 0, again.stderr
+    assert len(outputs(tmp_path)) == rows and max(answered(sim).values()) == 1

@@ -123,6 +123,10 @@ class Budget:
             self._tokens.level = min(self._tokens.level, float(report["tokens_remaining"]))
         for kind, limit in report.get("learned") or ():
             self._learn(kind, limit)
+        if report.get("quota"):
+            what = {"rpd": "requests per day", "tpd": "tokens per day"}.get(report["quota"], "daily")
+            self.stop("quota", f"Groq's {what} quota for this model is used up. Answers so far are saved; "
+                               "run the same command again after the reset to continue.")
 
     def _learn(self, kind: str | None, limit: float | None) -> None:
         if not limit or limit <= 0:

@@ -134,7 +134,10 @@ class LeasedPacer:
             self._report["tokens_remaining"] = rate.tokens_remaining_minute
 
     def learn_limit(self, kind: str | None, limit: float | None) -> None:
-        if kind in ("rpm", "tpm") and limit:
+        if kind in ("rpd", "tpd"):  # a daily quota is spent: every worker stops, now
+            self._report["quota"] = kind
+            self._push()
+        elif kind in ("rpm", "tpm") and limit:
             self._report.setdefault("learned", []).append((kind, limit))
             self._push()
 

@@ -79,7 +79,8 @@ class ClusterRun:
         self._client: Client | None = None
         self._stopping: set[asyncio.Task[Any]] = set()
         self.interrupted = False
-        self._quota: str | None = None  # the budget stopped every worker: a daily quota is spent
+        self._quota: str | None = None
+        self.summary: Summary | None = None  # the budget stopped every worker: a daily quota is spent
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -117,7 +118,7 @@ class ClusterRun:
                     outcomes += await self._on_cluster(client, todo)
                 finally:
                     self._client = None
-        summary = finish(job, outcomes, total=len(parts), started=started)
+        self.summary = summary = finish(job, outcomes, total=len(parts), started=started)
         log.info("report: %s", report_location(job))
         return _verdict(summary, outcomes, self._quota)
 
