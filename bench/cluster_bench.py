@@ -74,7 +74,8 @@ text-column = "answer"
     argv = [sys.executable, "-m", "batch", "run", str(d / "job.toml"), "-q", "--base-url", url,
             *(["--cluster", cluster] if cluster else [])]
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env={**os.environ, "GROQ_API_KEY": "gsk_bench"}, capture_output=True, text=True)
+    proc = subprocess.run(argv, env={**os.environ, "GROQ_API_KEY": "gsk_bench"}, capture_output=True,
+                          text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"exit {proc.returncode}\n{proc.stderr[-2000:]}")
@@ -103,15 +104,16 @@ def label(n: int | None) -> str:
 def limit_scenario(name: str) -> None:
     what, sim_config, limits, rows, binding = SCENARIOS[name]
     for n in (None, 1, 2, 4):
-        def go(address: str | None) -> None:
+        def go(address: str | None, n: int | None = n) -> None:
             with tempfile.TemporaryDirectory() as tmp, simulator(sim_config) as (url, sim):
                 tpm_job = binding == "tpm"
                 run_job(Path(tmp), url, limits, rows, address, words=60 if tpm_job else 20,
                         max_new_tokens=150 if tpm_job else 40)
                 rpm, tpm, n429, total = steady(sim)
             got, limit = (rpm, sim_config.rpm) if binding == "rpm" else (tpm, sim_config.tpm)
-            print(f"| {name} | {what} | {label(n)} | {got:,.0f} {'req' if binding == 'rpm' else 'tokens'}/min "
-                  f"| {got / limit:.1%} | {n429} ({n429 / max(total, 1):.1%}) | {total:,} |", flush=True)
+            unit = "req" if binding == "rpm" else "tokens"
+            print(f"| {name} | {what} | {label(n)} | {got:,.0f} {unit}/min | {got / limit:.1%} "
+                  f"| {n429} ({n429 / max(total, 1):.1%}) | {total:,} |", flush=True)
         with_workers(n, go)
 
 
@@ -119,7 +121,7 @@ def overhead() -> None:
     rows = 4000
     limits = "requests-per-minute = 10000000\ntokens-per-minute = 1000000000\nconcurrency = 64"
     for n in (None, 1, 2, 4):
-        def go(address: str | None) -> None:
+        def go(address: str | None, n: int | None = n) -> None:
             with tempfile.TemporaryDirectory() as tmp, fast_server() as url:
                 _, wall = run_job(Path(tmp), url, limits, rows, address)
             print(f"| overhead | no limits, no latency, {rows:,} rows in {PARTS} parts | {label(n)} | "
