@@ -27,8 +27,8 @@ NAME = "batch-limiter"
 
 
 class _Job:
-    def __init__(self, budget: Budget, key: str | None) -> None:
-        self.budget, self.key = budget, key
+    def __init__(self, budget: Budget, key: str | None, limits: tuple[float, float, bool, bool]) -> None:
+        self.budget, self.key, self.limits = budget, key, limits
         self.claims: dict[int, str] = {}  # partition -> worker address
 
 
@@ -55,15 +55,20 @@ class LimiterPlugin(SchedulerPlugin):
     # -- handlers: keyword arguments in, plain values out -----------------------------------------
     def open(self, job: str, rpm: float, tpm: float, learn_requests: bool, learn_tokens: bool,
              key: str | None) -> bool:
-        """Start (or resume) a job's budget; a new run of the same job clears the last one's halt but
-        keeps what was learned and any running cool-down."""
+        """Start (or resume) a job's budget. A new run of the same job, with the same limits, clears the
+        last one's halt but keeps what was learned; with other limits it starts a new budget. A running
+        cool-down holds either way (the server's 429 was about the account, not the job file)."""
+        limits = (rpm, tpm, learn_requests, learn_tokens)
         found = self.jobs.get(job)
-        if found is None:
-            self.jobs[job] = _Job(Budget(rpm, tpm, learn_requests=learn_requests, learn_tokens=learn_tokens),
-                                  key)
-        else:
-            found.key = key
-            found.budget.halt = found.budget.message = None
+        if found is None or found.limits != limits:
+            budget = Budget(rpm, tpm, learn_requests=learn_requests, learn_tokens=learn_tokens)
+            if found is None:
+                found = self.jobs[job] = _Job(budget, key, limits)
+            else:
+                budget.resume_at = found.budget.resume_at
+                found.budget, found.limits = budget, limits
+        found.key = key
+        found.budget.halt = found.budget.message = None
         return True
 
     def lease(self, job: str, **ask: Any) -> dict[str, Any]:
