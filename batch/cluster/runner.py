@@ -154,6 +154,9 @@ class ClusterRun:
                                           f"{type(exc).__name__}: {exc}")
                     await self._stop("interrupted", outcome.message)
                 outcomes.append(outcome)
+                rows = (outcome.summary or {}).get("rows")
+                log.info("cluster: part %05d %s%s — %d of %d parts", part.index, outcome.status,
+                         f" ({rows} rows)" if rows else "", len(outcomes), len(todo))
         finally:
             await _rpc(client).batch_close(job=self.key)
         state = await _rpc(client).batch_state(job=self.key)
