@@ -34,6 +34,13 @@ def dask() -> Iterator[tuple[str, Client]]:
         yield cluster.scheduler_address, client
 
 
+def worker_tasks(dask_worker: Any) -> str:
+    """Every task a worker holds: its key and its spec with the arguments (run on each worker)."""
+    specs = ((key, ts.run_spec) for key, ts in dask_worker.state.tasks.items())
+    return "\n".join(f"{key!s} {spec!r} {getattr(spec, 'args', ())!r} {getattr(spec, 'kwargs', {})!r}"
+                     for key, spec in specs)
+
+
 def job_for(write_job: Callable[..., Path], folder: Path, url: str, **tables: dict[str, Any]) -> Path:
     limits = {"concurrency": 4, **tables.pop("limits", {})}
     return write_job(folder, api={"base-url": url}, output={"path": "out"}, limits=limits, **tables)
@@ -95,6 +102,9 @@ def test_a_worker_killed_mid_run_loses_no_answer(dask: tuple[str, Client], start
                             env=cli_env(api_key), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: len(sim.log) >= 8, "the first answers")
+        graph = "\n".join(client.run(worker_tasks).values())
+        assert str(job) in graph  # the tasks carry the job...
+        assert api_key not in graph  # ...but not the key: not in a task, its name or its arguments
         busy = [w for w, keys in client.processing().items() if keys]  # type: ignore[no-untyped-call]
         pids = client.run(os.getpid)
         os.kill(pids[busy[0]], signal.SIGKILL)
