@@ -211,3 +211,14 @@ def test_ctrl_c_stops_the_cluster_run(dask: tuple[str, Client], start_sim: Start
     again = run_batch(job, "--cluster", dask[0])
     assert again.returncode == 0, again.stderr
     assert len(outputs(tmp_path)) == rows and max(answered(sim).values()) == 1
+
+
+def test_a_local_cluster_of_its_own(write_job: Callable[..., Path], run_batch: RunBatch,
+                                    tmp_path: Path) -> None:
+    # `--cluster local:2` starts (and stops) two worker processes on 127.0.0.1 for the run.
+    rows = make_parts(tmp_path / "in", parts=3, rows=4)
+    job = write_job(tmp_path / "in", output={"path": "out"}, run={"cluster": "local:2"})
+    proc = run_batch(job, "--simulate")
+    assert proc.returncode == 0, proc.stderr
+    assert "on 2 workers" in proc.stderr
+    assert len(outputs(tmp_path)) == rows
