@@ -80,6 +80,11 @@ async def _claimed(task: PartTask, rpc: Rpc) -> PartOutcome:
         if runs:
             runs[-1].interrupt()
 
+    def started(run: Run) -> None:
+        runs.append(run)
+        if pacer.halted is not None:  # the halt came while the partition was being checked
+            run.interrupt()
+
     pacer = LeasedPacer(lease, rpm=task.rpm, tpm=task.tpm, on_halt=halt)
     if (await lease())["halt"] is not None:  # stopped before this partition started: leave it
         return PartOutcome(task.part.index, "stopped", None, pacer.message)
@@ -91,7 +96,7 @@ async def _claimed(task: PartTask, rpc: Rpc) -> PartOutcome:
     endpoint = Endpoint(task.base_url, key, task.rpm, task.tpm, simulated=task.simulated)
     opts = RunOptions(retry_failed=task.retry_failed, progress=False, pacer=shared, model_checked=True)
     try:
-        return await run_part(task.job, task.part, endpoint, opts, on_run=runs.append)
+        return await run_part(task.job, task.part, endpoint, opts, on_run=started)
     except BatchError as exc:
         if isinstance(exc, QuotaReached | FatalApiError):  # news for every worker: stop them all
             await rpc("batch_stop", job=task.job_key, reason="quota" if isinstance(exc, Stopped) else "fatal",
