@@ -222,3 +222,39 @@ def test_a_local_cluster_of_its_own(write_job: Callable[..., Path], run_batch: R
     assert proc.returncode == 0, proc.stderr
     assert "on 2 workers" in proc.stderr
     assert len(outputs(tmp_path)) == rows
+
+
+def can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs unshare -m (a mount namespace) to give a worker "
+                                              "a filesystem of its own")
+def test_a_state_folder_a_worker_does_not_see_is_refused(simulator: tuple[str, Simulator],
+                                                         write_job: Callable[..., Path],
+                                                         run_batch: RunBatch, tmp_path: Path) -> None:
+    # A worker in a mount namespace of its own, where the state folder is an empty tmpfs: the same
+    # path, another filesystem, as on a machine that does not share it.
+    url, sim = simulator
+    make_parts(tmp_path / "in", parts=2, rows=3)
+    state = tmp_path / "state"
+    state.mkdir()
+    job = job_for(write_job, tmp_path / "in", url, state={"path": str(state)})
+    with local_cluster(0) as (cluster, client):
+        worker = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", f'mount -t tmpfs none "{state}" && exec "{sys.executable}" -m '
+             f'distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 --host 127.0.0.1 '
+             '--no-dashboard --no-nanny'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=30)
+            proc = run_batch(job, "--cluster", cluster.scheduler_address)
+        finally:
+            worker.terminate()
+            worker.wait(10)
+    assert proc.returncode == 2, proc.stderr
+    assert "do not see" in proc.stderr and str(state) in proc.stderr
+    assert sim.log == []
