@@ -14,11 +14,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from . import commands, endpoint, sim
-from .config import load_job
+from .config import Job, load_job, valid_cluster
 from .engine import Run, RunOptions, report_path
-from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
+from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, JobError, Stopped
+from .parts import PartitionedRun
 from .preflight import check_job
 from .report import Summary
 from .simulated import kept_apart, simulated
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="overrides [run] mode: online requests, or Groq's Batch API (half price)")
     run.add_argument("--no-wait", action="store_true",
                      help="batch mode: submit (or collect what is done), then exit 3 instead of waiting")
+    run.add_argument("--cluster", metavar="ADDRESS",
+                     help="run on Dask (overrides [run] cluster): tcp://HOST:PORT of a scheduler, or local / "
+                          "local:N worker processes on this machine")
     _verbosity(run)
 
     cancel = sub.add_parser("cancel", help="cancel the job's Batch API batches that are still running")
@@ -141,18 +146,33 @@ def _fail(exc: BatchError) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    rows = check_job(job)  # everything about the job and its input, before a key is even looked for
+    cluster = args.cluster or job.run.cluster
+    if args.cluster and not valid_cluster(args.cluster):
+        raise JobError(f"--cluster: must be local, local:N or a scheduler address such as "
+                       f"tcp://10.0.0.5:8786, got {args.cluster!r}")
+    split = cluster is not None or job.input.dataset is not None
+    # Everything about the job and its input, before a key is even looked for (a partitioned run
+    # checks its partitions itself).
+    rows = None if split else check_job(job)
     opts = RunOptions(limit=args.limit, retry_failed=args.retry_failed, mode=args.mode,
                       wait=not args.no_wait, progress=not args.quiet, tty=sys.stderr.isatty())
-    holder: list[Run] = []
+    holder: list[Runner] = []
+
+    def runner(ep: endpoint.Endpoint, job: Job) -> Runner:
+        if cluster is not None:
+            from .cluster.runner import ClusterRun
+            return ClusterRun(job, ep, opts, cluster)
+        if rows is None:
+            return PartitionedRun(job, ep, opts)
+        return Run(job, rows, ep, opts)
 
     async def main_task() -> int:
         if args.simulate:
             async with simulated() as ep:
-                return await guarded(Run(kept_apart(job), rows, ep, opts))
-        return await guarded(Run(job, rows, endpoint.resolve(job, args.base_url, os.environ), opts))
+                return await guarded(runner(ep, kept_apart(job)))
+        return await guarded(runner(endpoint.resolve(job, args.base_url, os.environ), job))
 
-    async def guarded(run: Run) -> int:
+    async def guarded(run: Runner) -> int:
         holder.append(run)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -182,9 +202,21 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main_task())
     except BatchError as exc:
-        if holder:
+        if holder and isinstance(holder[0], Run):
             _report_stop(holder[0], exc)
+        elif holder and holder[0].summary is not None:  # a partitioned run wrote its report already
+            print(holder[0].summary.human(), file=sys.stderr)
         return _fail(exc)
+
+
+class Runner(Protocol):
+    """What the command line runs: one file (`Run`), a partitioned input, or a cluster run."""
+
+    summary: Summary | None  # set once the run is over, stopped or not
+
+    def interrupt(self) -> None: ...
+
+    async def execute(self) -> Summary: ...
 
 
 def _report_stop(run: Run, exc: BatchError) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.errors import ConfigError
+from batch.jobpaths import resolve_paths
 from batch.keys import TABLES, check_value, describe_keys, show, unknown_name
 
 __all__ = [
@@ -39,16 +40,14 @@ ANSWER_COLUMNS: tuple[str, ...] = (
     "finish_reason", "error", "attempts", "latency_s", "request_id", "model", "queue_time", "total_time",
     "reasoning",
 )
-INPUT_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
-                    ".ndjson": "jsonl"}
-OUTPUT_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 
 @dataclass(frozen=True)
 class InputSpec:
     path: Path
-    format: str  # "csv" | "parquet" | "jsonl"
+    format: str  # "csv" | "parquet" | "jsonl"; "" for a dataset whose files each say it by extension
     key: str | None
+    dataset: str | None = None  # a partitioned input: folder, glob or URL (then `partitions` reads it)
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,7 @@ class OutputSpec:
     path: Path
     format: str  # "parquet" | "csv"
     text_column: str = "text"
+    dataset: str | None = None  # a partitioned input's output: a folder (or URL) of Parquet parts
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ class RunSpec:
     completion_window: str = "24h"
     on_expired: str = "next-run"  # "next-run" | "online"
     poll_interval: float = 60.0  # the longest wait between two looks at a batch
+    cluster: str | None = None  # a Dask scheduler "tcp://HOST:PORT", or "local" / "local:N"
 
 
 @dataclass(frozen=True)
@@ -182,22 +183,7 @@ def job_from_tables(data: Mapping[str, Any], file: Path) -> Job:
     # `values` and already reported), so one mistake yields one message, not a cascade.
     job_file = file.resolve()
     inp, out, st = (values.get(t, {}) for t in ("input", "output", "state"))
-    in_path = _beside(job_file, inp["path"]) if "path" in inp else None
-    in_format: str | None = inp.get("format")
-    if in_path and "format" in inp and not in_format:
-        in_format = INPUT_EXTENSIONS.get(in_path.suffix.lower())
-        if not in_format:
-            problems.append(f"{label}: [input] format: cannot tell the format of {json.dumps(inp['path'])} "
-                            'from its extension; set format = "csv", "parquet" or "jsonl"')
-    out_path = _beside(job_file, out["path"]) if out.get("path") else None
-    if in_path and "path" in out and out["path"] is None:  # not given (rather than given wrong)
-        out_path = in_path.with_name(f"{in_path.stem}.enriched.parquet")
-    out_format = OUTPUT_EXTENSIONS.get(out_path.suffix.lower()) if out_path else None
-    if out_path and not out_format:
-        problems.append(f"{label}: [output] path: must end in .parquet, .pq or .csv, "
-                        f"got {json.dumps(out['path'])}")
-    elif out_path and out_path == in_path:  # the sink reads the input while writing: never overwrite it
-        problems.append(f"{label}: [output] path: is the input file; choose another path")
+    in_path, in_format, out_path, out_format, lay = resolve_paths(label, job_file, inp, out, st, problems)
     if out.get("text_column") in ANSWER_COLUMNS:
         problems.append(f"{label}: [output] text-column: {json.dumps(out['text_column'])} is one of the "
                         f"answer columns the output appends ({', '.join(ANSWER_COLUMNS)}); choose another")
@@ -207,25 +193,40 @@ def job_from_tables(data: Mapping[str, Any], file: Path) -> Job:
         if not task["image_dir"].is_dir():
             problems.append(f"{label}: [task] image-dir: {task['image_dir']} is not a folder")
     problems += _task_conflicts(label, task)
-    window = values.get("run", {}).get("completion_window")
-    if window is not None and window_hours(window) is None:
-        problems.append(f"{label}: [run] completion-window: must be a duration from 24h to 7d such as "
-                        f"\"24h\", \"48h\" or \"7d\", got {json.dumps(window)}")
+    problems += _run_problems(label, values.get("run", {}))
     if problems:
         raise ConfigError(problems)
-    assert in_path and in_format and out_path and out_format  # no problems: every piece was derived
-    state_path = _beside(job_file, st["path"]) if st.get("path") else out_path.with_name(
-        out_path.name + ".state.sqlite")
+    assert in_path and in_format is not None and out_path and out_format  # no problems: all derived
+    state_path = lay.state if lay else (job_file.parent / st["path"]).resolve() if st.get("path") else \
+        out_path.with_name(out_path.name + ".state.sqlite")
     return Job(
         file=job_file,
-        input=InputSpec(path=in_path, format=in_format, key=inp["key"]),
+        input=InputSpec(path=in_path, format=in_format, key=inp["key"], dataset=lay.input if lay else None),
         task=TaskSpec(**values["task"]),
         limits=LimitsSpec(**values["limits"]),
-        output=OutputSpec(path=out_path, format=out_format, text_column=out["text_column"]),
+        output=OutputSpec(path=out_path, format=out_format, text_column=out["text_column"],
+                          dataset=lay.output if lay else None),
         api=ApiSpec(**values["api"]),
         state=StateSpec(path=state_path),
         run=RunSpec(**values["run"]),
     )
+
+
+def _run_problems(label: str, run: Mapping[str, Any]) -> list[str]:
+    problems = []
+    window, cluster = run.get("completion_window"), run.get("cluster")
+    if window is not None and window_hours(window) is None:
+        problems.append(f"{label}: [run] completion-window: must be a duration from 24h to 7d such as "
+                        f"\"24h\", \"48h\" or \"7d\", got {json.dumps(window)}")
+    if cluster is not None and not valid_cluster(cluster):
+        problems.append(f"{label}: [run] cluster: must be \"local\", \"local:N\" or a scheduler address "
+                        f"such as \"tcp://10.0.0.5:8786\", got {json.dumps(cluster)}")
+    return problems
+
+
+def valid_cluster(text: str) -> bool:
+    """A Dask scheduler address (tcp://HOST:PORT, tls://, ws://), or local / local:N (N up to 999)."""
+    return re.fullmatch(r"local(:[1-9]\d{0,2})?|(tcp|tls|ws|wss)://\S+", text) is not None
 
 
 def window_hours(text: str) -> float | None:

@@ -21,8 +21,8 @@ from pathlib import Path
 from .batchapi.run import BatchPass, refuse_open_batches
 from .config import Job
 from .endpoint import Endpoint
-from .errors import Stopped
-from .online import OnlinePass
+from .errors import QuotaReached, Stopped
+from .online import OnlinePass, PacerFactory, local_pacer
 from .output import write_output
 from .preflight import check_job, check_model
 from .progress import BatchProgress, Progress
@@ -46,6 +46,8 @@ class RunOptions:
     tty: bool = False  # a progress bar rather than log lines
     notebook: bool = False  # the bar as a notebook widget
     shared_store: bool = False  # a store several processes use at once (the Python API's cache)
+    pacer: PacerFactory = local_pacer  # a shared pacer: partitions of one input, a cluster's limiter
+    model_checked: bool = False  # the door already asked the server's model list (once for many runs)
 
 
 class Run:
@@ -56,6 +58,7 @@ class Run:
         self.stats = RunStats()
         self.mode = self.opts.mode or job.run.mode
         self.interrupted = False
+        self.summary: Summary | None = None
         self._stage: OnlinePass | BatchPass | None = None
 
     def interrupt(self) -> None:
@@ -66,7 +69,8 @@ class Run:
     async def execute(self) -> Summary:
         job, endpoint, opts = self.job, self.endpoint, self.opts
         check_job(job, self.rows)
-        if not endpoint.simulated:  # the built-in simulator serves every model batch knows
+        # The built-in simulator serves every model batch knows; a door may have asked already.
+        if not endpoint.simulated and not self.opts.model_checked:
             await check_model(job, endpoint.base_url, endpoint.key)
         store = Store(job.state.path, shared=opts.shared_store)
         try:
@@ -113,7 +117,7 @@ class Run:
         job, opts = self.job, self.opts
         total = self.rows.num_rows if opts.limit is None else min(opts.limit, self.rows.num_rows)
         stage = OnlinePass(self.rows, renderer, store, self.stats, limits=job.limits, limit=opts.limit,
-                           retry_failed=opts.retry_failed)
+                           retry_failed=opts.retry_failed, pacer=opts.pacer)
         self._stage = stage
         if self.interrupted:
             stage.stop()
@@ -125,7 +129,7 @@ class Run:
         if pool.fatal is not None:
             raise pool.fatal
         if pool.quota is not None:
-            raise Stopped(quota_message(pool.quota.limit, pool.quota.reset_s))
+            raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
         if pool.stop_reason:
             raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
                           "(it sends only the rows that have no answer yet).")
@@ -148,6 +152,7 @@ class Run:
                                 output=job.output.path, message=message, mode=self.mode)
         summary.write_json(report_path(job))
         store.finish_run(summary.to_json())
+        self.summary = summary
         return summary
 
 

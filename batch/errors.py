@@ -5,6 +5,7 @@
     │   ├── ConfigError             the job file (every problem at once, each with file/table/key)
     │   └── InputError              the input table (missing file, missing template column, ...)
     ├── Stopped                     exit 3: stopped early, resumable (signal, daily quota)
+    │   └── QuotaReached            a daily quota is spent (a cluster stops every worker)
     └── ApiError                    what the API said about one request (raised by `client` only)
         ├── TransportError          no usable HTTP answer: connection dropped, timeout, malformed body
         ├── RateLimited             429: carries which limit (rpm/tpm/rpd/tpd) and how long to wait
@@ -65,6 +66,10 @@ class Stopped(BatchError):
         super().__init__(reason)
         self.reason = reason
         self.partial: object = None
+
+
+class QuotaReached(Stopped):
+    """A daily quota is used up; the run resumes after it resets."""
 
 
 class ApiError(BatchError):

@@ -39,8 +39,9 @@ class Key:
 REASONING_EFFORTS = ("low", "medium", "high", "none", "default")
 TABLES: dict[str, tuple[Key, ...]] = {
     "input": (
-        Key("path", "path", "The input table, relative to the job file.", required=True,
-            example='path = "data/rows.csv"'),
+        Key("path", "path", "The input table, relative to the job file; or a partitioned dataset: a "
+            "folder, a glob (`parts/*.csv`) or a URL (`s3://bucket/prefix/`) of Parquet/CSV/JSONL files.",
+            required=True, example='path = "data/rows.csv"'),
         Key("format", "string", "Overrides the extension (.csv .parquet .pq .jsonl .ndjson).",
             choices=("csv", "parquet", "jsonl")),
         Key("key", "column", "A column that names a row in error messages."),
@@ -90,7 +91,8 @@ TABLES: dict[str, tuple[Key, ...]] = {
     ),
     "output": (
         Key("path", "path", "Output file (.parquet .pq .csv); default: beside the input, "
-            "`<input stem>.enriched.parquet`."),
+            "`<input stem>.enriched.parquet`. For a partitioned input, a folder (or URL) of Parquet parts; "
+            "default `<input folder>.enriched`."),
         Key("text-column", "column", "The column that receives the answer text.", default="text"),
     ),
     "run": (
@@ -104,9 +106,13 @@ TABLES: dict[str, tuple[Key, ...]] = {
             choices=("next-run", "online")),
         Key("poll-interval", "number", "Batch mode: the longest wait, in seconds, between two looks at a "
             "batch (they start at 1 s and back off).", default=60.0, lo=0, above=True),
+        Key("cluster", "string", "Run on Dask: a scheduler address `tcp://HOST:PORT`, or `local` / `local:N` "
+            "(N worker processes on this machine); needs `pip install \"batch[dask]\"`."),
     ),
     "api": (Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),),
-    "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`."),),
+    "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`. For a "
+                  "partitioned input, a folder of per-partition journals (default: the output folder + "
+                  "`.state`) that every cluster worker must reach."),),
 }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
@@ -35,6 +36,26 @@ log = logging.getLogger("batch.limits")
 PROBE_S = 5.0  # seconds between two upward steps of an unstated requests-per-minute limit
 PROBE_STEP = 1.5
 RPM_MARGIN = 0.97  # pace at this share of a requests-per-minute limit learned from a 429
+
+
+class Pacing(Protocol):
+    """What the pool asks of a pacer. `Pacer` paces one process; a cluster run plugs in a pacer that
+    leases its budget from one limiter shared by every machine (`batch.cluster`)."""
+
+    @property
+    def tokens_per_minute(self) -> float: ...
+
+    def fits(self, tokens: int) -> bool: ...
+
+    async def acquire(self, tokens: int) -> bool: ...
+
+    def cool_down(self, seconds: float) -> None: ...
+
+    def settle(self, reserved: int, used: int | None) -> None: ...
+
+    def observe(self, rate: RateInfo) -> None: ...
+
+    def learn_limit(self, kind: str | None, limit: float | None) -> None: ...
 
 
 class TokenBucket:

@@ -9,12 +9,12 @@ flight rather than the input. Identical requests (rows that would send the same 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .client import Client
 from .config import LimitsSpec
 from .endpoint import Endpoint
-from .limits import Pacer
+from .limits import Pacer, Pacing
 from .pool import Pool
 from .progress import Progress
 from .prompts import Renderer
@@ -24,13 +24,24 @@ from .retry import RetryPolicy
 from .source import Rows
 from .store import Store
 
+# Builds the pacer of a run from its endpoint and limits; `local_pacer` unless a door brings its own
+# (several partitions sharing one pacer, or a cluster's shared limiter).
+PacerFactory = Callable[[Endpoint, LimitsSpec], Pacing]
+
+
+def local_pacer(endpoint: Endpoint, limits: LimitsSpec) -> Pacing:
+    """One process's pacer: from the endpoint's pace, learning the limits the job does not state."""
+    return Pacer(endpoint.rpm, endpoint.tpm, learn_requests=limits.requests_per_minute is None,
+                 learn_tokens=limits.tokens_per_minute is None)
+
 
 class OnlinePass:
     """Sends what is missing; `stop()` stops taking new rows (requests in flight finish)."""
 
     def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
-                 limit: int | None, retry_failed: bool) -> None:
+                 limit: int | None, retry_failed: bool, pacer: PacerFactory = local_pacer) -> None:
         self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
+        self._pacer = pacer
         self._limits, self._limit, self._retry_failed = limits, limit, retry_failed
         self.pool: Pool | None = None
         self._stopped = False
@@ -64,10 +75,9 @@ class OnlinePass:
 
         async with Client(endpoint.base_url, endpoint.key, timeout_s=limits.request_timeout,
                           connections=limits.concurrency) as client:
-            pacer = Pacer(endpoint.rpm, endpoint.tpm, learn_requests=limits.requests_per_minute is None,
-                          learn_tokens=limits.tokens_per_minute is None)
-            pool = Pool(client.chat, pacer, RetryPolicy(max_attempts=limits.max_attempts),
-                        concurrency=limits.concurrency, on_answer=on_answer, stats=self._stats)
+            pool = Pool(client.chat, self._pacer(endpoint, limits),
+                        RetryPolicy(max_attempts=limits.max_attempts), concurrency=limits.concurrency,
+                        on_answer=on_answer, stats=self._stats)
             self.pool = pool
             if self._stopped:
                 pool.stop("interrupted")

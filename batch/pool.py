@@ -9,7 +9,7 @@
 
 Memory is bounded by the intake, not by the input: the producer waits for a free place before it
 admits the next request. A request waiting out a backoff sits on a timer, not in a worker, so
-a backoff sleep holds no concurrency. A 429 cools every worker down together (`Pacer.cool_down`).
+a backoff sleep holds no concurrency. A 429 cools every worker down together (`Pacing.cool_down`).
 
 Stopping (a signal, a spent daily quota, a fatal API error) takes no new work: queued and backing-off
 requests are dropped unanswered (the next run sends them), workers waiting for the pacer are
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from .errors import ApiError, FatalApiError, RateLimited
-from .limits import Pacer
+from .limits import Pacing
 from .records import Answer, Completion, Request
 from .report import RunStats
 from .retry import Action, RetryPolicy
@@ -53,7 +53,7 @@ class _Job:
 
 
 class Pool:
-    def __init__(self, send: Send, pacer: Pacer, policy: RetryPolicy, *, concurrency: int,
+    def __init__(self, send: Send, pacer: Pacing, policy: RetryPolicy, *, concurrency: int,
                  on_answer: Callable[[Answer], None], stats: RunStats,
                  rng: random.Random | None = None) -> None:
         self._send, self._pacer, self._policy = send, pacer, policy

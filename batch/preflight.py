@@ -31,6 +31,9 @@ def check_job(job: Job, rows: Rows | None = None) -> Rows:
     if info and job.task.max_new_tokens and job.task.max_new_tokens > info.max_completion:
         raise JobError(f"{job.file}: [task] max-new-tokens: {job.task.model} writes at most "
                        f"{info.max_completion} tokens per answer, got {job.task.max_new_tokens}; lower it")
+    if rows is None and job.input.dataset is not None:  # `run` checks each partition on its own
+        raise InputError(f"{job.file}: [input] path: {job.input.dataset} is a partitioned dataset; this "
+                         "command reads one file (python -m batch run reads a dataset)")
     source = rows if rows is not None else Source(job.input.path, job.input.format)
     columns = source.columns
     renderer = Renderer(job.task, key=job.input.key)

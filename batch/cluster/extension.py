@@ -1,0 +1,116 @@
+"""The scheduler's side of a cluster run: one `Budget` per job, the job's API key, and which worker
+holds which partition — state that must outlive any worker, so it lives in the Dask scheduler, as
+distributed's own Semaphore does: a scheduler plugin that registers comm handlers, called by the
+client as `client.scheduler.batch_<op>(...)` and by workers as `worker.scheduler.batch_<op>(...)`.
+
+The plugin is registered idempotently under one name: a second run (or a client that comes back after
+being killed) finds the budgets, cool-downs and partition claims as they were. A partition is claimed
+by one worker at a time (the journal of a partition must have one writer); a worker that leaves the
+cluster (killed, lost) gives up its claims at once, so its partition can run elsewhere.
+
+The key is held in the scheduler's memory only, handed to a worker that asks for its job, never put in
+a task, a key or a log line, and dropped when the client closes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from distributed import Scheduler, SchedulerPlugin
+
+from .budget import Budget
+
+log = logging.getLogger("batch.cluster")
+
+NAME = "batch-limiter"
+
+
+class _Job:
+    def __init__(self, budget: Budget, key: str | None, limits: tuple[float, float, bool, bool]) -> None:
+        self.budget, self.key, self.limits = budget, key, limits
+        self.claims: dict[int, str] = {}  # partition -> worker address
+
+
+class LimiterPlugin(SchedulerPlugin):
+    idempotent = True  # registering again keeps the running plugin and its state
+    name = NAME
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, _Job] = {}
+
+    async def start(self, scheduler: Scheduler) -> None:
+        scheduler.handlers.update({
+            "batch_open": self.open, "batch_lease": self.lease, "batch_stop": self.stop,
+            "batch_secret": self.secret, "batch_claim": self.claim, "batch_release": self.release,
+            "batch_close": self.close_job, "batch_state": self.state,
+        })
+
+    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        for name, job in self.jobs.items():
+            for part in [p for p, w in job.claims.items() if w == worker]:
+                del job.claims[part]
+                log.info("batch %s: partition %d released (worker %s left)", name, part, worker)
+
+    # -- handlers: keyword arguments in, plain values out -----------------------------------------
+    def open(self, job: str, rpm: float, tpm: float, learn_requests: bool, learn_tokens: bool,
+             key: str | None) -> bool:
+        """Start (or resume) a job's budget. A new run of the same job, with the same limits, clears the
+        last one's halt but keeps what was learned; with other limits it starts a new budget. A running
+        cool-down holds either way (the server's 429 was about the account, not the job file)."""
+        limits = (rpm, tpm, learn_requests, learn_tokens)
+        found = self.jobs.get(job)
+        if found is None or found.limits != limits:
+            budget = Budget(rpm, tpm, learn_requests=learn_requests, learn_tokens=learn_tokens)
+            if found is None:
+                found = self.jobs[job] = _Job(budget, key, limits)
+            else:
+                budget.resume_at = found.budget.resume_at
+                found.budget, found.limits = budget, limits
+        found.key = key
+        found.budget.halt = found.budget.message = None
+        return True
+
+    def lease(self, job: str, **ask: Any) -> dict[str, Any]:
+        found = self.jobs.get(job)
+        if found is None:
+            return {"requests": 0, "tokens": 0.0, "wait": 0.0, "resume_in": 0.0, "halt": "closed",
+                    "message": "the run was closed", "rpm": 0.0, "tpm": 0.0}
+        return found.budget.lease(**ask)
+
+    def stop(self, job: str, reason: str, message: str | None = None) -> bool:
+        if job in self.jobs:
+            self.jobs[job].budget.stop(reason, message)
+        return True
+
+    def secret(self, job: str) -> str | None:
+        found = self.jobs.get(job)
+        return found.key if found else None
+
+    def claim(self, job: str, part: int, worker: str) -> bool:
+        found = self.jobs.get(job)
+        if found is None:
+            return False
+        holder = found.claims.setdefault(part, worker)
+        return holder == worker
+
+    def release(self, job: str, part: int, worker: str) -> bool:
+        found = self.jobs.get(job)
+        if found is not None and found.claims.get(part) == worker:
+            del found.claims[part]
+        return True
+
+    def close_job(self, job: str) -> bool:
+        """The client is done: forget the key (budget and learned limits stay for the next run)."""
+        found = self.jobs.get(job)
+        if found is not None:
+            found.key = None
+        return True
+
+    def state(self, job: str) -> dict[str, Any]:
+        found = self.jobs.get(job)
+        if found is None:
+            return {}
+        b = found.budget
+        return {"rpm": b.rpm, "tpm": b.tpm, "halt": b.halt, "message": b.message, "cooldowns": b.cooldowns,
+                "claims": dict(found.claims)}

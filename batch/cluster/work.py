@@ -1,0 +1,109 @@
+"""A worker's task: one partition through the engine, paced by the cluster's limiter.
+
+The task runs in a worker thread with an event loop of its own (the engine's CPU work must not hold
+up the worker's own loop, which keeps its heartbeats); calls to the scheduler go through the worker's
+loop. The task carries no secret: the API key is asked of the scheduler when the task starts and
+lives only in the `Endpoint`, whose repr leaves it out.
+
+Before it touches the partition's journal, the task claims the partition, and waits while another
+worker holds it (a task from an earlier run, whose client was killed, may still be finishing it): one
+writer per journal, so no row is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import get_worker
+
+from ..config import Job
+from ..endpoint import Endpoint
+from ..engine import Run, RunOptions
+from ..errors import BatchError, FatalApiError, QuotaReached, Stopped
+from ..limits import Pacing
+from ..partitions import Partition
+from ..parts import PartOutcome, run_part, stopped_outcome
+from .lease import LeasedPacer
+
+log = logging.getLogger("batch.cluster")
+
+CLAIM_POLL_S = 0.5
+Rpc = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class PartTask:
+    """Everything a worker needs for one partition, except the key (plain values: it is pickled)."""
+
+    job: Job
+    part: Partition
+    job_key: str  # names the run's budget in the scheduler; a digest of the job, not a secret
+    base_url: str
+    rpm: float
+    tpm: float
+    simulated: bool
+    retry_failed: bool
+
+
+def run_partition(task: PartTask) -> PartOutcome:
+    worker = get_worker()
+    loop = worker.loop.asyncio_loop  # type: ignore[attr-defined]
+
+    async def rpc(op: str, **kwargs: Any) -> Any:
+        call = getattr(worker.scheduler, op)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(**kwargs), loop))
+
+    return asyncio.run(_run(task, rpc, worker.address))
+
+
+async def _run(task: PartTask, rpc: Rpc, me: str) -> PartOutcome:
+    while not await rpc("batch_claim", job=task.job_key, part=task.part.index, worker=me):
+        await asyncio.sleep(CLAIM_POLL_S)
+    try:
+        return await _claimed(task, rpc)
+    finally:
+        await rpc("batch_release", job=task.job_key, part=task.part.index, worker=me)
+
+
+async def _claimed(task: PartTask, rpc: Rpc) -> PartOutcome:
+    runs: list[Run] = []
+
+    async def lease(**ask: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = await rpc("batch_lease", job=task.job_key, **ask)
+        return reply
+
+    def halt(reason: str) -> None:
+        if runs:
+            runs[-1].interrupt()
+
+    def started(run: Run) -> None:
+        runs.append(run)
+        if pacer.halted is not None:  # the halt came while the partition was being checked
+            run.interrupt()
+
+    pacer = LeasedPacer(lease, rpm=task.rpm, tpm=task.tpm, on_halt=halt)
+    if (await lease())["halt"] is not None:  # stopped before this partition started: leave it
+        return PartOutcome(task.part.index, "stopped", None, pacer.message)
+
+    def shared(endpoint: Endpoint, limits: Any) -> Pacing:
+        return pacer
+
+    key = await rpc("batch_secret", job=task.job_key)
+    endpoint = Endpoint(task.base_url, key, task.rpm, task.tpm, simulated=task.simulated)
+    opts = RunOptions(retry_failed=task.retry_failed, progress=False, pacer=shared, model_checked=True)
+    try:
+        return await run_part(task.job, task.part, endpoint, opts, on_run=started)
+    except BatchError as exc:
+        if isinstance(exc, QuotaReached | FatalApiError):  # news for every worker: stop them all
+            await rpc("batch_stop", job=task.job_key, reason="quota" if isinstance(exc, Stopped) else "fatal",
+                      message=str(exc))
+        outcome = stopped_outcome(task.part, exc, runs[-1] if runs else None)
+        if pacer.halted is not None and pacer.message and not isinstance(exc, QuotaReached | FatalApiError):
+            outcome = PartOutcome(outcome.index, outcome.status, outcome.summary, pacer.message)
+        return outcome
+    finally:
+        await pacer.close()

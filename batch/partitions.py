@@ -1,0 +1,193 @@
+"""Partitioned inputs and outputs: a folder, a glob or a URL of Parquet/CSV/JSONL files in, a folder of
+Parquet parts out (one per input partition, in partition order), local or remote.
+
+    [input] path ─► partitions (sorted) ─► each fetched to a local file ─► the engine ─► staged part
+                                                                                         │ publish
+    [output] path/part-00000.parquet, part-00001.parquet, ...  (+ <output>.report.json)  ◄┘
+
+Remote locations (`s3://`, `gs://`, `https://`, ...) go through fsspec, which this module alone
+imports (lazily: a local run needs none of it). Credentials and endpoints come from the standard
+environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...): s3fs reads them, whereas pyarrow's own
+S3FileSystem ignores AWS_ENDPOINT_URL, so it is never used here. A part is published atomically:
+renamed into place on a local disk; one PUT on an object store, which readers see whole or not at all.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a partitioned job reads, writes and journals (absolute local paths, or URLs)."""
+
+    input: str
+    output: str
+    state: Path  # a local folder every worker reaches: one SQLite journal per partition
+
+
+@dataclass(frozen=True)
+class Partition:
+    index: int
+    location: str  # absolute local path or URL
+    format: str
+    version: str  # size and modification time (or ETag): a changed file is a new partition
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}.parquet"
+
+
+def is_remote(location: str) -> bool:
+    return "://" in location
+
+
+def is_partitioned(job_dir: Path, raw: str) -> bool:
+    """Whether an [input] path names a dataset (folder, glob, URL) rather than one file."""
+    return is_remote(raw) or any(c in raw for c in "*?[") or (job_dir / raw).is_dir()
+
+
+def layout(job_file: Path, raw_in: str, raw_out: str | None, raw_state: str | None) -> Layout:
+    """Resolve a partitioned job's locations; default output `<input>.enriched`, default state the
+    output + `.state` (or beside the job file, when the output is remote)."""
+    base = job_file.parent
+    src = raw_in if is_remote(raw_in) else str((base / raw_in).resolve())
+    root = src.rstrip("/")
+    if any(c in root for c in "*?["):  # a glob: the output sits beside the folder it names
+        root = root[:root.rfind("/", 0, min(root.find(c) for c in "*?[" if c in root))]
+    out = (raw_out if is_remote(raw_out) else str((base / raw_out).resolve())) if raw_out else \
+        root + ".enriched"
+    out = out.rstrip("/")
+    state = (base / raw_state).resolve() if raw_state else (
+        base / f"{job_file.stem}.state" if is_remote(out) else Path(out + ".state"))
+    return Layout(src, out, state)
+
+
+def _fs(location: str) -> tuple[Any, str]:
+    try:
+        import fsspec  # type: ignore[import-untyped]
+    except ImportError:
+        raise InputError(f"{location}: remote inputs and outputs need fsspec; "
+                         'pip install "batch[dask]"') from None
+    try:
+        return fsspec.core.url_to_fs(location)  # type: ignore[no-any-return]
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"{location}: no filesystem for this URL ({exc}); for s3:// install s3fs "
+                         '(pip install "batch[dask]")') from exc
+
+
+def list_partitions(location: str, fmt: str | None) -> list[Partition]:
+    """The dataset's files, sorted by path (their order is the output's); never empty."""
+    found: list[tuple[str, str]] = []  # (location, version)
+    if is_remote(location):
+        fs, path = _fs(location)
+        try:
+            infos = fs.glob(path, detail=True) if any(c in path for c in "*?[") else \
+                fs.find(path, detail=True)
+        except Exception as exc:  # fsspec's backends raise their own kinds (botocore: no credentials)
+            raise InputError(f"[input] path: cannot list {location}: {type(exc).__name__}: {exc}; check the "
+                             "bucket and prefix, and the credentials in the environment (AWS_ACCESS_KEY_ID, "
+                             "AWS_ENDPOINT_URL, ...)") from None
+        for p, info in sorted(infos.items()):
+            if info.get("type", "file") == "file":
+                url = fs.unstrip_protocol(p)
+                found.append((url, f"{info.get('size')}:{info.get('ETag') or info.get('mtime') or ''}"))
+    else:
+        paths = sorted(glob.glob(location)) if any(c in location for c in "*?[") else \
+            sorted(str(p) for p in Path(location).rglob("*"))
+        for p in paths:
+            if os.path.isfile(p):
+                st = os.stat(p)
+                found.append((p, f"{st.st_size}:{st.st_mtime_ns}"))
+    parts: list[Partition] = []
+    for loc, version in found:
+        name = loc.rsplit("/", 1)[-1]
+        kind = fmt or EXTENSIONS.get(os.path.splitext(name)[1].lower())
+        if name.startswith((".", "_")) or kind is None:  # hidden, _SUCCESS, a report, ...: not data
+            continue
+        parts.append(Partition(len(parts), loc, kind, version))
+    if not parts:
+        raise InputError(f"[input] path: no .parquet, .csv or .jsonl files in {location}; check the path "
+                         "(a folder, a glob such as data/*.csv, or a URL such as s3://bucket/prefix/)")
+    return parts
+
+
+def fetch(part: Partition, cache: Path) -> Path:
+    """A local file with the partition's bytes: the file itself, or a download kept in `cache`."""
+    if not is_remote(part.location):
+        return Path(part.location)
+    ext = os.path.splitext(part.location)[1] or f".{part.format}"
+    local = cache / f"in-{part.index:05d}{ext}"
+    stamp = local.with_name(local.name + ".version")
+    if local.exists() and stamp.exists() and stamp.read_text() == part.version:
+        return local
+    cache.mkdir(parents=True, exist_ok=True)
+    fs, path = _fs(part.location)
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+    try:
+        fs.get(path, str(tmp))
+    except (FileNotFoundError, PermissionError, OSError) as exc:
+        raise InputError(f"cannot read {part.location}: {exc}") from exc
+    os.replace(tmp, local)
+    stamp.write_text(part.version)
+    return local
+
+
+def publish(file: Path, output: str, name: str) -> None:
+    """Copy a finished file to `output/name`, atomically."""
+    if is_remote(output):
+        fs, path = _fs(output)
+        fs.put(str(file), f"{path}/{name}")  # one PUT: the object appears whole or not at all
+        return
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.{os.getpid()}.tmp"  # hidden: readers of the folder never see it
+    shutil.copyfile(file, tmp)
+    os.replace(tmp, folder / name)
+
+
+def check_output(output: str) -> None:
+    """Refuse, before anything is sent, a remote output whose bucket is missing (a local folder is
+    created as needed)."""
+    if is_remote(output):
+        fs, path = _fs(output)
+        bucket = path.split("/", 1)[0]
+        try:
+            there = fs.exists(bucket)
+        except Exception as exc:  # as in list_partitions: the backend's own kinds
+            raise InputError(f"[output] path: cannot reach {output}: {type(exc).__name__}: {exc}") from None
+        if not there:
+            raise InputError(f"[output] path: the bucket of {output} does not exist; create it, or fix "
+                             "the path")
+
+
+def published(output: str, name: str) -> bool:
+    if is_remote(output):
+        fs, path = _fs(output)
+        return bool(fs.exists(f"{path}/{name}"))
+    return (Path(output) / name).is_file()
+
+
+def beside(output: str, suffix: str) -> str:
+    """A location next to the output folder: `<output><suffix>`."""
+    return output.rstrip("/") + suffix
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a small text file (a report) locally or remotely, replacing it whole."""
+    if is_remote(location):
+        fs, path = _fs(location)
+        fs.pipe_file(path, text.encode("utf-8"))
+        return
+    tmp = Path(location + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(location)

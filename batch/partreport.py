@@ -1,0 +1,85 @@
+"""The report of a partitioned run: the parts' reports added up into one `Summary`, written beside the
+output folder as `<output>.report.json` (local or remote), with the same fields as a one-file run.
+
+Counts, tokens and cost add up; the pace is this run's requests over its wall-clock time; latency
+percentiles are approximations from the parts' own (p50: the mean of the parts' p50 weighted by their
+requests; p95: the highest part's p95), as the parts' histograms stay on the workers. A part done by an
+earlier run counts its rows (as answered from the store) and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+from . import partitions
+from .report import Summary
+
+if TYPE_CHECKING:
+    from .config import Job
+    from .parts import PartOutcome
+
+_SUMMED = ("rows", "rows_ok", "rows_failed", "rows_from_store", "requests_sent", "retries",
+           "rate_limited_429", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+           "batch_requests", "batches", "batch_results")
+
+
+def merge(job: Job, outcomes: Sequence[PartOutcome], *, total: int, elapsed_s: float) -> Summary:
+    sums: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    cost: float | None = 0.0
+    p50_weighted = 0.0
+    p95: float | None = None
+    rss: float | None = None
+    for o in outcomes:
+        s: dict[str, Any] = o.summary or {}
+        if o.status == "skipped":
+            for k in ("rows", "rows_ok", "rows_failed"):
+                sums[k] += int(s.get(k) or 0)
+            sums["rows_from_store"] += int(s.get("rows") or 0)
+            continue
+        for k in _SUMMED:
+            sums[k] += int(s.get(k) or 0)
+        errors.update(s.get("errors") or {})
+        c = s.get("estimated_cost_usd")
+        cost = None if c is None or cost is None else cost + float(c)
+        if s.get("latency_p50_s") is not None:
+            p50_weighted += float(s["latency_p50_s"]) * int(s.get("requests_sent") or 0)
+        if s.get("latency_p95_s") is not None:
+            p95 = max(p95 or 0.0, float(s["latency_p95_s"]))
+        if s.get("peak_rss_mb") is not None:
+            rss = max(rss or 0.0, float(s["peak_rss_mb"]))
+    statuses = {o.status for o in outcomes}
+    status = ("fatal" if "fatal" in statuses else "stopped" if "stopped" in statuses or len(outcomes) < total
+              else "failed-rows" if sums["rows_failed"] else "complete")
+    minutes = max(elapsed_s, 1e-9) / 60.0
+    tokens = sums["input_tokens"] + sums["output_tokens"]
+    messages = [o.message for o in outcomes if o.message]
+    message = messages[0] if messages else (f"{sums['rows_failed']} rows failed; see the error column."
+                                            if sums["rows_failed"] else None)
+    values: dict[str, Any] = {k: sums[k] for k in _SUMMED}
+    values.update(
+        status=status, estimated_cost_usd=None if cost is None else round(cost, 6),
+        elapsed_s=round(elapsed_s, 3), requests_per_min=round(sums["requests_sent"] / minutes, 1),
+        tokens_per_min=round(tokens / minutes, 1),
+        latency_p50_s=round(p50_weighted / sums["requests_sent"], 3) if sums["requests_sent"] else None,
+        latency_p95_s=p95, peak_rss_mb=rss, model=job.task.model, output=job.output.dataset,
+        errors=dict(errors), message=message, mode="online")
+    assert set(values) == {f.name for f in fields(Summary)}
+    return Summary(**values)
+
+
+def report_location(job: Job) -> str:
+    assert job.output.dataset is not None
+    return partitions.beside(job.output.dataset, ".report.json")
+
+
+def finish(job: Job, outcomes: Sequence[PartOutcome], *, total: int, started: float) -> Summary:
+    """The run's summary (`started`: its `time.monotonic()` start), written beside the output folder."""
+    elapsed = time.monotonic() - started
+    summary = merge(job, sorted(outcomes, key=lambda o: o.index), total=total, elapsed_s=elapsed)
+    partitions.write_text(report_location(job), summary.to_json() + "\n")
+    return summary
