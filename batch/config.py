@@ -45,7 +45,7 @@ class InputSpec:
 class TaskSpec:
     model: str
     prompt: str
-    system_message: str = "You are a helpful assistant."
+    system_message: str = "You are a helpful assistant."  # "": no system message at all
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

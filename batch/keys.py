@@ -34,6 +34,7 @@ class Key:
     choices: tuple[str, ...] = ()
     example: str = ""  # shown when a required key is missing
     max_items: int = 0  # "strings": the most items an array may hold
+    may_be_empty: bool = False  # "" is a value of its own (system-message = "": send none)
 
 
 REASONING_EFFORTS = ("low", "medium", "high", "none", "default")
@@ -50,8 +51,8 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("prompt", "template", "The user message: `${column}` placeholders, `$$` for a literal `$`.",
             required=True, example='prompt = "Summarise: ${text}"'),
         Key("system-message", "template",
-            "The system message; a template too. Not sent for a row that has a chat history.",
-            default="You are a helpful assistant."),
+            'The system message; a template too. `""` sends none. Not sent for a row that has a chat '
+            "history.", default="You are a helpful assistant.", may_be_empty=True),
         Key("max-new-tokens", "integer", "Completion budget, sent as `max_completion_tokens`.", lo=1),
         Key("temperature", "number", "Sampling temperature; 0 is sent as 0.", lo=0, hi=2),
         Key("top-p", "number", "Nucleus sampling.", lo=0, hi=1),
@@ -151,8 +152,11 @@ def check_value(key: Key, value: object, base: Path) -> tuple[Any, str | None]:
         return num, None
     if not isinstance(value, str):
         return None, f"must be a string, got {show(value)}"
+    if key.may_be_empty and value == "":
+        return value, None
     if not value.strip():
-        return None, "must not be empty" + ("" if key.required else "; remove the key to use the default")
+        return None, "must not be empty" + ("" if key.required else "; remove the key to use the default") \
+            + ('; "" (nothing between the quotes) means none' if key.may_be_empty else "")
     if key.choices and value.lower() not in key.choices:
         return None, f"must be one of {', '.join(map(json.dumps, key.choices))}, got {show(value)}"
     if key.kind == "url" and not value.startswith(("http://", "https://")):

@@ -66,6 +66,7 @@ class Renderer:
         self.model = task.model
         self.key = key  # a column that names a row in messages
         self.prompt = Template(task.prompt)
+        # `system-message = ""` sends none; the default keeps the bytes (and fingerprints) it always had.
         self.system = Template(task.system_message) if task.system_message else None
         # Template columns must hold a value; history and image columns may be null (none).
         self.template_columns = list(dict.fromkeys(

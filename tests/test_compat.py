@@ -1,0 +1,79 @@
+"""Any OpenAI-compatible server: what goes over the wire to a server that is not Groq, and to Groq.
+
+A local server records every body it is sent (`Recorder`); `python -m batch run` runs against it as a
+subprocess. The bytes sent to Groq are pinned: a job that ran before keeps its fingerprints (and so
+its stored answers) whatever is added for other servers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from aiohttp import web
+from conftest import BackgroundLoop, LocalServer, completion
+from nasty import write_csv
+
+from batch.config import parse_job
+from batch.prompts import Renderer
+
+RunBatch = Callable[..., subprocess.CompletedProcess[str]]
+WriteJob = Callable[..., Path]
+
+
+class Recorder(LocalServer):
+    """Answers "ok" to every chat request and keeps each request's JSON body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[dict[str, Any]] = []
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        return completion("ok")
+
+
+def rows(n: int) -> list[dict[str, str | None]]:
+    return [{"id": str(i), "name": f"Person {i}", "experience": f"experience number {i}"} for i in range(n)]
+
+
+def test_an_empty_system_message_sends_none(tmp_path: Path, background_loop: BackgroundLoop,
+                                            write_job: WriteJob, run_batch: RunBatch) -> None:
+    server = Recorder()
+    url = background_loop.run(server.start())
+    write_csv(rows(3), tmp_path / "in.csv")
+    job = write_job("in.csv", task={"system-message": ""})
+
+    proc = run_batch(job, "--base-url", url)
+
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.bodies) == 3
+    for body in server.bodies:
+        assert [m["role"] for m in body["messages"]] == ["user"], body
+    assert pq.read_table(tmp_path / "out.parquet").column("text").to_pylist() == ["ok"] * 3
+
+
+# The body (and so the fingerprint) of a plain job, as every earlier version sent it to Groq.
+PINNED_JOB = """
+[input]
+path = "in.csv"
+[task]
+model = "openai/gpt-oss-20b"
+prompt = "Rewrite: ${experience}"
+max-new-tokens = 300
+temperature = 0
+seed = 7
+"""
+PINNED_BODY = ('{"model":"openai/gpt-oss-20b","messages":[{"role":"system","content":"You are a helpful '
+               'assistant."},{"role":"user","content":"Rewrite: x"}],"temperature":0.0,'
+               '"max_completion_tokens":300,"seed":7}')
+
+
+def test_the_bytes_sent_to_groq_do_not_change(tmp_path: Path) -> None:
+    job = parse_job(PINNED_JOB, tmp_path / "job.toml")
+    request = Renderer(job.task).request(0, {"experience": "x"})
+    assert request.body.decode() == PINNED_BODY
+    assert request.fingerprint == "fa349e8d45b1a7486de6c1d7eb779a2c"
