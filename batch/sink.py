@@ -90,6 +90,13 @@ class OutputWriter:
         finally:
             os.close(fd)
         os.replace(self._tmp, self.path)
+        # The rename lives in the folder: until the folder is synced, a power cut may bring back the
+        # previous output (or none) even though the new one's bytes are on disk.
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def abort(self) -> None:
         try:

@@ -8,13 +8,14 @@ its stored answers) whatever is added for other servers.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from aiohttp import web
-from conftest import BackgroundLoop, LocalServer, completion
+from conftest import BackgroundLoop, LocalServer, cli_env, completion
 from nasty import write_csv
 
 from batch.config import parse_job
@@ -77,3 +78,68 @@ def test_the_bytes_sent_to_groq_do_not_change(tmp_path: Path) -> None:
     request = Renderer(job.task).request(0, {"experience": "x"})
     assert request.body.decode() == PINNED_BODY
     assert request.fingerprint == "fa349e8d45b1a7486de6c1d7eb779a2c"
+
+
+class Rejecter(LocalServer):
+    """Refuses every chat request with a 400 whose message holds common words."""
+
+    async def chat(self, request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "Input should be 'text' or 'image_url'",
+                                             "type": "invalid_request_error"}}, status=400)
+
+
+def test_a_short_key_is_not_blotted_out_of_words(tmp_path: Path, background_loop: BackgroundLoop,
+                                                 write_job: WriteJob) -> None:
+    url = background_loop.run(Rejecter().start())
+    write_csv(rows(2), tmp_path / "in.csv")
+    job = write_job("in.csv")
+
+    # A local server takes any key; "x" is in every other word, so `run_batch`'s leak check cannot hold.
+    proc = subprocess.run([sys.executable, "-m", "batch", "run", str(job), "--base-url", url],
+                          env=cli_env("x"), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode == 1, proc.stderr
+    errors = pq.read_table(tmp_path / "out.parquet").column("error").to_pylist()
+    assert errors == ["400: Input should be 'text' or 'image_url'"] * 2
+
+
+class Target:
+    """Where redirects lead: records the Authorization header of everything it is sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.any)
+
+    async def any(self, request: web.Request) -> web.Response:
+        self.seen.append((f"{request.method} {request.path}", request.headers.get("Authorization")))
+        return web.json_response({"object": "list", "data": [{"id": "openai/gpt-oss-20b"}]})
+
+
+async def serve(app: web.Application) -> str:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def test_redirects_never_carry_the_key_elsewhere(tmp_path: Path, background_loop: BackgroundLoop,
+                                                 write_job: WriteJob, run_batch: RunBatch) -> None:
+    target = Target()
+    elsewhere = background_loop.run(serve(target.app))  # another port: another origin
+    redirector = web.Application()
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"{elsewhere}{request.path}")
+
+    redirector.router.add_route("*", "/{tail:.*}", moved)
+    url = background_loop.run(serve(redirector)) + "/v1"
+    write_csv(rows(2), tmp_path / "in.csv")
+    job = write_job("in.csv")
+
+    proc = run_batch(job, "--base-url", url)
+
+    # The model list (a GET) is followed, without the key; the chat request (a POST) is not followed.
+    assert target.seen == [("GET /v1/models", None)], target.seen
+    assert proc.returncode == 4, proc.stderr
+    assert "was redirected (HTTP 307)" in proc.stderr and "does not follow a redirect" in proc.stderr

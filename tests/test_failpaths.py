@@ -6,18 +6,26 @@ fit their columns. Each test says what the user sees (exit code, one clear line)
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
+from conftest import BackgroundLoop
 from nasty import write_csv
 
-from batch.sim import Simulator
+from batch.sim import SimConfig, Simulator
+from batch.sink import OutputWriter
 
 StartSim = Callable[..., tuple[str, Simulator]]
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def rows(n: int) -> list[dict[str, str | None]]:
@@ -49,3 +57,59 @@ def test_unwritable_paths_are_refused_before_sending(tmp_path: Path, simulator: 
     line = next(x for x in proc.stderr.splitlines() if key in x)
     assert value.split("/")[-1][:40] in line, line
     assert not (tmp_path / "deep").exists()
+
+
+# -- batch mode leaves no request file behind -----------------------------------------------------------
+
+def test_a_refused_upload_and_an_orphaned_file_leave_no_local_file(
+        tmp_path: Path, background_loop: BackgroundLoop, write_job: WriteJob, run_batch: RunBatch) -> None:
+    sim = Simulator(SimConfig(rpm=10**6, tpm=10**12, rpd=10**9, tpd=10**15, batch_validate_s=0.05,
+                              batch_finalize_s=0.05))
+    refuse = {"on": True}
+
+    @web.middleware
+    async def refuse_uploads(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if refuse["on"] and request.method == "POST" and request.path.endswith("/files"):
+            return web.json_response({"error": {"message": "uploads are closed for this organization",
+                                                "type": "invalid_request_error"}}, status=400)
+        return await handler(request)
+
+    sim.app.middlewares.append(refuse_uploads)
+    url = background_loop.run(sim.start())
+    try:
+        write_csv(rows(4), tmp_path / "in.csv")
+        job = write_job("in.csv", run={"mode": "batch", "poll-interval": 0.2})
+        folder = tmp_path / "out.parquet.state.sqlite.batches"
+
+        first = run_batch(job, "--base-url", url)
+        assert first.returncode == 4, first.stderr
+        assert "uploads are closed" in first.stderr
+        assert not folder.exists() or list(folder.iterdir()) == [], "the refused upload's file was left"
+
+        # A run killed while writing a request file leaves it half-written; the next run removes it.
+        folder.mkdir(exist_ok=True)
+        (folder / "writing-4194304-1.jsonl").write_bytes(b'{"custom_id":"half')
+        refuse["on"] = False
+        second = run_batch(job, "--base-url", url)
+        assert second.returncode == 0, second.stderr
+        assert not folder.exists() or list(folder.iterdir()) == []
+    finally:
+        background_loop.run(sim.stop())
+
+
+def test_the_output_folder_is_synced_after_the_rename(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[tuple[str, bool]] = []  # (what, whether the output was in place at that moment)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append((kind, (tmp_path / "out.parquet").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    schema = pa.schema([("id", pa.string())])
+    with OutputWriter(tmp_path / "out.parquet", "parquet", schema, "text") as out:
+        out.write(pa.record_batch([pa.array(["1"])], schema=schema), ["no request"])
+    assert synced == [("file", False), ("folder", True)]
+    assert pq.read_table(tmp_path / "out.parquet").column("error").to_pylist() == ["no request"]

@@ -130,6 +130,10 @@ class BatchMode:
 
     # -- recovery ----------------------------------------------------------------------------------
     async def _recover(self) -> None:
+        # A file still being written when its run died was never recorded nor uploaded: the store's
+        # lock means no other run is writing one now, so each is an orphan (its requests are pending).
+        for orphan in self._folder.glob("writing-*.jsonl"):
+            orphan.unlink(missing_ok=True)
         for u in self._ledger.uploads(open_only=True):
             if u.batch_id is None:
                 log.info("batch: continuing %s, left %s by an earlier run", u.name, u.status)
