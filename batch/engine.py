@@ -30,6 +30,7 @@ from .prompts import Renderer
 from .report import RunStats, Summary
 from .source import Rows
 from .store import Store
+from .structured import shape_of
 
 log = logging.getLogger("batch")
 
@@ -111,7 +112,7 @@ class Run:
         job, opts = self.job, self.opts
         total = self.rows.num_rows if opts.limit is None else min(opts.limit, self.rows.num_rows)
         stage = OnlinePass(self.rows, renderer, store, self.stats, limits=job.limits, limit=opts.limit,
-                           retry_failed=opts.retry_failed)
+                           retry_failed=opts.retry_failed, shape=shape_of(job.task.response_format))
         self._stage = stage
         if self.interrupted:
             stage.stop()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.structured import schema_problem
 from batch.template import parse_template
 
 # Names that can only mean a credential. `key` is one too, except in [input], where it names a column.
@@ -223,7 +224,9 @@ def _check_response_format(value: object, base: Path) -> tuple[Any, str | None]:
     spec: dict[str, Any] = {"name": name, "schema": schema}
     if strict is not None:
         spec["strict"] = strict
-    return {"type": "json_schema", "json_schema": spec}, None
+    response_format = {"type": "json_schema", "json_schema": spec}
+    problem = schema_problem(response_format)  # answers could never be checked against it
+    return (None, problem) if problem else (response_format, None)
 
 
 def unknown_name(label: str, table: str | None, name: str, value: object) -> str:

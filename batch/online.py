@@ -23,14 +23,16 @@ from .report import RunStats
 from .retry import RetryPolicy
 from .source import Rows
 from .store import Store
+from .structured import Shape, judge
 
 
 class OnlinePass:
     """Sends what is missing; `stop()` stops taking new rows (requests in flight finish)."""
 
     def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
-                 limit: int | None, retry_failed: bool) -> None:
+                 limit: int | None, retry_failed: bool, shape: Shape | None = None) -> None:
         self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
+        self._shape = shape  # a json_schema response format: answers are judged as they arrive
         self._limits, self._limit, self._retry_failed = limits, limit, retry_failed
         self.pool: Pool | None = None
         self._stopped = False
@@ -55,6 +57,7 @@ class OnlinePass:
             # Commit right after the current loop iteration: answers that arrive together share one
             # transaction, and a kill -9 loses no answer that was received (only those on the wire).
             nonlocal commit_pending
+            answer = judge(self._shape, answer)
             store.put(answer)
             if not commit_pending:
                 commit_pending = True

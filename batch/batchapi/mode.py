@@ -31,6 +31,7 @@ from ..progress import BatchProgress
 from ..records import Answer, Request
 from ..report import RunStats
 from ..store import Store
+from ..structured import Shape, judge
 from .endpoints import BatchApi
 from .files import ChunkWriter, Results, read_results
 from .ledger import Ledger, Upload
@@ -58,11 +59,12 @@ class BatchMode:
 
     def __init__(self, client: BatchApi, store: Store, stats: RunStats, progress: BatchProgress, *,
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
-                 retry_failed: bool = False) -> None:
+                 retry_failed: bool = False, shape: Shape | None = None) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
         self._ledger = Ledger(store)
         self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait
         self._retry_failed = retry_failed
+        self._shape = shape  # a json_schema response format: results are judged as they are merged
         # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
         self._prefix = "batch-" + store.meta("upload_prefix", f"{random.getrandbits(48):012x}")
         self._left: set[str] = set()  # fingerprints a batch left unanswered this run: not re-submitted
@@ -188,7 +190,7 @@ class BatchMode:
         fetched = [await self._download(obj[key], self._folder / f"{u.name}.{key.split('_')[0]}")
                    for key in ("output_file_id", "error_file_id") if isinstance(obj.get(key), str)]
         answered: set[str] = set()
-        for a in (a for results in fetched for a in results.answers):
+        for a in (judge(self._shape, a) for results in fetched for a in results.answers):
             if a.fingerprint in expected:
                 self._store.put(a)
                 self._stats.record_answer(a, batch=True)

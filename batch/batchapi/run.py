@@ -21,6 +21,7 @@ from ..records import Request
 from ..report import RunStats
 from ..source import Rows
 from ..store import Store
+from ..structured import shape_of
 from .endpoints import BatchApi
 from .files import remove_folder_if_empty, upload_folder
 from .ledger import Ledger
@@ -57,7 +58,8 @@ class BatchPass:
                           connections=4) as client:
             mode = BatchMode(BatchApi(client), self._store, self._stats, progress, folder=folder,
                              window=job.run.completion_window, poll_max_s=job.run.poll_interval,
-                             wait=self._wait, job_name=job.file.name, retry_failed=self._retry_failed)
+                             wait=self._wait, job_name=job.file.name, retry_failed=self._retry_failed,
+                             shape=shape_of(job.task.response_format))
             self._mode = mode
             if self.stopped:
                 mode.stop()
