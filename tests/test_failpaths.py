@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
@@ -113,3 +114,31 @@ def test_the_output_folder_is_synced_after_the_rename(tmp_path: Path,
         out.write(pa.record_batch([pa.array(["1"])], schema=schema), ["no request"])
     assert synced == [("file", False), ("folder", True)]
     assert pq.read_table(tmp_path / "out.parquet").column("error").to_pylist() == ["no request"]
+
+
+# -- a CSV output of nested input columns ---------------------------------------------------------------
+
+def test_nested_input_columns_go_into_a_csv_output_as_json(tmp_path: Path, simulator: tuple[str, Simulator],
+                                                           write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = simulator
+    table = pa.table({
+        "name": ["a", "b", "c"],
+        "experience": ["x", "y", "z"],
+        "tags": pa.array([["red", "é"], None, []], pa.list_(pa.string())),
+        "meta": pa.array([{"n": 1, "when": "now"}, {"n": None, "when": "later"}, None]),
+        "pairs": pa.array([[("k", 1)], [], None], pa.map_(pa.string(), pa.int64())),
+    })
+    pq.write_table(table, tmp_path / "in.parquet")
+    job = write_job("in.parquet", output={"path": "out.csv"})
+
+    proc = run_batch(job, "--base-url", url)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = pacsv.read_csv(tmp_path / "out.csv", convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in ("tags", "meta", "pairs")}, strings_can_be_null=True,
+        quoted_strings_can_be_null=False)).to_pylist()
+    assert [r["tags"] for r in out] == ['["red", "é"]', None, "[]"]
+    assert [r["meta"] for r in out] == ['{"n": 1, "when": "now"}', '{"n": null, "when": "later"}', None]
+    assert [r["pairs"] for r in out] == ['[["k", 1]]', "[]", None]
+    assert [r["error"] for r in out] == [None] * 3 and len(sim.log) == 3
