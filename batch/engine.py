@@ -105,6 +105,10 @@ class Run:
         progress = BatchProgress(tty=opts.tty, enabled=opts.progress)
         try:
             return await stage.run(self.endpoint, progress)
+        except OSError as exc:  # a request or result file beside the state: disk full, read-only
+            raise Stopped(f"could not write beside the state {self.job.state.path}: {exc}. Every answer "
+                          "and every submitted batch is recorded; free space, then run the same command "
+                          "(nothing is submitted twice).") from exc
         finally:
             progress.close()
 
@@ -136,8 +140,9 @@ class Run:
                                    text_column=job.output.text_column,
                                    response_format=job.task.response_format, limit=self.opts.limit)
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
-            raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved; "
-                          "fix this and run the same command again (it sends nothing more).") from exc
+            raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved "
+                          "and the previous output is as it was; free space (or make the folder writable), "
+                          "then run the same command (it sends nothing more).") from exc
         failed = written.failed
         message = None if failed == 0 else (f"{failed} rows failed; see the error column. Rows that failed "
                                             "transiently are retried by the next run (--retry-failed: all).")
@@ -145,7 +150,11 @@ class Run:
                                 model=job.task.model, rows=written.rows, rows_ok=written.ok,
                                 rows_failed=failed, rows_from_store=written.from_store,
                                 output=job.output.path, message=message, mode=self.mode)
-        summary.write_json(report_path(job))
+        try:
+            summary.write_json(report_path(job))
+        except OSError as exc:  # the output is in place; only the report beside it is missing
+            raise Stopped(f"could not write the report {report_path(job)}: {exc}. The output is written "
+                          "and every answer is saved; free space, then run the same command.") from exc
         store.finish_run(summary.to_json())
         return summary
 

@@ -9,7 +9,8 @@ flight rather than the input. Identical requests (rows that would send the same 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 from .client import Client
 from .config import LimitsSpec
@@ -22,7 +23,7 @@ from .records import Answer, Request
 from .report import RunStats
 from .retry import RetryPolicy
 from .source import Rows
-from .store import Store
+from .store import Store, StoreWriteError
 from .structured import Shape, judge
 
 
@@ -35,6 +36,7 @@ class OnlinePass:
         self._shape = shape  # a json_schema response format: answers are judged as they arrive
         self._limits, self._limit, self._retry_failed = limits, limit, retry_failed
         self.pool: Pool | None = None
+        self.write_error: StoreWriteError | None = None
         self._stopped = False
 
     def stop(self) -> None:
@@ -51,14 +53,24 @@ class OnlinePass:
         def commit() -> None:
             nonlocal commit_pending
             commit_pending = False
-            store.flush()
+            saving(store.flush)
+
+        def saving(write: Callable[[], None]) -> None:
+            # A full disk stops the run (the answers in flight still arrive and stay buffered); the
+            # error is raised once the pool has wound down.
+            try:
+                write()
+            except StoreWriteError as exc:
+                self.write_error = self.write_error or exc
+                if self.pool is not None:
+                    self.pool.stop("the state cannot be written")
 
         def on_answer(answer: Answer) -> None:
             # Commit right after the current loop iteration: answers that arrive together share one
             # transaction, and a kill -9 loses no answer that was received (only those on the wire).
             nonlocal commit_pending
             answer = judge(self._shape, answer)
-            store.put(answer)
+            saving(functools.partial(store.put, answer))
             if not commit_pending:
                 commit_pending = True
                 loop.call_soon(commit)
@@ -77,7 +89,9 @@ class OnlinePass:
             try:
                 await pool.run(self._pending(pool, progress))
             finally:
-                store.flush()
+                saving(store.flush)
+        if self.write_error is not None:
+            raise self.write_error
         return pool
 
     def _pending(self, pool: Pool, progress: Progress) -> Iterator[Request]:

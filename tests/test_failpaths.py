@@ -7,8 +7,13 @@ fit their columns. Each test says what the user sees (exit code, one clear line)
 from __future__ import annotations
 
 import os
+import resource
+import secrets
+import signal
+import sqlite3
 import stat
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop
+from conftest import BackgroundLoop, cli_env
 from nasty import write_csv
 
 from batch.sim import SimConfig, Simulator
@@ -142,3 +147,88 @@ def test_nested_input_columns_go_into_a_csv_output_as_json(tmp_path: Path, simul
     assert [r["meta"] for r in out] == ['{"n": 1, "when": "now"}', '{"n": null, "when": "later"}', None]
     assert [r["pairs"] for r in out] == ['[["k", 1]]', "[]", None]
     assert [r["error"] for r in out] == [None] * 3 and len(sim.log) == 3
+
+
+# -- a full disk: every committed answer kept, the previous output intact, exit 3 -----------------------
+
+def run_capped(job: Path, url: str, key: str, cwd: Path,
+               max_file_bytes: int) -> subprocess.CompletedProcess[str]:
+    """`python -m batch run` in a child whose files cannot grow past `max_file_bytes` (the kernel's
+    RLIMIT_FSIZE, with SIGXFSZ ignored so a write fails with EFBIG instead of killing the process): a
+    disk that fills up, for this process alone."""
+    def cap() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    proc = subprocess.run([sys.executable, "-m", "batch", "run", str(job), "--base-url", url],
+                          env=cli_env(key), cwd=cwd, capture_output=True, text=True, timeout=120,
+                          preexec_fn=cap)
+    assert key not in proc.stderr + proc.stdout
+    return proc
+
+
+def bulky_rows(n: int, start: int = 0) -> list[dict[str, str | None]]:
+    # Random text does not compress: every answer costs its size in the store and in the output.
+    return [{"id": str(i), "name": f"Person {i}", "experience": secrets.token_hex(600)}
+            for i in range(start, start + n)]
+
+
+def ok_answers(state: Path) -> int:
+    with sqlite3.connect(state) as db:
+        return int(db.execute("SELECT COUNT(*) FROM answers WHERE error IS NULL").fetchone()[0])
+
+
+def test_a_full_disk_under_the_store_stops_clean_and_loses_no_committed_answer(
+        tmp_path: Path, simulator: tuple[str, Simulator], write_job: WriteJob, run_batch: RunBatch,
+        api_key: str) -> None:
+    url, sim = simulator
+    first = bulky_rows(5)
+    write_csv(first, tmp_path / "in.csv")
+    job = write_job("in.csv", limits={"concurrency": 2})
+    assert run_batch(job, "--base-url", url).returncode == 0
+    output, state = tmp_path / "out.parquet", tmp_path / "out.parquet.state.sqlite"
+    previous = output.read_bytes()
+
+    more = first + bulky_rows(300, start=5)
+    write_csv(more, tmp_path / "in.csv")
+    capped = run_capped(job, url, api_key, tmp_path, max_file_bytes=state.stat().st_size + 120_000)
+
+    assert capped.returncode == 3, capped.stderr
+    assert "Traceback" not in capped.stderr, capped.stderr
+    assert "free space" in capped.stderr.lower() and "run the same command" in capped.stderr
+    assert output.read_bytes() == previous, "the previous output did not survive"
+    kept = ok_answers(state)
+    assert 5 < kept < len(more), "no answer was committed before the disk was full, or none failed"
+    sent_before = len(sim.log)
+
+    again = run_batch(job, "--base-url", url)  # space freed
+
+    assert again.returncode == 0, again.stderr
+    assert ok_answers(state) == len(more)
+    assert len(sim.log) - sent_before == len(more) - kept, "a committed answer was paid for again"
+    assert [r["id"] for r in pq.read_table(output).to_pylist()] == [r["id"] for r in more]
+
+
+def test_a_full_disk_under_the_output_keeps_the_previous_output(
+        tmp_path: Path, simulator: tuple[str, Simulator], write_job: WriteJob, run_batch: RunBatch,
+        api_key: str) -> None:
+    url, sim = simulator
+    rows_ = bulky_rows(200)
+    write_csv(rows_[:3], tmp_path / "in.csv")
+    job = write_job("in.csv", state={"path": "state/job.sqlite"})
+    assert run_batch(job, "--base-url", url).returncode == 0
+    output = tmp_path / "out.parquet"
+    previous = output.read_bytes()
+    write_csv(rows_, tmp_path / "in.csv")
+    assert run_batch(job, "--base-url", url, "--limit", "200").returncode == 0  # every answer stored
+    output.write_bytes(previous)
+    sent = len(sim.log)
+
+    capped = run_capped(job, url, api_key, tmp_path, max_file_bytes=100_000)  # < the new output
+
+    assert capped.returncode == 3, capped.stderr
+    assert "Traceback" not in capped.stderr, capped.stderr
+    assert "could not write the output" in capped.stderr and "free space" in capped.stderr.lower()
+    assert output.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+    assert len(sim.log) == sent, "the answers were asked again"
