@@ -72,6 +72,7 @@ class LimitsSpec:
     concurrency: int = 8
     max_attempts: int = 6
     request_timeout: float = 120.0
+    max_cost_usd: float | None = None  # the spend cap of one run (`budget`)
 
 
 @dataclass(frozen=True)

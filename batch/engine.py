@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .batchapi.run import BatchPass, refuse_open_batches
+from .budget import Budget
 from .config import Job
 from .endpoint import Endpoint
 from .errors import Stopped
@@ -56,6 +57,7 @@ class Run:
         self.mode = self.opts.mode or job.run.mode
         self.interrupted = False
         self._stage: OnlinePass | BatchPass | None = None
+        self.budget: Budget | None = None  # [limits] max-cost-usd: what this run may still spend
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -74,6 +76,8 @@ class Run:
                 log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
                             "parameter and rejects requests that carry it", job.task.top_k)
             renderer = Renderer(job.task, key=job.input.key)
+            if job.limits.max_cost_usd is not None:
+                self.budget = Budget(job.limits.max_cost_usd, job.task.model, renderer.completion_budget)
             expired = 0
             if self.mode == "batch":
                 log.info("run: %d rows from %s -> %s; model %s at %s; Batch API, completion window %s",
@@ -98,7 +102,7 @@ class Run:
     async def _via_batch_api(self, renderer: Renderer, store: Store) -> int:
         opts = self.opts
         stage = BatchPass(self.job, self.rows, renderer, store, self.stats, limit=opts.limit,
-                          retry_failed=opts.retry_failed, wait=opts.wait)
+                          retry_failed=opts.retry_failed, wait=opts.wait, budget=self.budget)
         self._stage = stage
         if self.interrupted:
             stage.stop()
@@ -116,7 +120,8 @@ class Run:
         job, opts = self.job, self.opts
         total = self.rows.num_rows if opts.limit is None else min(opts.limit, self.rows.num_rows)
         stage = OnlinePass(self.rows, renderer, store, self.stats, limits=job.limits, limit=opts.limit,
-                           retry_failed=opts.retry_failed, shape=shape_of(job.task.response_format))
+                           retry_failed=opts.retry_failed, shape=shape_of(job.task.response_format),
+                           budget=self.budget)
         self._stage = stage
         if self.interrupted:
             stage.stop()
@@ -129,6 +134,8 @@ class Run:
             raise pool.fatal
         if pool.quota is not None:
             raise Stopped(quota_message(pool.quota.limit, pool.quota.reset_s))
+        if self.budget is not None and self.budget.reached:
+            raise Stopped(self.budget.message())
         if pool.stop_reason:
             raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
                           "(it sends only the rows that have no answer yet).")
@@ -149,7 +156,8 @@ class Run:
         summary = Summary.build(self.stats, status="complete" if failed == 0 else "failed-rows",
                                 model=job.task.model, rows=written.rows, rows_ok=written.ok,
                                 rows_failed=failed, rows_from_store=written.from_store,
-                                output=job.output.path, message=message, mode=self.mode)
+                                output=job.output.path, message=message, mode=self.mode,
+                                max_cost_usd=job.limits.max_cost_usd)
         try:
             summary.write_json(report_path(job))
         except OSError as exc:  # the output is in place; only the report beside it is missing

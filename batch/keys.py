@@ -89,6 +89,9 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("max-attempts", "integer", "Attempts per request, the first included.", default=6, lo=1, hi=100),
         Key("request-timeout", "number", "Seconds after which one attempt is cut (and retried).",
             default=120.0, lo=0, above=True),
+        Key("max-cost-usd", "number", "The most one run may spend, in USD at the model's list price (Batch "
+            "API: half): a request is sent only if its worst case (prompt estimate + max-new-tokens) still "
+            "fits; then the run stops (exit 3) and the next run continues.", lo=0, above=True),
     ),
     "output": (
         Key("path", "path", "Output file (.parquet .pq .csv); default: beside the input, "

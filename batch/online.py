@@ -12,6 +12,7 @@ import asyncio
 import functools
 from collections.abc import Callable, Iterator
 
+from .budget import Budget
 from .client import Client
 from .config import LimitsSpec
 from .endpoint import Endpoint
@@ -31,7 +32,9 @@ class OnlinePass:
     """Sends what is missing; `stop()` stops taking new rows (requests in flight finish)."""
 
     def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
-                 limit: int | None, retry_failed: bool, shape: Shape | None = None) -> None:
+                 limit: int | None, retry_failed: bool, shape: Shape | None = None,
+                 budget: Budget | None = None) -> None:
+        self._budget = budget  # the run's spend cap ([limits] max-cost-usd)
         self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
         self._shape = shape  # a json_schema response format: answers are judged as they arrive
         self._limits, self._limit, self._retry_failed = limits, limit, retry_failed
@@ -82,7 +85,8 @@ class OnlinePass:
             pacer = Pacer(endpoint.rpm, endpoint.tpm, learn_requests=limits.requests_per_minute is None,
                           learn_tokens=limits.tokens_per_minute is None)
             pool = Pool(client.chat, pacer, RetryPolicy(max_attempts=limits.max_attempts),
-                        concurrency=limits.concurrency, on_answer=on_answer, stats=self._stats)
+                        concurrency=limits.concurrency, on_answer=on_answer, stats=self._stats,
+                        budget=self._budget)
             self.pool = pool
             if self._stopped:
                 pool.stop("interrupted")

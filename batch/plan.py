@@ -11,12 +11,14 @@ mode the headline cost is the Batch API's half price, and the time is the comple
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from . import catalog
 from .batchapi.files import request_line, starts_new_file
 from .batchapi.ledger import Ledger
+from .budget import usd as _usd
 from .config import Job
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
@@ -44,6 +46,8 @@ class Plan:
     in_batches: int = 0  # of the requests not answered, those held by Batch API batches not collected yet
     mode: str = "online"
     batch_files: int = 0  # batch mode: JSONL files the requests to send make (50,000 lines / 100 MB each)
+    max_cost_usd: float | None = None  # [limits] max-cost-usd: the most one run may spend
+    runs: int | None = None  # with a cap: the runs the worst case needs (each run spends at most the cap)
 
 
 def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Plan:
@@ -87,12 +91,15 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Pl
     tpm = float(job.limits.tokens_per_minute or base.tpm)
     to_send = len(seen) - answered - held
     cost = catalog.cost_usd(job.task.model, prompt, completion)
+    headline = None if cost is None else cost / 2 if (mode or job.run.mode) == "batch" else cost
+    cap = job.limits.max_cost_usd
+    runs = None if cap is None or headline is None else max(1, math.ceil(headline / cap))
     return Plan(rows=rows, invalid_rows=invalid, requests=len(seen), answered=answered,
                 prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
                 batch_cost_usd=None if cost is None else cost / 2,
                 minutes=max(to_send / rpm, (prompt + completion) / tpm), requests_per_minute=rpm,
                 tokens_per_minute=tpm, examples=examples, in_batches=held, mode=mode or job.run.mode,
-                batch_files=files.files)
+                batch_files=files.files, max_cost_usd=cap, runs=runs)
 
 
 class ChunkCounter:
@@ -137,14 +144,13 @@ def describe(plan: Plan, job: Job) -> str:
              f"{plan.prompt_tokens:,} prompt tokens + at most {plan.completion_tokens:,} completion tokens "
              f"({job.task.model})",
              f"cost: {usd}",
+             *([f"spend cap: {_usd(plan.max_cost_usd)} a run ([limits] max-cost-usd); at the worst case "
+                f"this takes {plan.runs} run{'s' if plan.runs != 1 else ''} (each stops at the cap, exit 3, "
+                "and the next continues)"] if plan.max_cost_usd is not None else []),
              f"time: {time}",
              "", f"first {len(plan.examples)} request bodies:"]
     lines += [json.dumps(e, ensure_ascii=False, indent=2) for e in plan.examples]
     return "\n".join(lines)
-
-
-def _usd(x: float) -> str:
-    return f"${x:,.2f}" if x >= 1 else f"${x:.6f}".rstrip("0").rstrip(".") if x else "$0"
 
 
 def _minutes(m: float) -> str:

@@ -32,6 +32,10 @@ def check_job(job: Job, rows: Rows | None = None) -> Rows:
     if info and job.task.max_new_tokens and job.task.max_new_tokens > info.max_completion:
         raise JobError(f"{job.file}: [task] max-new-tokens: {job.task.model} writes at most "
                        f"{info.max_completion} tokens per answer, got {job.task.max_new_tokens}; lower it")
+    if job.limits.max_cost_usd is not None and info is None:
+        raise JobError(f"{job.file}: [limits] max-cost-usd: batch knows no price for {job.task.model!r}, "
+                       "so it cannot keep a spend cap; remove the key (prices are known for "
+                       f"{', '.join(catalog.MODELS)})")
     source = rows if rows is not None else Source(job.input.path, job.input.format)
     columns = source.columns
     renderer = Renderer(job.task, key=job.input.key)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..budget import Budget
 from ..errors import ApiError, FatalApiError, Stopped
 from ..progress import BatchProgress
 from ..records import Answer, Request
@@ -59,12 +60,15 @@ class BatchMode:
 
     def __init__(self, client: BatchApi, store: Store, stats: RunStats, progress: BatchProgress, *,
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
-                 retry_failed: bool = False, shape: Shape | None = None) -> None:
+                 retry_failed: bool = False, shape: Shape | None = None,
+                 budget: Budget | None = None) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
         self._ledger = Ledger(store)
         self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait
         self._retry_failed = retry_failed
         self._shape = shape  # a json_schema response format: results are judged as they are merged
+        self._budget = budget  # the spend cap: requests are submitted while their worst case fits
+        self._reserved: dict[str, float] = {}  # fingerprint -> worst case, for those submitted this run
         # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
         self._prefix = "batch-" + store.meta("upload_prefix", f"{random.getrandbits(48):012x}")
         self._left: set[str] = set()  # fingerprints a batch left unanswered this run: not re-submitted
@@ -110,6 +114,11 @@ class BatchMode:
                     break
                 if writer.holds(r.fingerprint):
                     continue
+                if self._budget is not None:
+                    cost = self._budget.try_reserve(r.est_tokens, batch=True)
+                    if cost is None:  # the spend cap: submit what fits; the next run continues
+                        break
+                    self._reserved[r.fingerprint] = cost
                 full = writer.add(r)
                 if full is not None:
                     sent += await self._send(full.path, full.sha256, full.fingerprints, full.size)
@@ -192,6 +201,8 @@ class BatchMode:
         answered: set[str] = set()
         for a in (judge(self._shape, a) for results in fetched for a in results.answers):
             if a.fingerprint in expected:
+                if self._budget is not None and a.fingerprint in self._reserved:
+                    self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
                 self._store.put(a)
                 self._stats.record_answer(a, batch=True)
                 answered.add(a.fingerprint)
