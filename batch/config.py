@@ -85,6 +85,7 @@ class OutputSpec:
 @dataclass(frozen=True)
 class ApiSpec:
     base_url: str | None = None
+    send_max_tokens: bool | None = None  # None: decided by the server (`endpoint.sends_max_tokens`)
 
 
 @dataclass(frozen=True)

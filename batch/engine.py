@@ -21,7 +21,7 @@ from pathlib import Path
 from .batchapi.run import BatchPass, refuse_open_batches
 from .budget import Budget
 from .config import Job
-from .endpoint import Endpoint
+from .endpoint import Endpoint, sends_max_tokens
 from .errors import Stopped
 from .online import OnlinePass
 from .output import write_output
@@ -75,7 +75,8 @@ class Run:
             if job.task.top_k is not None:
                 log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
                             "parameter and rejects requests that carry it", job.task.top_k)
-            renderer = Renderer(job.task, key=job.input.key)
+            renderer = Renderer(job.task, key=job.input.key,
+                                max_tokens=sends_max_tokens(job, endpoint.base_url))
             if job.limits.max_cost_usd is not None:
                 self.budget = Budget(job.limits.max_cost_usd, job.task.model, renderer.completion_budget)
             expired = 0

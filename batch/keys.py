@@ -54,7 +54,8 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("system-message", "template",
             'The system message; a template too. `""` sends none. Not sent for a row that has a chat '
             "history.", default="You are a helpful assistant.", may_be_empty=True),
-        Key("max-new-tokens", "integer", "Completion budget, sent as `max_completion_tokens`.", lo=1),
+        Key("max-new-tokens", "integer", "Completion budget, sent as `max_completion_tokens` (and as "
+            "`max_tokens` too, see `[api] send-max-tokens`).", lo=1),
         Key("temperature", "number", "Sampling temperature; 0 is sent as 0.", lo=0, hi=2),
         Key("top-p", "number", "Nucleus sampling.", lo=0, hi=1),
         Key("top-k", "integer", "Accepted for compatibility; Groq has no top_k, so it is never sent.", lo=1),
@@ -110,7 +111,12 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("poll-interval", "number", "Batch mode: the longest wait, in seconds, between two looks at a "
             "batch (they start at 1 s and back off).", default=60.0, lo=0, above=True),
     ),
-    "api": (Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),),
+    "api": (
+        Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),
+        Key("send-max-tokens", "boolean", "Also send `max-new-tokens` as `max_tokens`, the older name that "
+            "some servers (llama.cpp's) know instead of `max_completion_tokens`. Default: yes, except to "
+            "Groq and OpenAI (`api.groq.com`, `api.openai.com`, a base URL ending in `/openai/v1`)."),
+    ),
     "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`."),),
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from .batchapi.files import request_line, starts_new_file
 from .batchapi.ledger import Ledger
 from .budget import usd as _usd
 from .config import Job
+from .endpoint import sends_max_tokens
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
 from .records import Request
@@ -52,7 +54,7 @@ class Plan:
 
 def make_plan(job: Job, limit: int | None = None, mode: str | None = None) -> Plan:
     source = check_job(job)
-    renderer = Renderer(job.task, key=job.input.key)
+    renderer = Renderer(job.task, key=job.input.key, max_tokens=sends_max_tokens(job, env=os.environ))
     store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
     rows = invalid = answered = held = prompt = completion = 0
     files = ChunkCounter()

@@ -7,6 +7,7 @@ its stored answers) whatever is added for other servers.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 from aiohttp import web
 from conftest import BackgroundLoop, LocalServer, cli_env, completion
 from nasty import write_csv
 
 from batch.config import parse_job
+from batch.endpoint import sends_max_tokens
 from batch.prompts import Renderer
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
@@ -143,3 +146,29 @@ def test_redirects_never_carry_the_key_elsewhere(tmp_path: Path, background_loop
     assert target.seen == [("GET /v1/models", None)], target.seen
     assert proc.returncode == 4, proc.stderr
     assert "was redirected (HTTP 307)" in proc.stderr and "does not follow a redirect" in proc.stderr
+
+
+def test_servers_other_than_groq_also_get_max_tokens_outside_the_fingerprint(tmp_path: Path) -> None:
+    job = parse_job(PINNED_JOB, tmp_path / "job.toml")
+    groq = Renderer(job.task).request(0, {"experience": "x"})
+    local = Renderer(job.task, max_tokens=True).request(0, {"experience": "x"})
+    assert local.body.decode() == PINNED_BODY[:-1] + ',"max_tokens":300}'
+    assert json.loads(local.body)["max_tokens"] == json.loads(local.body)["max_completion_tokens"] == 300
+    assert local.fingerprint == groq.fingerprint, "a stored answer must be found whichever name is sent"
+    no_budget = parse_job(PINNED_JOB.replace("max-new-tokens = 300\n", ""), tmp_path / "job.toml")
+    assert b"max_tokens" not in Renderer(no_budget.task, max_tokens=True).request(0, {"experience": "x"}).body
+
+
+@pytest.mark.parametrize(("url", "setting", "expected"), [
+    ("https://api.groq.com/openai/v1", None, False),
+    ("http://127.0.0.1:8000/openai/v1", None, False),  # the simulator: Groq's path
+    ("https://api.openai.com/v1", None, False),
+    ("http://127.0.0.1:8080/v1", None, True),  # llama.cpp, vLLM, LM Studio, ...
+    ("https://llm.example.com/v1", None, True),
+    ("http://127.0.0.1:8080/v1", False, False),
+    ("https://api.groq.com/openai/v1", True, True),
+])
+def test_who_gets_max_tokens(tmp_path: Path, url: str, setting: bool | None, expected: bool) -> None:
+    extra = "" if setting is None else f"[api]\nsend-max-tokens = {str(setting).lower()}\n"
+    job = parse_job(PINNED_JOB + extra, tmp_path / "job.toml")
+    assert sends_max_tokens(job, url) is expected
