@@ -113,19 +113,19 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------------
     def begin_run(self) -> int:
-        with self._writing():
+        with self.writing():
             cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
     def finish_run(self, summary_json: str) -> None:
         self.flush()
-        with self._writing():
+        with self.writing():
             self._db.execute("UPDATE runs SET finished=?, summary=? WHERE id=?",
                              (time.time(), summary_json, self.run_id))
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def writing(self) -> Iterator[None]:
         """A write that fails (disk full, file too large, read-only) is rolled back, so the connection
         stays usable, and raised as StoreWriteError; what was committed before stays committed."""
         try:
@@ -153,7 +153,7 @@ class Store:
             return
         rows = [(*_values(a), self.run_id) for a in self._buffer.values()]
         marks = ",".join("?" * (len(_COLUMNS) + 1))
-        with self._writing():  # on failure the buffer is kept: nothing received is dropped here
+        with self.writing():  # on failure the buffer is kept: nothing received is dropped here
             self._db.execute("BEGIN")
             self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) "
                                  f"VALUES ({marks})", rows)
