@@ -25,10 +25,8 @@ __all__ = ["ANSWER_COLUMNS", "TABLES", "Job", "TaskSpec", "describe_keys", "load
            "output_columns", "parse_job", "window_hours"]
 
 ANSWER_COLUMNS: tuple[str, ...] = (
-    "input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens",
-    "finish_reason", "error", "attempts", "latency_s", "request_id", "model", "queue_time", "total_time",
-    "reasoning",
-)
+    "input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens", "finish_reason",
+    "error", "attempts", "latency_s", "request_id", "model", "queue_time", "total_time", "reasoning")
 INPUT_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
                     ".ndjson": "jsonl"}
 OUTPUT_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}

@@ -146,8 +146,8 @@ def describe(plan: Plan, job: Job) -> str:
              f"{plan.prompt_tokens:,} prompt tokens + at most {plan.completion_tokens:,} completion tokens "
              f"({job.task.model})",
              f"cost: {usd}",
-             *([f"spend cap: {_usd(plan.max_cost_usd)} a run ([limits] max-cost-usd); at the worst case "
-                f"this takes {plan.runs} run{'s' if plan.runs != 1 else ''} (each stops at the cap, exit 3, "
+             *([f"spend cap: {_usd(plan.max_cost_usd)} a run ([limits] max-cost-usd): at most {plan.runs} "
+                f"run{'s' if plan.runs != 1 else ''} at the worst case (each stops at the cap with exit 3, "
                 "and the next continues)"] if plan.max_cost_usd is not None else []),
              f"time: {time}",
              "", f"first {len(plan.examples)} request bodies:"]

@@ -110,8 +110,8 @@ def test_a_run_stops_at_the_cap_and_the_next_run_continues(
     assert planned["max_cost_usd"] == 0.0001 and planned["runs"] >= 2
     text = subprocess.run([sys.executable, "-m", "batch", "plan", str(job)], cwd=tmp_path,
                           env=cli_env(None), capture_output=True, text=True, timeout=60).stdout
-    runs_text = f"at the worst case this takes {planned['runs']} runs"
-    assert f"spend cap: $0.0001 a run ([limits] max-cost-usd); {runs_text}" in text
+    runs_text = f"at most {planned['runs']} runs at the worst case"
+    assert f"spend cap: $0.0001 a run ([limits] max-cost-usd): {runs_text}" in text
 
     first = run_batch(job, "--base-url", url)
     assert first.returncode == 3, first.stderr
