@@ -273,3 +273,27 @@ def test_an_answer_beyond_int64_fails_at_receipt_and_old_stores_heal(
     check_output(run_batch(job, "--base-url", url))
     check_output(run_batch(job, "--base-url", url))
     assert server.calls == 2, "an answer was paid for again"
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_a_schema_constraint_below_the_top_level_fails_rows_when_they_arrive(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch, mode: str) -> None:
+    url, _ = start_sim(batch_validate_s=0.05, batch_finalize_s=0.05)
+    write_csv(ROWS, tmp_path / "in.csv")  # the simulator answers words = len(experience): 1, 2, 3, 4
+    strict = {**SCHEMA, "properties": {**SCHEMA["properties"], "words": {"type": "integer", "maximum": 2}}}
+    (tmp_path / "schema.json").write_text(json.dumps(strict), encoding="utf-8")
+    job = write_job("in.csv", task={"prompt": "${experience}"}, run={"mode": mode, "poll-interval": 0.2})
+    text = job.read_text(encoding="utf-8").replace("[task]\n", f"[task]\nresponse-format = {FORMAT_TOML}\n")
+    job.write_text(text, encoding="utf-8")
+
+    proc = run_batch(job, "--base-url", url)
+
+    assert proc.returncode == 1, proc.stderr
+    table = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [r["error"] is None for r in table] == [True, True, False, False]
+    assert all("'words' does not fit the schema" in r["error"] and "maximum of 2" in r["error"]
+               for r in table[2:])
+    assert [r["words"] for r in table] == [1, 2, None, None] and table[3]["text"].startswith("{")
+    with sqlite3.connect(tmp_path / "out.parquet.state.sqlite") as db:  # judged on arrival, kept failed
+        assert db.execute("SELECT COUNT(*) FROM answers WHERE error LIKE '%maximum of 2%' AND permanent = 1"
+                          ).fetchone() == (2,)
