@@ -30,7 +30,7 @@ from . import endpoint as endpoints
 from . import frames
 from .config import Job
 from .engine import Run, RunOptions
-from .errors import Stopped
+from .errors import JobError, Stopped
 from .estimate import Plan, make_plan
 from .options import build_job
 from .output import write_output
@@ -135,6 +135,9 @@ def _prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any],
     state = Path(door["state"]).expanduser().resolve() if door.get("state") else tmp / "unset.sqlite"
     job = build_job(job_file, options, data_path=path, data_format=fmt, output=output, state=state,
                     caller=caller)
+    if job.run.cluster:
+        raise JobError(f"{caller}: cluster=: a cluster runs a partitioned input from the command line "
+                       "(python -m batch run JOB.toml --cluster ...); from Python, leave cluster out")
     if not door.get("state"):
         server = "simulated" if door.get("simulate") else endpoints.resolve_base_url(None, job, os.environ)
         job = _with_state(job, _cache_path(job, server))

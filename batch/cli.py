@@ -226,7 +226,8 @@ def _report_stop(run: Run, exc: BatchError) -> None:
     status = "stopped" if isinstance(exc, Stopped) else "fatal"
     summary = Summary.build(run.stats, status=status, model=run.job.task.model, rows=0,
                             rows_ok=run.stats.answered, rows_failed=run.stats.failed, rows_from_store=0,
-                            output=None, message=str(exc))
+                            output=None, message=str(exc), mode=run.mode,
+                            max_cost_usd=run.job.limits.max_cost_usd)
     print(summary.human(), file=sys.stderr)
     try:
         summary.write_json(report_path(run.job))

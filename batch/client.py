@@ -6,7 +6,8 @@ a timeout, a body that is not JSON) into a value or one typed `ApiError`, exactl
 `pool`'s and `limits`' business. The Batch API's files and batches endpoints are spelled out in
 `batchapi.endpoints`, on the generic `call`, `upload` and `download` here.
 
-The API key is sent only in the Authorization header, only over HTTPS or to a loopback host, and
+The API key is sent only in the Authorization header, only over HTTPS or to a loopback host, only to
+the base URL's own origin (a redirect elsewhere is followed without it, and only for a GET), and
 never copied into an error, a log line or a record.
 """
 
@@ -18,16 +19,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from .endpoint import check_base_url
-from .errors import ApiError, TransportError
+from .endpoint import check_base_url, is_loopback
+from .errors import ApiError, FatalApiError, TransportError
 from .records import Completion
 from .responses import error_from_response, parse_completion
 
 # Uploads and downloads of batch files may be 100 MB: bound the wait for each read, not the whole.
 LONG = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=300)
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+MIN_SECRET = 8  # characters: a shorter key is a placeholder (local servers take any), not a secret
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https"
+                                                                          else 80)
 
 
 class Client:
@@ -35,17 +46,19 @@ class Client:
 
     def __init__(self, base_url: str, api_key: str | None, *, timeout_s: float, connections: int) -> None:
         self.base_url = check_base_url(base_url)
-        self._headers = {"Accept": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._secret = api_key.encode() if api_key else b""
+        self._origin = _origin(self.base_url)
+        # Not a session default: the key goes only to the base URL's own origin (see `_headers_for`).
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # A key short enough to be a word ("x", for a local server that takes any) is no secret, and
+        # blotting it out of messages would mangle them ("'te***t'"); a real key is blotted wherever it is.
+        self._secret = api_key.encode() if api_key and len(api_key) >= MIN_SECRET else b""
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
+        self._session = aiohttp.ClientSession(connector=connector, headers={"Accept": "application/json"},
                                               timeout=self._timeout, raise_for_status=False)
         return self
 
@@ -61,21 +74,31 @@ class Client:
         headers. Every failure leaves here as one ApiError."""
         assert self._session is not None, "use Client as an async context manager"
         url = f"{self.base_url}{path}"
-        headers = {"Content-Type": "application/json"} if json_body and body is not None else None
+        content = {"Content-Type": "application/json"} if json_body and body is not None else {}
         try:
-            async with self._session.request(method, url, data=body, headers=headers,
-                                             timeout=LONG if long else self._timeout) as resp:
-                headers_in = {k.lower(): v for k, v in resp.headers.items()}
-                if resp.status == 200 and into is not None:
-                    with into.open("wb") as f:
-                        async for chunk in resp.content.iter_chunked(1 << 20):
-                            f.write(chunk)
-                    return None, headers_in
-                raw = await resp.read()
-                if resp.status != 200:
-                    if self._secret:  # a server or proxy that echoes the request must not leak the key
-                        raw = raw.replace(self._secret, b"***")
-                    raise error_from_response(resp.status, raw, headers_in)
+            for _ in range(MAX_REDIRECTS + 1):
+                # Redirects are followed here, not by aiohttp, so that the key never follows one to
+                # another origin, and a request that carries data is never silently re-sent elsewhere.
+                async with self._session.request(method, url, data=body, headers={
+                        **content, **self._headers_for(url)}, allow_redirects=False,
+                        timeout=LONG if long else self._timeout) as resp:
+                    headers_in = {k.lower(): v for k, v in resp.headers.items()}
+                    if resp.status in REDIRECTS:
+                        url = self._redirect(method, url, resp.status, headers_in.get("location"))
+                        continue
+                    if resp.status == 200 and into is not None:
+                        with into.open("wb") as f:
+                            async for chunk in resp.content.iter_chunked(1 << 20):
+                                f.write(chunk)
+                        return None, headers_in
+                    raw = await resp.read()
+                    if resp.status != 200:
+                        if self._secret:  # a server or proxy that echoes the request must not leak the key
+                            raw = raw.replace(self._secret, b"***")
+                        raise error_from_response(resp.status, raw, headers_in)
+                    break
+            else:
+                raise FatalApiError(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
         except ApiError:
             raise
         except TimeoutError as exc:
@@ -89,6 +112,25 @@ class Client:
         except ValueError as exc:
             raise TransportError("200 response body is not valid JSON", status=200,
                                  request_id=headers_in.get("x-request-id")) from exc
+
+    def _headers_for(self, url: str) -> dict[str, str]:
+        return self._auth if _origin(url) == self._origin else {}
+
+    def _redirect(self, method: str, url: str, status: int, location: str | None) -> str:
+        """Where a redirect of `url` may be followed to; FatalApiError when it may not: a request that
+        carries data (it would be re-sent, or turned into a GET), or a target that is not HTTPS (nor
+        loopback). The key goes along only to the base URL's own origin (`_headers_for`)."""
+        target = urljoin(url, location or "")
+        where = f"{method} {urlsplit(url).path} was redirected (HTTP {status}) to {target or '(nowhere)'}"
+        if method != "GET":
+            raise FatalApiError(f"{where}; batch does not follow a redirect of a request that carries "
+                                "data: set the base URL to the server's real address", status=status)
+        parts = urlsplit(target)
+        if not location or not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(
+                parts.hostname or ""))):
+            raise FatalApiError(f"{where}; not followed: only https (or loopback) targets are",
+                                status=status)
+        return target
 
     async def chat(self, body: bytes) -> Completion:
         data, headers = await self.call("POST", "/chat/completions", body)

@@ -62,11 +62,13 @@ def status(path: Path, *, as_json: bool) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    config = sim.config_from_args(args)
     try:
-        asyncio.run(sim.serve(config, args.host, args.port))
-    except ValueError as exc:
-        log.error("%s", exc)
+        asyncio.run(sim.serve(sim.config_from_args(args), args.host, args.port))
+    except ValueError as exc:  # an option out of range, or a host that is not loopback
+        log.error("simulate: %s", exc)
+        return JobError.exit_code
+    except OSError as exc:  # the port is taken, the address cannot be bound
+        log.error("simulate: cannot listen on %s port %s: %s", args.host, args.port, exc.strerror or exc)
         return JobError.exit_code
     except KeyboardInterrupt:
         pass

@@ -54,7 +54,7 @@ class InputSpec:
 class TaskSpec:
     model: str
     prompt: str
-    system_message: str = "You are a helpful assistant."
+    system_message: str = "You are a helpful assistant."  # "": no system message at all
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -81,6 +81,7 @@ class LimitsSpec:
     concurrency: int = 8
     max_attempts: int = 6
     request_timeout: float = 120.0
+    max_cost_usd: float | None = None  # the spend cap of one run (`budget`)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class OutputSpec:
 @dataclass(frozen=True)
 class ApiSpec:
     base_url: str | None = None
+    send_max_tokens: bool | None = None  # None: decided by the server (`endpoint.sends_max_tokens`)
 
 
 @dataclass(frozen=True)

@@ -90,3 +90,24 @@ def resolve_base_url(cli: str | None, job: Job | None, env: Mapping[str, str]) -
                 raise ConfigError([f"{source}: must start with http:// or https://, got {json.dumps(url)}"])
             return url.rstrip("/")
     return DEFAULT_BASE_URL
+
+
+# Servers that take `max_completion_tokens` and treat `max_tokens` as deprecated (Groq) or refuse it for
+# some models (OpenAI's reasoning models): they get the one field, exactly as every earlier version sent.
+MAX_COMPLETION_ONLY_HOSTS = frozenset({"api.groq.com", "api.openai.com"})
+
+
+def sends_max_tokens(job: Job, base_url: str | None = None,
+                     env: Mapping[str, str] | None = None) -> bool:
+    """Whether requests carry `max_tokens` beside `max_completion_tokens` (the same value): the job's
+    `[api] send-max-tokens`, else yes for every server but Groq and OpenAI. Local OpenAI-compatible
+    servers (llama.cpp's, older vLLM) know only `max_tokens` and would ignore the budget otherwise;
+    Groq's path (`/openai/v1`, also the simulator's) keeps its bytes, and so its fingerprints.
+    `base_url` None: the job's own, by the usual precedence (what `plan` and `status` assume)."""
+    if job.api.send_max_tokens is not None:
+        return job.api.send_max_tokens
+    url = base_url if base_url is not None else resolve_base_url(None, job, env or {})
+    parts = urlsplit(url)
+    groq_like = (parts.hostname or "").lower() in MAX_COMPLETION_ONLY_HOSTS or \
+        parts.path.rstrip("/").endswith("/openai/v1")
+    return not groq_like

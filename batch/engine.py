@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .batchapi.run import BatchPass, refuse_open_batches
+from .budget import Budget
 from .config import Job
-from .endpoint import Endpoint
+from .endpoint import Endpoint, sends_max_tokens
 from .errors import QuotaReached, Stopped
 from .online import OnlinePass, PacerFactory, local_pacer
 from .output import write_output
@@ -30,6 +31,7 @@ from .prompts import Renderer
 from .report import RunStats, Summary
 from .source import Rows
 from .store import Store
+from .structured import shape_of
 
 log = logging.getLogger("batch")
 
@@ -60,6 +62,7 @@ class Run:
         self.interrupted = False
         self.summary: Summary | None = None
         self._stage: OnlinePass | BatchPass | None = None
+        self.budget: Budget | None = None  # [limits] max-cost-usd: what this run may still spend
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -78,7 +81,10 @@ class Run:
             if job.task.top_k is not None:
                 log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
                             "parameter and rejects requests that carry it", job.task.top_k)
-            renderer = Renderer(job.task, key=job.input.key)
+            renderer = Renderer(job.task, key=job.input.key,
+                                max_tokens=sends_max_tokens(job, endpoint.base_url))
+            if job.limits.max_cost_usd is not None:
+                self.budget = Budget(job.limits.max_cost_usd, job.task.model, renderer.completion_budget)
             expired = 0
             if self.mode == "batch":
                 log.info("run: %d rows from %s -> %s; model %s at %s; Batch API, completion window %s",
@@ -103,13 +109,17 @@ class Run:
     async def _via_batch_api(self, renderer: Renderer, store: Store) -> int:
         opts = self.opts
         stage = BatchPass(self.job, self.rows, renderer, store, self.stats, limit=opts.limit,
-                          retry_failed=opts.retry_failed, wait=opts.wait)
+                          retry_failed=opts.retry_failed, wait=opts.wait, budget=self.budget)
         self._stage = stage
         if self.interrupted:
             stage.stop()
         progress = BatchProgress(tty=opts.tty, enabled=opts.progress)
         try:
             return await stage.run(self.endpoint, progress)
+        except OSError as exc:  # a request or result file beside the state: disk full, read-only
+            raise Stopped(f"could not write beside the state {self.job.state.path}: {exc}. Every answer "
+                          "and every submitted batch is recorded; free space, then run the same command "
+                          "(nothing is submitted twice).") from exc
         finally:
             progress.close()
 
@@ -117,7 +127,8 @@ class Run:
         job, opts = self.job, self.opts
         total = self.rows.num_rows if opts.limit is None else min(opts.limit, self.rows.num_rows)
         stage = OnlinePass(self.rows, renderer, store, self.stats, limits=job.limits, limit=opts.limit,
-                           retry_failed=opts.retry_failed, pacer=opts.pacer)
+                           retry_failed=opts.retry_failed, pacer=opts.pacer,
+                           shape=shape_of(job.task.response_format), budget=self.budget)
         self._stage = stage
         if self.interrupted:
             stage.stop()
@@ -130,6 +141,8 @@ class Run:
             raise pool.fatal
         if pool.quota is not None:
             raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
+        if self.budget is not None and self.budget.reached:
+            raise Stopped(self.budget.message())
         if pool.stop_reason:
             raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
                           "(it sends only the rows that have no answer yet).")
@@ -141,16 +154,22 @@ class Run:
                                    text_column=job.output.text_column,
                                    response_format=job.task.response_format, limit=self.opts.limit)
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
-            raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved; "
-                          "fix this and run the same command again (it sends nothing more).") from exc
+            raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved "
+                          "and the previous output is as it was; free space (or make the folder writable), "
+                          "then run the same command (it sends nothing more).") from exc
         failed = written.failed
         message = None if failed == 0 else (f"{failed} rows failed; see the error column. Rows that failed "
                                             "transiently are retried by the next run (--retry-failed: all).")
         summary = Summary.build(self.stats, status="complete" if failed == 0 else "failed-rows",
                                 model=job.task.model, rows=written.rows, rows_ok=written.ok,
                                 rows_failed=failed, rows_from_store=written.from_store,
-                                output=job.output.path, message=message, mode=self.mode)
-        summary.write_json(report_path(job))
+                                output=job.output.path, message=message, mode=self.mode,
+                                max_cost_usd=job.limits.max_cost_usd)
+        try:
+            summary.write_json(report_path(job))
+        except OSError as exc:  # the output is in place; only the report beside it is missing
+            raise Stopped(f"could not write the report {report_path(job)}: {exc}. The output is written "
+                          "and every answer is saved; free space, then run the same command.") from exc
         store.finish_run(summary.to_json())
         self.summary = summary
         return summary

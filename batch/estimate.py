@@ -11,13 +11,17 @@ mode the headline cost is the Batch API's half price, and the time is the comple
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from . import catalog
 from .batchapi.files import request_line, starts_new_file
 from .batchapi.ledger import Ledger
+from .budget import usd as _usd
 from .config import Job
+from .endpoint import sends_max_tokens
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
 from .records import Request
@@ -45,12 +49,14 @@ class Plan:
     in_batches: int = 0  # of the requests not answered, those held by Batch API batches not collected yet
     mode: str = "online"
     batch_files: int = 0  # batch mode: JSONL files the requests to send make (50,000 lines / 100 MB each)
+    max_cost_usd: float | None = None  # [limits] max-cost-usd: the most one run may spend
+    runs: int | None = None  # with a cap: the runs the worst case needs (each run spends at most the cap)
 
 
 def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, data: Rows | None = None
               ) -> Plan:
     source = check_job(job, data)
-    renderer = Renderer(job.task, key=job.input.key)
+    renderer = Renderer(job.task, key=job.input.key, max_tokens=sends_max_tokens(job, env=os.environ))
     store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
     rows = invalid = answered = held = prompt = completion = 0
     files = ChunkCounter()
@@ -89,12 +95,15 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, da
     tpm = float(job.limits.tokens_per_minute or base.tpm)
     to_send = len(seen) - answered - held
     cost = catalog.cost_usd(job.task.model, prompt, completion)
+    headline = None if cost is None else cost / 2 if (mode or job.run.mode) == "batch" else cost
+    cap = job.limits.max_cost_usd
+    runs = None if cap is None or headline is None else max(1, math.ceil(headline / cap))
     return Plan(rows=rows, invalid_rows=invalid, requests=len(seen), answered=answered,
                 prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
                 batch_cost_usd=None if cost is None else cost / 2,
                 minutes=max(to_send / rpm, (prompt + completion) / tpm), requests_per_minute=rpm,
                 tokens_per_minute=tpm, examples=examples, in_batches=held, mode=mode or job.run.mode,
-                batch_files=files.files)
+                batch_files=files.files, max_cost_usd=cap, runs=runs)
 
 
 class ChunkCounter:
@@ -139,14 +148,13 @@ def describe(plan: Plan, job: Job) -> str:
              f"{plan.prompt_tokens:,} prompt tokens + at most {plan.completion_tokens:,} completion tokens "
              f"({job.task.model})",
              f"cost: {usd}",
+             *([f"spend cap: {_usd(plan.max_cost_usd)} a run ([limits] max-cost-usd): at most {plan.runs} "
+                f"run{'s' if plan.runs != 1 else ''} at the worst case (each stops at the cap with exit 3, "
+                "and the next continues)"] if plan.max_cost_usd is not None else []),
              f"time: {time}",
              "", f"first {len(plan.examples)} request bodies:"]
     lines += [json.dumps(e, ensure_ascii=False, indent=2) for e in plan.examples]
     return "\n".join(lines)
-
-
-def _usd(x: float) -> str:
-    return f"${x:,.2f}" if x >= 1 else f"${x:.6f}".rstrip("0").rstrip(".") if x else "$0"
 
 
 def _minutes(m: float) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.structured import schema_problem
 from batch.template import parse_template
 
 # Names that can only mean a credential. `key` is one too, except in [input], where it names a column.
@@ -34,6 +35,7 @@ class Key:
     choices: tuple[str, ...] = ()
     example: str = ""  # shown when a required key is missing
     max_items: int = 0  # "strings": the most items an array may hold
+    may_be_empty: bool = False  # "" is a value of its own (system-message = "": send none)
 
 
 REASONING_EFFORTS = ("low", "medium", "high", "none", "default")
@@ -51,9 +53,10 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("prompt", "template", "The user message: `${column}` placeholders, `$$` for a literal `$`.",
             required=True, example='prompt = "Summarise: ${text}"'),
         Key("system-message", "template",
-            "The system message; a template too. Not sent for a row that has a chat history.",
-            default="You are a helpful assistant."),
-        Key("max-new-tokens", "integer", "Completion budget, sent as `max_completion_tokens`.", lo=1),
+            'The system message; a template too. `""` sends none. Not sent for a row that has a chat '
+            "history.", default="You are a helpful assistant.", may_be_empty=True),
+        Key("max-new-tokens", "integer", "Completion budget, sent as `max_completion_tokens` (and as "
+            "`max_tokens` too, see `[api] send-max-tokens`).", lo=1),
         Key("temperature", "number", "Sampling temperature; 0 is sent as 0.", lo=0, hi=2),
         Key("top-p", "number", "Nucleus sampling.", lo=0, hi=1),
         Key("top-k", "integer", "Accepted for compatibility; Groq has no top_k, so it is never sent.", lo=1),
@@ -88,6 +91,9 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("max-attempts", "integer", "Attempts per request, the first included.", default=6, lo=1, hi=100),
         Key("request-timeout", "number", "Seconds after which one attempt is cut (and retried).",
             default=120.0, lo=0, above=True),
+        Key("max-cost-usd", "number", "The most one run may spend, in USD at the model's list price (Batch "
+            "API: half): a request is sent only if its worst case (prompt estimate + max-new-tokens) still "
+            "fits; then the run stops (exit 3) and the next run continues.", lo=0, above=True),
     ),
     "output": (
         Key("path", "path", "Output file (.parquet .pq .csv); default: beside the input, "
@@ -109,7 +115,12 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("cluster", "string", "Run on Dask: a scheduler address `tcp://HOST:PORT`, or `local` / `local:N` "
             "(N worker processes on this machine); needs `pip install \"batch[dask]\"`."),
     ),
-    "api": (Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),),
+    "api": (
+        Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),
+        Key("send-max-tokens", "boolean", "Also send `max-new-tokens` as `max_tokens`, the older name that "
+            "some servers (llama.cpp's) know instead of `max_completion_tokens`. Default: yes, except to "
+            "Groq and OpenAI (`api.groq.com`, `api.openai.com`, a base URL ending in `/openai/v1`)."),
+    ),
     "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`. For a "
                   "partitioned input, a folder of per-partition journals (default: the output folder + "
                   "`.state`) that every cluster worker must reach."),),
@@ -157,8 +168,11 @@ def check_value(key: Key, value: object, base: Path) -> tuple[Any, str | None]:
         return num, None
     if not isinstance(value, str):
         return None, f"must be a string, got {show(value)}"
+    if key.may_be_empty and value == "":
+        return value, None
     if not value.strip():
-        return None, "must not be empty" + ("" if key.required else "; remove the key to use the default")
+        return None, "must not be empty" + ("" if key.required else "; remove the key to use the default") \
+            + ('; "" (nothing between the quotes) means none' if key.may_be_empty else "")
     if key.choices and value.lower() not in key.choices:
         return None, f"must be one of {', '.join(map(json.dumps, key.choices))}, got {show(value)}"
     if key.kind == "url" and not value.startswith(("http://", "https://")):
@@ -225,7 +239,9 @@ def _check_response_format(value: object, base: Path) -> tuple[Any, str | None]:
     spec: dict[str, Any] = {"name": name, "schema": schema}
     if strict is not None:
         spec["strict"] = strict
-    return {"type": "json_schema", "json_schema": spec}, None
+    response_format = {"type": "json_schema", "json_schema": spec}
+    problem = schema_problem(response_format)  # answers could never be checked against it
+    return (None, problem) if problem else (response_format, None)
 
 
 def unknown_name(label: str, table: str | None, name: str, value: object) -> str:

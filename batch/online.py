@@ -9,8 +9,10 @@ flight rather than the input. Identical requests (rows that would send the same 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterator
 
+from .budget import Budget
 from .client import Client
 from .config import LimitsSpec
 from .endpoint import Endpoint
@@ -22,7 +24,8 @@ from .records import Answer, Request
 from .report import RunStats
 from .retry import RetryPolicy
 from .source import Rows
-from .store import Store
+from .store import Store, StoreWriteError
+from .structured import Shape, judge
 
 # Builds the pacer of a run from its endpoint and limits; `local_pacer` unless a door brings its own
 # (several partitions sharing one pacer, or a cluster's shared limiter).
@@ -39,11 +42,15 @@ class OnlinePass:
     """Sends what is missing; `stop()` stops taking new rows (requests in flight finish)."""
 
     def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
-                 limit: int | None, retry_failed: bool, pacer: PacerFactory = local_pacer) -> None:
+                 limit: int | None, retry_failed: bool, pacer: PacerFactory = local_pacer,
+                 shape: Shape | None = None, budget: Budget | None = None) -> None:
+        self._budget = budget  # the run's spend cap ([limits] max-cost-usd)
         self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
         self._pacer = pacer
+        self._shape = shape  # a json_schema response format: answers are judged as they arrive
         self._limits, self._limit, self._retry_failed = limits, limit, retry_failed
         self.pool: Pool | None = None
+        self.write_error: StoreWriteError | None = None
         self._stopped = False
 
     def stop(self) -> None:
@@ -60,13 +67,24 @@ class OnlinePass:
         def commit() -> None:
             nonlocal commit_pending
             commit_pending = False
-            store.flush()
+            saving(store.flush)
+
+        def saving(write: Callable[[], None]) -> None:
+            # A full disk stops the run (the answers in flight still arrive and stay buffered); the
+            # error is raised once the pool has wound down.
+            try:
+                write()
+            except StoreWriteError as exc:
+                self.write_error = self.write_error or exc
+                if self.pool is not None:
+                    self.pool.stop("the state cannot be written")
 
         def on_answer(answer: Answer) -> None:
             # Commit right after the current loop iteration: answers that arrive together share one
             # transaction, and a kill -9 loses no answer that was received (only those on the wire).
             nonlocal commit_pending
-            store.put(answer)
+            answer = judge(self._shape, answer)
+            saving(functools.partial(store.put, answer))
             if not commit_pending:
                 commit_pending = True
                 loop.call_soon(commit)
@@ -77,14 +95,16 @@ class OnlinePass:
                           connections=limits.concurrency) as client:
             pool = Pool(client.chat, self._pacer(endpoint, limits),
                         RetryPolicy(max_attempts=limits.max_attempts), concurrency=limits.concurrency,
-                        on_answer=on_answer, stats=self._stats)
+                        on_answer=on_answer, stats=self._stats, budget=self._budget)
             self.pool = pool
             if self._stopped:
                 pool.stop("interrupted")
             try:
                 await pool.run(self._pending(pool, progress))
             finally:
-                store.flush()
+                saving(store.flush)
+        if self.write_error is not None:
+            raise self.write_error
         return pool
 
     def _pending(self, pool: Pool, progress: Progress) -> Iterator[Request]:

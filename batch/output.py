@@ -2,8 +2,9 @@
 
     rows ─► prompts (fingerprints) ─► store.get_many ─► sink (temporary file, renamed into place)
 
-A structured answer is checked here against the job's response format, not when it arrives: the
-store keeps what Groq answered, and the row fails (with its raw text) only in the output.
+A structured answer is checked against the job's response format when it arrives (`structured.judge`)
+and again here, so an answer an earlier version stored as good but that fits no column (an integer
+beyond int64) fails its row, with its raw text, instead of breaking the output.
 """
 
 from __future__ import annotations

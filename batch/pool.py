@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
+from .budget import Budget
 from .errors import ApiError, FatalApiError, RateLimited
 from .limits import Pacing
 from .records import Answer, Completion, Request
@@ -55,8 +56,9 @@ class _Job:
 class Pool:
     def __init__(self, send: Send, pacer: Pacing, policy: RetryPolicy, *, concurrency: int,
                  on_answer: Callable[[Answer], None], stats: RunStats,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, budget: Budget | None = None) -> None:
         self._send, self._pacer, self._policy = send, pacer, policy
+        self.budget = budget  # the run's spend cap: a request is sent only if its worst case fits
         self._concurrency = concurrency
         self._on_answer = on_answer
         self.stats = stats
@@ -153,8 +155,14 @@ class Pool:
             self._finish(job)
             self.stop("daily quota reached")
             return
+        cost = await self.budget.reserve(req.est_tokens) if self.budget is not None else 0.0
+        if cost is None:  # the spend cap: take no new work; the next run continues
+            self._finish(job)
+            self.stop("spend cap reached")
+            return
         if (job.attempts == 0 and not self._pacer.fits(req.est_tokens)) or \
                 not await self._pacer.acquire(req.est_tokens):
+            self._refund(cost)
             self._answer(job, Answer.failure(
                 req.fingerprint, permanent=True, attempts=job.attempts,
                 error=f"request too large: about {req.est_tokens} tokens (prompt + max-new-tokens) "
@@ -162,6 +170,7 @@ class Pool:
                       "shorten the prompt or lower max-new-tokens"))
             return
         if self.stop_reason:
+            self._refund(cost)
             self._finish(job)
             return
         job.attempts += 1
@@ -171,6 +180,7 @@ class Pool:
         try:
             completion = await self._send(req.body)
         except ApiError as exc:
+            self._refund(cost)  # a refused or failed request is not billed
             self._failed(job, exc)
             return
         finally:
@@ -180,6 +190,8 @@ class Pool:
         self._pacer.observe(completion.rate)
         answer = Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
                                         latency_s=round(latency, 4))
+        if self.budget is not None:
+            self.budget.settle(cost, answer)
         if completion.text is None or (not completion.text and completion.finish_reason == "length"):
             # Paid for, but no answer: a reasoning model spent the whole budget thinking. The same
             # request would do the same again, so the row fails for good (usage is kept).
@@ -189,6 +201,10 @@ class Pool:
         self._successes += answer.ok
         self._answer(job, answer)
         self._budget_spent(completion.rate.requests_remaining_day, completion.rate.requests_reset_s)
+
+    def _refund(self, cost: float) -> None:
+        if self.budget is not None:
+            self.budget.release(cost)
 
     def _budget_spent(self, remaining: int | None, reset_s: float | None) -> None:
         """Groq's `-requests` headers count the DAY's budget: when none is left, stop cleanly rather

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from . import catalog, structured
@@ -34,6 +35,10 @@ def check_job(job: Job, rows: Rows | None = None) -> Rows:
     if rows is None and job.input.dataset is not None:  # `run` checks each partition on its own
         raise InputError(f"{job.file}: [input] path: {job.input.dataset} is a partitioned dataset; this "
                          "command reads one file (python -m batch run reads a dataset)")
+    if job.limits.max_cost_usd is not None and info is None:
+        raise JobError(f"{job.file}: [limits] max-cost-usd: batch knows no price for {job.task.model!r}, "
+                       "so it cannot keep a spend cap; remove the key (prices are known for "
+                       f"{', '.join(catalog.MODELS)})")
     source = rows if rows is not None else Source(job.input.path, job.input.format)
     columns = source.columns
     renderer = Renderer(job.task, key=job.input.key)
@@ -85,11 +90,43 @@ async def check_model(job: Job, base_url: str, key: str | None) -> None:
 
 
 def _check_writable(job: Job, what: str, path: Path) -> None:
-    """Fail before sending if an answer could never be saved or written where the job says."""
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # the nearest existing ancestor must let us create the rest
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (
-            path.exists() and (path.is_dir() or not os.access(path, os.W_OK))):
-        raise InputError(f"{job.file}: {what}: cannot write {path} (check that its folder exists or can "
-                         "be created, and is writable)")
+    """Fail before sending if an answer could never be saved or written where the job says.
+
+    `os.access` is not enough: root passes it everywhere, even in /proc, where no file can be made.
+    So the nearest existing folder is asked for real: a file is created there and removed again.
+    Names are checked against the file system's limit, with room for what batch adds beside the
+    target (`.<name>.<pid>.tmp`, `-wal`, `.lock`, `.report.json`)."""
+    def refuse(why: str) -> InputError:
+        return InputError(f"{job.file}: {what}: cannot write {path}: {why}; choose a path in a folder "
+                          "that exists (or can be created) and is writable")
+
+    if path.is_dir():
+        raise refuse("it is a folder")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing ancestor must let us create the rest
+    if not folder.is_dir():
+        raise refuse(f"{folder} is a file, not a folder")
+    name_max = _name_max(folder)
+    names = [*path.relative_to(folder).parts[:-1], f".{path.name}.{2**22}.tmp", f"{path.name}.report.json"]
+    long = [n for n in names if len(n.encode()) > name_max]
+    if long:
+        raise refuse(f"the name {long[0]!r} is longer than the {name_max} bytes a name may have there")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".batch-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise refuse(f"no file can be created in {folder} ({exc.strerror or exc})") from None
+    try:
+        if path.exists():  # an existing file is replaced by rename, but a read-only one is a mistake
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        raise refuse(f"the existing file is not writable ({exc.strerror or exc})") from None
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255

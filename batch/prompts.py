@@ -6,6 +6,8 @@ A null in a column the templates use fails that row (it is never sent as "None" 
 
 The body is serialised here, once, with a fixed key order; the fingerprint is the SHA-256 of exactly
 those bytes, so it changes when anything sent changes (model, messages, any parameter) and only then.
+The one addition left out of it is `max_tokens` for servers that are not Groq: a copy of
+`max_completion_tokens` under its older name, appended last, which changes nothing about the answer.
 `top_k` is never sent: Groq has no such parameter and rejects requests that carry it. Groq's extras
 (stop, reasoning, service tier, response format) follow the original parameters, so a job that sets
 none of them keeps the fingerprints it had before they existed.
@@ -62,10 +64,11 @@ def as_text(value: Any) -> str:
 class Renderer:
     """Turns record chunks into requests for one task."""
 
-    def __init__(self, task: TaskSpec, *, key: str | None = None) -> None:
+    def __init__(self, task: TaskSpec, *, key: str | None = None, max_tokens: bool = False) -> None:
         self.model = task.model
         self.key = key  # a column that names a row in messages
         self.prompt = Template(task.prompt)
+        # `system-message = ""` sends none; the default keeps the bytes (and fingerprints) it always had.
         self.system = Template(task.system_message) if task.system_message else None
         # Template columns must hold a value; history and image columns may be null (none).
         self.template_columns = list(dict.fromkeys(
@@ -92,6 +95,11 @@ class Renderer:
         }
         self.params = {k: v for k, v in params.items() if v is not None}
         self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
+        # The budget again under its older name, for servers that know only that one
+        # (`endpoint.sends_max_tokens`); never for Groq. It repeats max_completion_tokens, so it is
+        # appended after the fingerprint is taken: answers do not depend on which name a server reads.
+        self._alias = b',"max_tokens":%d}' % task.max_new_tokens if max_tokens and task.max_new_tokens \
+            else None
 
     def render_chunk(self, chunk: pa.RecordBatch, first_row: int) -> list[Rendered]:
         cols = {name: chunk.column(name).to_pylist() for name in self.columns}
@@ -140,8 +148,10 @@ class Renderer:
         body = _JSON.encode({"model": self.model, "messages": chat, **self.params}).encode()
         # Inline image bytes are not text tokens: leave them out of the estimate.
         est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * count
-        return Request(fingerprint=fingerprint(body), body=body, row=row,
-                       est_tokens=est + self.completion_budget)
+        fp = fingerprint(body)
+        if self._alias is not None:
+            body = body[:-1] + self._alias
+        return Request(fingerprint=fp, body=body, row=row, est_tokens=est + self.completion_budget)
 
 
 # One encoder for every row (json.dumps builds a new one per call); the same bytes as

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .budget import usd
 from .catalog import cost_usd
 from .errors import ApiError, RateLimited, TransportError
 from .records import Answer
@@ -129,11 +130,13 @@ class Summary:
     batch_requests: int = 0  # submitted to the Batch API this run (billed at half price)
     batches: int = 0
     batch_results: int = 0
+    max_cost_usd: float | None = None  # the run's spend cap ([limits] max-cost-usd), if any
 
     @classmethod
     def build(cls, stats: RunStats, *, status: str, model: str, rows: int, rows_ok: int,
               rows_failed: int, rows_from_store: int, output: Path | None,
-              message: str | None = None, mode: str = "online") -> Summary:
+              message: str | None = None, mode: str = "online",
+              max_cost_usd: float | None = None) -> Summary:
         tokens = stats.input_tokens + stats.output_tokens
         cost = cost_usd(model, stats.input_tokens, stats.output_tokens, stats.cached_tokens)
         batch_cost = cost_usd(model, stats.batch_input_tokens, stats.batch_output_tokens,
@@ -155,7 +158,7 @@ class Summary:
             peak_rss_mb=peak_rss_mb(),
             model=model, output=str(output) if output else None,
             errors=dict(stats.errors), message=message, mode=mode, batch_requests=stats.batch_requests,
-            batches=stats.batches, batch_results=stats.batch_results)
+            batches=stats.batches, batch_results=stats.batch_results, max_cost_usd=max_cost_usd)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -181,7 +184,8 @@ class Summary:
             f"in {_duration(self.elapsed_s)}: {self.requests_per_min:,.0f} req/min, "
             f"{self.tokens_per_min:,.0f} tokens/min; latency {lat}",
             f"  tokens this run: {self.input_tokens:,} in, {self.output_tokens:,} out "
-            f"({self.cached_tokens:,} cached); estimated cost {cost} ({self.model})",
+            f"({self.cached_tokens:,} cached); estimated cost {cost} ({self.model})"
+            + (f", spend cap {usd(self.max_cost_usd)} a run" if self.max_cost_usd is not None else ""),
         ]
         if self.mode == "batch":
             lines[1] = "  online " + lines[1].lstrip()

@@ -5,11 +5,12 @@ typed column each (`structured` says which; nested values are JSON text).
 
 Written to a temporary file beside the target and renamed into place only when complete, so a
 failure at any point leaves the previous output untouched. Parquet by default; CSV when the output
-path ends in .csv.
+path ends in .csv, where an input column CSV cannot hold (a list, struct or map) is written as JSON text.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,7 +46,12 @@ class OutputWriter:
                  shape: Shape | None = None) -> None:
         self.path, self.format = path, fmt
         self.properties = shape.properties if shape else ()
-        self.schema = pa.schema([*input_schema.remove_metadata(), pa.field(text_column, pa.string()),
+        inputs = list(input_schema.remove_metadata())
+        # CSV has no lists, structs or maps: such input columns go into a CSV output as JSON text.
+        self._as_json = [i for i, f in enumerate(inputs) if fmt == "csv" and pa.types.is_nested(f.type)]
+        for i in self._as_json:
+            inputs[i] = pa.field(inputs[i].name, pa.string(), metadata=inputs[i].metadata)
+        self.schema = pa.schema([*inputs, pa.field(text_column, pa.string()),
                                  *(pa.field(n, t) for n, t in _ANSWER_FIELDS),
                                  *(pa.field(n, _KIND_TYPES[k]) for n, k in self.properties)])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +83,11 @@ class OutputWriter:
             cols.append(pa.array(values, typ))
         rows = cells or [{}] * chunk.num_rows
         cols += [pa.array([c.get(name) for c in rows], _KIND_TYPES[kind]) for name, kind in self.properties]
-        out = pa.RecordBatch.from_arrays([*chunk.columns, *cols], schema=self.schema)
+        inputs = list(chunk.columns)
+        for i in self._as_json:
+            inputs[i] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                                  for v in inputs[i].to_pylist()], pa.string())
+        out = pa.RecordBatch.from_arrays([*inputs, *cols], schema=self.schema)
         self._writer.write_batch(out)
         self.rows += chunk.num_rows
 
@@ -90,6 +100,13 @@ class OutputWriter:
         finally:
             os.close(fd)
         os.replace(self._tmp, self.path)
+        # The rename lives in the folder: until the folder is synced, a power cut may bring back the
+        # previous output (or none) even though the new one's bytes are on disk.
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def abort(self) -> None:
         try:

@@ -18,6 +18,7 @@ later runs; transient ones (retries exhausted) are, by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import operator
 import os
@@ -28,7 +29,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .errors import JobError
+from .errors import JobError, Stopped
 from .records import Answer
 
 SCHEMA_VERSION = 1
@@ -53,6 +54,17 @@ _CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable li
 
 class StoreError(JobError):
     """The state file is unusable or busy; the message says what to do."""
+
+
+class StoreWriteError(Stopped):
+    """Answers could not be committed (disk full, file too large, read-only): the run stops (exit 3).
+    Every answer committed before is kept, and the uncommitted ones stay buffered, so a later flush
+    (after space was freed) or the next run can still save or re-ask them."""
+
+    def __init__(self, path: Path, exc: Exception) -> None:
+        super().__init__(f"could not save answers to the state {path} ({exc}); every answer committed "
+                         "before is kept. Free space (or make it writable), then run the same command: it "
+                         "sends only what has no answer yet.")
 
 
 class Store:
@@ -103,14 +115,28 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------------
     def begin_run(self) -> int:
-        cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
+        with self.writing():
+            cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
     def finish_run(self, summary_json: str) -> None:
         self.flush()
-        self._db.execute("UPDATE runs SET finished=?, summary=? WHERE id=?",
-                         (time.time(), summary_json, self.run_id))
+        with self.writing():
+            self._db.execute("UPDATE runs SET finished=?, summary=? WHERE id=?",
+                             (time.time(), summary_json, self.run_id))
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A write that fails (disk full, file too large, read-only) is rolled back, so the connection
+        stays usable, and raised as StoreWriteError; what was committed before stays committed."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise StoreWriteError(self.path, exc) from exc
 
     def last_summary(self) -> str | None:
         row = self._db.execute("SELECT summary FROM runs WHERE summary IS NOT NULL "
@@ -129,10 +155,11 @@ class Store:
             return
         rows = [(*_values(a), self.run_id) for a in self._buffer.values()]
         marks = ",".join("?" * (len(_COLUMNS) + 1))
-        self._db.execute("BEGIN IMMEDIATE")  # take the write lock first: no deadlock with another writer
-        self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) VALUES ({marks})",
-                             rows)
-        self._db.execute("COMMIT")
+        with self.writing():  # on failure the buffer is kept: nothing received is dropped here
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock with a writer
+            self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) "
+                                 f"VALUES ({marks})", rows)
+            self._db.execute("COMMIT")
         self._buffer.clear()
 
     def missing(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> set[str]:

@@ -1,11 +1,18 @@
-"""Structured output: a json_schema's top-level properties as typed output columns.
+"""Structured output: a json_schema answer checked against the whole schema, and the schema's top-level
+properties as typed output columns.
 
 This module owns what a `response_format` schema means for the output table: which columns it adds
 (one per top-level property of an object schema, in the schema's order) and of which kind, and
-whether one answer satisfies the schema's top level (it parses as a JSON object, `required`
-properties are present, property types match, `additionalProperties: false` is honoured). Deeper
-levels are not checked here: Groq's strict mode enforces them, and a nested value goes to the output
-as JSON text anyway. It knows nothing of Arrow; `sink` maps the kinds to column types.
+whether one answer is acceptable. An answer is acceptable when it parses as JSON (NaN and Infinity
+are not JSON), satisfies the WHOLE schema — nested objects, arrays, enums, `required`,
+`additionalProperties` — as the `jsonschema` package judges it, and each typed cell fits its column:
+an integer within int64, a finite number. A value that fits no column would otherwise be stored as
+a good answer and then break the output of every later run.
+
+An answer is judged when it arrives (`judge`: a failed answer keeps its raw text and is not re-sent,
+except with --retry-failed) and again when the output is written (`check`), so a store written by an
+earlier version, which kept such answers as good ones, heals. It knows nothing of Arrow; `sink` maps
+the kinds to column types.
 """
 
 from __future__ import annotations
@@ -13,95 +20,145 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import jsonschema
+import referencing.exceptions
+
+from .records import Answer
 
 # Column kinds: a scalar JSON type gets a typed column, anything else (object, array, a union,
 # no type at all) is written as JSON text.
 SCALAR_KINDS = ("string", "integer", "number", "boolean")
+INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """The top level of an object schema: its properties and what is checked of them."""
+    """A json_schema response format: its top-level properties as columns, and the schema's checker."""
 
-    properties: tuple[tuple[str, str], ...]  # (name, kind): a SCALAR_KINDS member or "json"
-    types: Mapping[str, tuple[str, ...]]  # name -> the JSON types the schema allows (empty: any)
-    required: tuple[str, ...]
-    closed: bool  # additionalProperties: false
+    properties: tuple[tuple[str, str], ...]  # (name, kind): a SCALAR_KINDS member or "json"; may be empty
+    validator: Any = field(compare=False, repr=False)  # a jsonschema validator of the whole schema
 
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.properties)
 
 
-def shape_of(response_format: Mapping[str, Any] | None) -> Shape | None:
-    """The columns a job's response format adds, or None when it adds none (no object schema)."""
+def schema_of(response_format: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     if not response_format or response_format.get("type") != "json_schema":
         return None
     schema = (response_format.get("json_schema") or {}).get("schema")
-    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+    return schema if isinstance(schema, Mapping) else None
+
+
+def schema_problem(response_format: Mapping[str, Any] | None) -> str | None:
+    """Why the schema is not a valid JSON Schema (answers could never be checked), or None."""
+    schema = schema_of(response_format)
+    if schema is None:
         return None
-    props = schema.get("properties")
-    if not isinstance(props, Mapping) or not props:
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(dict(schema))
+    except jsonschema.SchemaError as exc:
+        where = "/".join(map(str, exc.absolute_path))
+        return f"the schema is not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+    return None
+
+
+def shape_of(response_format: Mapping[str, Any] | None) -> Shape | None:
+    """How answers are checked and which columns they add; None for no json_schema format."""
+    schema = schema_of(response_format)
+    if schema is None:
         return None
-    properties, types = [], {}
-    for name, sub in props.items():
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    props = schema.get("properties") if schema.get("type") == "object" else None
+    properties = []
+    for name, sub in (props.items() if isinstance(props, Mapping) else ()):
         declared = sub.get("type") if isinstance(sub, Mapping) else None
         listed = declared if isinstance(declared, list) else [declared]
         allowed = tuple(t for t in listed if isinstance(t, str))
-        types[str(name)] = allowed
         kind = allowed[0] if len(allowed) == 1 and allowed[0] in SCALAR_KINDS else "json"
         properties.append((str(name), kind))
-    required = schema.get("required")
-    listed_required = required if isinstance(required, list) else []
-    return Shape(properties=tuple(properties), types=types,
-                 required=tuple(r for r in listed_required if isinstance(r, str)),
-                 closed=schema.get("additionalProperties") is False)
+    return Shape(properties=tuple(properties), validator=validator)
 
 
-def _is(value: Any, json_type: str) -> bool:
-    if json_type == "integer":  # JSON Schema: 3.0 is an integer; a boolean is not
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
-    if json_type == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    kinds: dict[str, type | tuple[type, ...]] = {"string": str, "boolean": bool, "object": dict,
-                                                 "array": list, "null": type(None)}
-    return json_type not in kinds or isinstance(value, kinds[json_type])  # an unknown type is not judged
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def check(shape: Shape, text: str | None) -> tuple[dict[str, Any], str | None]:
     """The answer's property values as cells (nested ones as JSON text), or {} and why it fails."""
     if text is None:
-        return {}, "the answer is empty; the response format asks for a JSON object"
+        return {}, "the answer is empty; the response format asks for JSON"
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         return {}, f"the answer is not valid JSON ({exc}); the raw answer is in the text column"
-    if not isinstance(data, dict):
+    if shape.properties and not isinstance(data, dict):
         return {}, f"the answer is JSON but not an object (got {type(data).__name__}); the schema wants one"
-    missing = [r for r in shape.required if r not in data]
-    if missing:
-        return {}, f"the answer lacks required propert{'y' if len(missing) == 1 else 'ies'} " + \
-            ", ".join(map(repr, missing))
-    extra = [k for k in data if k not in shape.types]
-    if shape.closed and extra:
-        return {}, f"the answer has properties the schema does not allow: {', '.join(map(repr, extra))}"
-    for name, allowed in shape.types.items():
-        if name in data and allowed and not any(_is(data[name], t) for t in allowed):
-            return {}, (f"the answer's property {name!r} must be {' or '.join(allowed)}, got "
-                        f"{json.dumps(data[name], ensure_ascii=False)[:60]}")
-    return {name: _cell(kind, data.get(name)) for name, kind in shape.properties}, None
+    try:
+        error = jsonschema.exceptions.best_match(shape.validator.iter_errors(data))
+    except (jsonschema.SchemaError, referencing.exceptions.Unresolvable) as exc:
+        return {}, f"the answer could not be checked: the schema is unusable ({exc})"
+    if error is not None:
+        return {}, _describe(error)
+    cells: dict[str, Any] = {}
+    for name, kind in shape.properties:
+        cell, problem = _cell(kind, data.get(name))
+        if problem:
+            return {}, f"the answer's property {name!r} {problem}"
+        cells[name] = cell
+    return cells, None
 
 
-def _cell(kind: str, value: Any) -> Any:
+def judge(shape: Shape | None, answer: Answer) -> Answer:
+    """An answer as it arrives: one that fails the response format becomes a failed answer that keeps
+    its raw text (permanent: the same request would likely be answered the same way)."""
+    if shape is None or not answer.ok:
+        return answer
+    _, problem = check(shape, answer.text)
+    return answer if problem is None else replace(answer, error=problem, permanent=True)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    got = json.dumps(error.instance, ensure_ascii=False)[:60]
+    if error.validator == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        what = " or ".join(map(str, wanted))
+        return (f"the answer's property {path!r} must be {what}, got {got}" if path
+                else f"the answer must be {what}, got {got}")
+    return f"the answer's property {path!r} does not fit the schema: {error.message}" if path \
+        else f"the answer does not fit the schema: {error.message}"
+
+
+def _cell(kind: str, value: Any) -> tuple[Any, str | None]:
+    """A value as its column holds it, or why it cannot be held (the schema allowed it)."""
     if value is None:
-        return None
-    if kind == "json":
-        return json.dumps(value, ensure_ascii=False)
+        return None, None
     if kind == "integer":
-        return int(value)
+        whole = int(value) if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)) \
+            else None
+        if whole is None or not INT64[0] <= whole <= INT64[1]:
+            return None, f"is {_short(value)}, beyond what an integer column (int64) holds"
+        return whole, None
     if kind == "number":
-        return float(value)
-    return value
+        try:
+            real = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            real = math.inf
+        if not math.isfinite(real):
+            return None, f"is {_short(value)}, beyond what a number column (float64) holds"
+        return real, None
+    if kind == "json":
+        try:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False), None
+        except ValueError:
+            return None, "holds a number too large for JSON text (it overflows to infinity)"
+    return value, None
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, float) else str(value)
+    return text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"

@@ -12,6 +12,9 @@ import asyncio
 import hashlib
 import json
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -20,7 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 import groq
 import pytest
-from conftest import HANG_GUARD_S, wait_until
+from conftest import HANG_GUARD_S, REPO, wait_until
 from fakeclock import HeldClock
 
 from batch.sim import (
@@ -439,3 +442,28 @@ def test_stop_does_not_wait_out_a_hang() -> None:
         assert [(e.status, e.fault) for e in sim.log] == [(0, "hang")]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--fault-rate", "2"], "--fault-rate"), (["--port", "99999"], "--port"),
+    (["--latency-ms", "nan"], "--latency-ms"), (["--faults", "500,explode"], "--faults"),
+    (["--burst-s", "0"], "--burst-s"), (["--batch-models", "llama-9"], "--batch-models"),
+])
+def test_simulate_command_refuses_bad_options_in_one_line(args: list[str], named: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "batch", "simulate", "--port", "0", *args],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], proc.stderr
+
+
+def test_simulate_command_reports_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "batch", "simulate", "--port", str(port)],
+                              capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot listen on 127.0.0.1 port {port}" in proc.stderr

@@ -54,30 +54,32 @@ class Ledger:
     no ledger tables: it then simply holds no submission."""
 
     def __init__(self, store: Store) -> None:
-        self._db = store.db
+        self._db, self._store = store.db, store
         if not store.readonly:
             self._db.executescript(_SCHEMA)
 
     def add(self, prefix: str, digest: str, fingerprints: list[str], size: int) -> Upload:
         """Record a prepared file of requests (line i+1 holds fingerprints[i]) under a name that no other
         upload of this store has, even one of the same content: `<prefix>-<id>-<digest>.jsonl`."""
-        self._db.execute("BEGIN")
         now = time.time()
-        cur = self._db.execute("INSERT INTO uploads (name, lines, bytes, status, created, updated) VALUES "
-                               "('', ?, ?, 'prepared', ?, ?)", (len(fingerprints), size, now, now))
-        upload = int(cur.lastrowid or 0)
-        name = f"{prefix}-{upload}-{digest}.jsonl"
-        self._db.execute("UPDATE uploads SET name=? WHERE id=?", (name, upload))
-        self._db.executemany("INSERT INTO upload_lines VALUES (?, ?, ?)",
-                             ((upload, i + 1, fp) for i, fp in enumerate(fingerprints)))
-        self._db.execute("COMMIT")
+        with self._store.writing():  # a full disk: rolled back, a clean stop (exit 3)
+            self._db.execute("BEGIN")
+            cur = self._db.execute("INSERT INTO uploads (name, lines, bytes, status, created, updated) "
+                                   "VALUES ('', ?, ?, 'prepared', ?, ?)", (len(fingerprints), size, now, now))
+            upload = int(cur.lastrowid or 0)
+            name = f"{prefix}-{upload}-{digest}.jsonl"
+            self._db.execute("UPDATE uploads SET name=? WHERE id=?", (name, upload))
+            self._db.executemany("INSERT INTO upload_lines VALUES (?, ?, ?)",
+                                 ((upload, i + 1, fp) for i, fp in enumerate(fingerprints)))
+            self._db.execute("COMMIT")
         return Upload(upload, name, len(fingerprints), size, None, None, "prepared", None, None, now, False)
 
     def update(self, upload: int, **values: object) -> None:
         assert set(values) <= _UPDATABLE, values
         sets = ", ".join(f"{k}=?" for k in values)
-        self._db.execute(f"UPDATE uploads SET {sets}, updated=? WHERE id=?",
-                         (*values.values(), time.time(), upload))
+        with self._store.writing():
+            self._db.execute(f"UPDATE uploads SET {sets}, updated=? WHERE id=?",
+                             (*values.values(), time.time(), upload))
 
     def uploads(self, *, open_only: bool = False) -> list[Upload]:
         if not self._exists():

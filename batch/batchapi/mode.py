@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..budget import Budget
 from ..errors import ApiError, FatalApiError
 from ..progress import BatchProgress
 from ..records import Answer, Request
 from ..report import RunStats
 from ..store import Store
+from ..structured import Shape, judge
 from .download import download_results
 from .endpoints import BatchApi
 from .files import ChunkWriter
@@ -57,11 +59,15 @@ class BatchMode:
 
     def __init__(self, client: BatchApi, store: Store, stats: RunStats, progress: BatchProgress, *,
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
-                 retry_failed: bool = False) -> None:
+                 retry_failed: bool = False, shape: Shape | None = None,
+                 budget: Budget | None = None) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
         self._ledger = Ledger(store)
         self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait
         self._retry_failed = retry_failed
+        self._shape = shape  # a json_schema response format: results are judged as they are merged
+        self._budget = budget  # the spend cap: requests are submitted while their worst case fits
+        self._reserved: dict[str, float] = {}  # fingerprint -> worst case, for those submitted this run
         # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
         self._prefix = "batch-" + store.meta("upload_prefix", f"{random.getrandbits(48):012x}")
         self._left: set[str] = set()  # fingerprints a batch left unanswered this run: not re-submitted
@@ -107,6 +113,11 @@ class BatchMode:
                     break
                 if writer.holds(r.fingerprint):
                     continue
+                if self._budget is not None:
+                    cost = self._budget.try_reserve(r.est_tokens, batch=True)
+                    if cost is None:  # the spend cap: submit what fits; the next run continues
+                        break
+                    self._reserved[r.fingerprint] = cost
                 full = writer.add(r)
                 if full is not None:
                     sent += await self._send(full.path, full.sha256, full.fingerprints, full.size)
@@ -129,6 +140,10 @@ class BatchMode:
 
     # -- recovery ----------------------------------------------------------------------------------
     async def _recover(self) -> None:
+        # A file still being written when its run died was never recorded nor uploaded: the store's
+        # lock means no other run is writing one now, so each is an orphan (its requests are pending).
+        for orphan in self._folder.glob("writing-*.jsonl"):
+            orphan.unlink(missing_ok=True)
         for u in self._ledger.uploads(open_only=True):
             if u.batch_id is None:
                 log.info("batch: continuing %s, left %s by an earlier run", u.name, u.status)
@@ -185,8 +200,10 @@ class BatchMode:
                    for kind, key in (("output", "output_file_id"), ("error", "error_file_id"))
                    if isinstance(obj.get(key), str)]
         answered: set[str] = set()
-        for a in (a for results in fetched for a in results.answers):
+        for a in (judge(self._shape, a) for results in fetched for a in results.answers):
             if a.fingerprint in expected:
+                if self._budget is not None and a.fingerprint in self._reserved:
+                    self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
                 self._store.put(a)
                 self._stats.record_answer(a, batch=True)
                 answered.add(a.fingerprint)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+from ..budget import Budget
 from ..client import Client
 from ..config import Job
 from ..endpoint import Endpoint
@@ -21,6 +22,7 @@ from ..records import Request
 from ..report import RunStats
 from ..source import Rows
 from ..store import Store
+from ..structured import shape_of
 from .endpoints import BatchApi
 from .files import remove_folder_if_empty, upload_folder
 from .ledger import Ledger
@@ -33,8 +35,9 @@ class BatchPass:
     """`stop()` ends the waiting (batches go on at Groq; the next run attaches), never a step half-done."""
 
     def __init__(self, job: Job, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *,
-                 limit: int | None, retry_failed: bool, wait: bool) -> None:
+                 limit: int | None, retry_failed: bool, wait: bool, budget: Budget | None = None) -> None:
         self._job, self._rows, self._renderer, self._store, self._stats = job, rows, renderer, store, stats
+        self._budget = budget
         self._limit, self._retry_failed, self._wait = limit, retry_failed, wait
         self._mode: BatchMode | None = None
         self.stopped = False
@@ -57,7 +60,8 @@ class BatchPass:
                           connections=4) as client:
             mode = BatchMode(BatchApi(client), self._store, self._stats, progress, folder=folder,
                              window=job.run.completion_window, poll_max_s=job.run.poll_interval,
-                             wait=self._wait, job_name=job.file.name, retry_failed=self._retry_failed)
+                             wait=self._wait, job_name=job.file.name, retry_failed=self._retry_failed,
+                             shape=shape_of(job.task.response_format), budget=self._budget)
             self._mode = mode
             if self.stopped:
                 mode.stop()
@@ -80,6 +84,8 @@ class BatchPass:
             raise Stopped(f"{why}: {len(got.waiting)} batch(es) still running at Groq ({ids}{more}). "
                           "Run the same command again to collect them: it attaches to these batches and "
                           "submits nothing twice (python -m batch cancel JOB.toml cancels them).")
+        if self._budget is not None and self._budget.reached:
+            raise Stopped(self._budget.message())
         if self.stopped:
             raise Stopped("interrupted before every request was submitted; run the same command again "
                           "to continue (batches already submitted are attached to, not sent again).")

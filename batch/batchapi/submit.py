@@ -137,8 +137,10 @@ class Submitter:
                                   counts=json.dumps(obj.get("request_counts")))
 
     def give_up(self, u: Upload, why: str) -> None:
+        """Abandon an upload: its requests are pending again, and its local file is of no more use."""
         log.warning("batch: %s: %s", u.name, why)
         self._ledger.update(u.id, status="abandoned", detail=why, done=1)
+        (self._folder / u.name).unlink(missing_ok=True)
 
 
 # One retry policy for every path: the same classes are transient here as for chat requests.

@@ -44,31 +44,47 @@ class SimConfig:
     batch_fault_rate: float = 0.0  # probability that a batch line gets a 500 instead of an answer
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.faults) - set(FAULT_KINDS))
-        if unknown:
-            raise ValueError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
-        if not 0.0 <= self.fault_rate <= 1.0:
-            raise ValueError(f"fault_rate must be within 0..1, not {self.fault_rate}")
-        if min(self.rpm, self.tpm, self.rpd, self.tpd) < 1 or self.burst_s <= 0 or self.day_s <= 0:
-            raise ValueError("rate limits, burst_s and day_s must be positive")
-        self._check_batch()
-
-    def _check_batch(self) -> None:
-        timings = {"batch_validate_s": self.batch_validate_s, "batch_finalize_s": self.batch_finalize_s,
-                   "batch_lines_per_s": self.batch_lines_per_s, "batch_time_scale": self.batch_time_scale}
-        for name, value in timings.items():
-            # Rate and scale divide the schedule: zero would stall it or make every window end at once.
-            positive = name in ("batch_lines_per_s", "batch_time_scale")
-            if not math.isfinite(value) or value < 0 or (positive and value == 0):
-                bound = "above 0" if positive else "of at least 0"
-                raise ValueError(f"{name} must be a finite number {bound}, not {value}")
-        if not 0.0 <= self.batch_fault_rate <= 1.0:
-            raise ValueError(f"batch_fault_rate must be within 0..1, not {self.batch_fault_rate}")
         if self.batch_models is not None:
             self.batch_models = tuple(self.batch_models)
+        problem = self.problem()
+        if problem is not None:
+            raise SimConfigError(*problem)
+
+    def problem(self) -> tuple[str, str] | None:
+        """The first knob that is out of range, as (field name, what is wrong), or None."""
+        unknown = sorted(set(self.faults) - set(FAULT_KINDS))
+        if unknown:
+            return "faults", f"has unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}"
+        for name in ("rpm", "tpm", "rpd", "tpd"):
+            if getattr(self, name) < 1:
+                return name, f"must be at least 1, not {getattr(self, name)}"
+        # Positive: they divide the pace or the schedule (zero would stall it, or end every window at
+        # once); the others are delays and may be 0. NaN passes every comparison, so finiteness first.
+        positive = ("burst_s", "day_s", "batch_lines_per_s", "batch_time_scale")
+        for name in ("burst_s", "day_s", "latency_ms", "jitter_ms", "hang_s", "batch_validate_s",
+                     "batch_finalize_s", "batch_lines_per_s", "batch_time_scale"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+                bound = "above 0" if name in positive else "of at least 0"
+                return name, f"must be a finite number {bound}, not {value}"
+        for name in ("fault_rate", "batch_fault_rate"):
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= 1.0:  # False for NaN too
+                return name, f"must be a probability within 0..1, not {value}"
+        if self.batch_models is not None:
             unknown = sorted(set(self.batch_models) - set(KNOWN_MODELS))
             if unknown:
-                raise ValueError(f"unknown batch models {unknown}; choose from {', '.join(KNOWN_MODELS)}")
+                known = ", ".join(KNOWN_MODELS)
+                return "batch_models", f"has unknown batch models {unknown}; choose from {known}"
+        return None
+
+
+class SimConfigError(ValueError):
+    """A knob out of range; `field` is SimConfig's name for it (the command line's is `--field-name`)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"{field} {problem}")
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,14 +119,20 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
-    """A SimConfig from options parsed by `add_cli_arguments`; ValueError if they are invalid."""
-    return SimConfig(
-        api_key=ns.api_key, rpm=ns.rpm, tpm=ns.tpm, rpd=ns.rpd, tpd=ns.tpd, burst_s=ns.burst_s,
-        latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, fault_rate=ns.fault_rate,
-        faults=tuple(k.strip() for k in ns.faults.split(",") if k.strip()), hang_s=ns.hang_s, seed=ns.seed,
-        batch_validate_s=ns.batch_validate_s, batch_lines_per_s=ns.batch_lines_per_s,
-        batch_time_scale=ns.batch_time_scale, batch_finalize_s=ns.batch_finalize_s,
-        batch_fault_rate=ns.batch_fault_rate,
-        batch_models=None if ns.batch_models is None
-        else tuple(m.strip() for m in ns.batch_models.split(",") if m.strip()),
-    )
+    """A SimConfig from options parsed by `add_cli_arguments`; ValueError, naming the option as it is
+    typed (`--fault-rate must be ...`), if they are invalid."""
+    if not 0 <= ns.port <= 65535:
+        raise ValueError(f"--port must be within 0..65535 (0: any free port), not {ns.port}")
+    try:
+        return SimConfig(
+            api_key=ns.api_key, rpm=ns.rpm, tpm=ns.tpm, rpd=ns.rpd, tpd=ns.tpd, burst_s=ns.burst_s,
+            latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, fault_rate=ns.fault_rate,
+            faults=tuple(k.strip() for k in ns.faults.split(",") if k.strip()), hang_s=ns.hang_s,
+            seed=ns.seed, batch_validate_s=ns.batch_validate_s, batch_lines_per_s=ns.batch_lines_per_s,
+            batch_time_scale=ns.batch_time_scale, batch_finalize_s=ns.batch_finalize_s,
+            batch_fault_rate=ns.batch_fault_rate,
+            batch_models=None if ns.batch_models is None
+            else tuple(m.strip() for m in ns.batch_models.split(",") if m.strip()),
+        )
+    except SimConfigError as exc:
+        raise ValueError(f"--{exc.field.replace('_', '-')} {exc.problem}") from None

