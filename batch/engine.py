@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .batchapi.run import BatchPass, refuse_open_batches
-from .budget import Budget
 from .config import Job
 from .endpoint import Endpoint, sends_max_tokens
 from .errors import QuotaReached, Stopped
@@ -30,6 +29,7 @@ from .progress import BatchProgress, Progress
 from .prompts import Renderer
 from .report import RunStats, Summary
 from .source import Rows
+from .spendcap import SpendCap
 from .store import Store
 from .structured import shape_of
 
@@ -62,7 +62,7 @@ class Run:
         self.interrupted = False
         self.summary: Summary | None = None
         self._stage: OnlinePass | BatchPass | None = None
-        self.budget: Budget | None = None  # [limits] max-cost-usd: what this run may still spend
+        self.budget: SpendCap | None = None  # [limits] max-cost-usd: what this run may still spend
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -84,7 +84,7 @@ class Run:
             renderer = Renderer(job.task, key=job.input.key,
                                 max_tokens=sends_max_tokens(job, endpoint.base_url))
             if job.limits.max_cost_usd is not None:
-                self.budget = Budget(job.limits.max_cost_usd, job.task.model, renderer.completion_budget)
+                self.budget = SpendCap(job.limits.max_cost_usd, job.task.model, renderer.completion_budget)
             expired = 0
             if self.mode == "batch":
                 log.info("run: %d rows from %s -> %s; model %s at %s; Batch API, completion window %s",

@@ -19,13 +19,13 @@ from typing import Any
 from . import catalog
 from .batchapi.files import request_line, starts_new_file
 from .batchapi.ledger import Ledger
-from .budget import usd as _usd
 from .config import Job
 from .endpoint import sends_max_tokens
 from .preflight import check_job
 from .prompts import Renderer, RowFailure
 from .records import Request
 from .source import Rows
+from .spendcap import usd as _usd
 from .store import Store
 
 SHOWN = 3  # rendered requests shown

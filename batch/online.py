@@ -12,7 +12,6 @@ import asyncio
 import functools
 from collections.abc import Callable, Iterator
 
-from .budget import Budget
 from .client import Client
 from .config import LimitsSpec
 from .endpoint import Endpoint
@@ -24,6 +23,7 @@ from .records import Answer, Request
 from .report import RunStats
 from .retry import RetryPolicy
 from .source import Rows
+from .spendcap import SpendCap
 from .store import Store, StoreWriteError
 from .structured import Shape, judge
 
@@ -43,7 +43,7 @@ class OnlinePass:
 
     def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
                  limit: int | None, retry_failed: bool, pacer: PacerFactory = local_pacer,
-                 shape: Shape | None = None, budget: Budget | None = None) -> None:
+                 shape: Shape | None = None, budget: SpendCap | None = None) -> None:
         self._budget = budget  # the run's spend cap ([limits] max-cost-usd)
         self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
         self._pacer = pacer

@@ -25,12 +25,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
-from .budget import Budget
 from .errors import ApiError, FatalApiError, RateLimited
 from .limits import Pacing
 from .records import Answer, Completion, Request
 from .report import RunStats
 from .retry import Action, RetryPolicy
+from .spendcap import SpendCap
 
 log = logging.getLogger("batch.pool")
 
@@ -56,7 +56,7 @@ class _Job:
 class Pool:
     def __init__(self, send: Send, pacer: Pacing, policy: RetryPolicy, *, concurrency: int,
                  on_answer: Callable[[Answer], None], stats: RunStats,
-                 rng: random.Random | None = None, budget: Budget | None = None) -> None:
+                 rng: random.Random | None = None, budget: SpendCap | None = None) -> None:
         self._send, self._pacer, self._policy = send, pacer, policy
         self.budget = budget  # the run's spend cap: a request is sent only if its worst case fits
         self._concurrency = concurrency

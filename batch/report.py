@@ -15,10 +15,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .budget import usd
 from .catalog import cost_usd
 from .errors import ApiError, RateLimited, TransportError
 from .records import Answer
+from .spendcap import usd
 
 
 class Histogram:

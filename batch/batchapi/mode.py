@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..budget import Budget
 from ..errors import ApiError, FatalApiError
 from ..progress import BatchProgress
 from ..records import Answer, Request
 from ..report import RunStats
+from ..spendcap import SpendCap
 from ..store import Store
 from ..structured import Shape, judge
 from .download import download_results
@@ -60,7 +60,7 @@ class BatchMode:
     def __init__(self, client: BatchApi, store: Store, stats: RunStats, progress: BatchProgress, *,
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
                  retry_failed: bool = False, shape: Shape | None = None,
-                 budget: Budget | None = None) -> None:
+                 budget: SpendCap | None = None) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
         self._ledger = Ledger(store)
         self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from ..budget import Budget
 from ..client import Client
 from ..config import Job
 from ..endpoint import Endpoint
@@ -21,6 +20,7 @@ from ..prompts import Renderer
 from ..records import Request
 from ..report import RunStats
 from ..source import Rows
+from ..spendcap import SpendCap
 from ..store import Store
 from ..structured import shape_of
 from .endpoints import BatchApi
@@ -35,7 +35,7 @@ class BatchPass:
     """`stop()` ends the waiting (batches go on at Groq; the next run attaches), never a step half-done."""
 
     def __init__(self, job: Job, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *,
-                 limit: int | None, retry_failed: bool, wait: bool, budget: Budget | None = None) -> None:
+                 limit: int | None, retry_failed: bool, wait: bool, budget: SpendCap | None = None) -> None:
         self._job, self._rows, self._renderer, self._store, self._stats = job, rows, renderer, store, stats
         self._budget = budget
         self._limit, self._retry_failed, self._wait = limit, retry_failed, wait

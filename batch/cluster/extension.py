@@ -26,7 +26,7 @@ log = logging.getLogger("batch.cluster")
 NAME = "batch-limiter"
 
 
-class _Job:
+class _JobState:
     def __init__(self, budget: Budget, key: str | None, limits: tuple[float, float, bool, bool]) -> None:
         self.budget, self.key, self.limits = budget, key, limits
         self.claims: dict[int, str] = {}  # partition -> worker address
@@ -37,7 +37,7 @@ class LimiterPlugin(SchedulerPlugin):
     name = NAME
 
     def __init__(self) -> None:
-        self.jobs: dict[str, _Job] = {}
+        self.jobs: dict[str, _JobState] = {}
 
     async def start(self, scheduler: Scheduler) -> None:
         scheduler.handlers.update({
@@ -63,7 +63,7 @@ class LimiterPlugin(SchedulerPlugin):
         if found is None or found.limits != limits:
             budget = Budget(rpm, tpm, learn_requests=learn_requests, learn_tokens=learn_tokens)
             if found is None:
-                found = self.jobs[job] = _Job(budget, key, limits)
+                found = self.jobs[job] = _JobState(budget, key, limits)
             else:
                 budget.resume_at = found.budget.resume_at
                 found.budget, found.limits = budget, limits

@@ -17,7 +17,7 @@ from . import catalog
 from .records import Answer
 
 
-class Budget:
+class SpendCap:
     """`reserve` before sending, then `settle` (an answer) or `release` (no answer, nothing billed).
 
     A request whose worst case fits beside what is spent, but not beside what requests in flight have

@@ -16,7 +16,6 @@ from fakeclock import run_virtual
 from nasty import write_csv
 from test_pool import FakeApi, request
 
-from batch.budget import Budget
 from batch.catalog import cost_usd
 from batch.limits import Pacer
 from batch.pool import Pool
@@ -24,6 +23,7 @@ from batch.records import Answer, Request
 from batch.report import RunStats
 from batch.retry import RetryPolicy
 from batch.sim import Simulator
+from batch.spendcap import SpendCap
 
 MODEL = "openai/gpt-oss-20b"  # $0.075 in, $0.30 out per million tokens
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
@@ -35,7 +35,7 @@ ACTUAL = (4 * 0.075 + 6 * 0.30) / 1e6
 
 
 def test_the_worst_case_is_the_prompt_and_the_whole_completion_budget_at_list_price() -> None:
-    budget = Budget(0.001, MODEL, completion_budget=1000)
+    budget = SpendCap(0.001, MODEL, completion_budget=1000)
     assert budget.worst(1100) == pytest.approx(WORST)
     assert budget.worst(1100, batch=True) == pytest.approx(WORST / 2)
     first = budget.try_reserve(1100)
@@ -48,17 +48,17 @@ def test_the_worst_case_is_the_prompt_and_the_whole_completion_budget_at_list_pr
 
 
 def test_an_answer_without_usage_counts_its_whole_reservation() -> None:
-    budget = Budget(1.0, MODEL, completion_budget=1000)
+    budget = SpendCap(1.0, MODEL, completion_budget=1000)
     cost = budget.try_reserve(1100)
     assert cost is not None
     budget.settle(cost, Answer("fp"))
     assert budget.spent_usd == pytest.approx(WORST)
 
 
-def capped_pool(cap: float, n: int, concurrency: int) -> tuple[Pool, list[Answer], Budget, FakeApi]:
+def capped_pool(cap: float, n: int, concurrency: int) -> tuple[Pool, list[Answer], SpendCap, FakeApi]:
     api = FakeApi(latency=0.5)
     answers: list[Answer] = []
-    budget = Budget(cap, MODEL, completion_budget=1000)
+    budget = SpendCap(cap, MODEL, completion_budget=1000)
     pool = Pool(api, Pacer(10**9, 10**12), RetryPolicy(), concurrency=concurrency, on_answer=answers.append,
                 stats=RunStats(), budget=budget)
     reqs: list[Request] = [request(i, est_tokens=1100) for i in range(n)]
