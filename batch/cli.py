@@ -17,10 +17,11 @@ from pathlib import Path
 
 from . import commands, endpoint, sim
 from .config import load_job
-from .engine import Run, RunOptions, report_path
+from .engine import Run, RunOptions
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from .preflight import check_job
 from .report import Summary
+from .runreport import report_path, write_reports
 from .simulated import simulated
 
 log = logging.getLogger("batch")
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("job", type=Path, help="the job file (TOML)")
     st.add_argument("--json", action="store_true", help="print JSON instead of text")
     _verbosity(st)
+
+    rp = sub.add_parser("report", help="write the HTML report of the job's last run again (sends nothing)")
+    rp.add_argument("job", type=Path, help="the job file (TOML)")
+    rp.add_argument("--html", type=Path, metavar="PATH",
+                    help="where to write it (default: beside the output, <output>.report.html)")
+    rp.add_argument("--json", action="store_true", help="also print the report's figures as JSON")
+    _verbosity(rp)
 
     simp = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
     sim.add_cli_arguments(simp)
@@ -119,6 +127,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return commands.status(args.job, as_json=args.json)
         if args.command == "plan":
             return commands.plan(args.job, limit=args.limit, mode=args.mode, as_json=args.json)
+        if args.command == "report":
+            return commands.report(args.job, html=args.html, as_json=args.json)
         if args.command == "cancel":
             return asyncio.run(commands.cancel(args.job, args.base_url))
         return asyncio.run(commands.models(args.base_url, simulate=args.simulate))
@@ -197,6 +207,6 @@ def _report_stop(run: Run, exc: BatchError) -> None:
                             output=None, message=str(exc))
     print(summary.human(), file=sys.stderr)
     try:
-        summary.write_json(report_path(run.job))
+        write_reports(run.job, summary, run.stats)  # the JSON, then the HTML beside it
     except OSError as err:
         log.warning("could not write %s: %s", report_path(run.job), err)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from .batchapi.run import BatchPass, refuse_open_batches
 from .config import Job
@@ -28,8 +27,11 @@ from .preflight import check_job, check_model
 from .progress import BatchProgress, Progress
 from .prompts import Renderer
 from .report import RunStats, Summary
+from .runreport import report_path as report_path  # where the doors find the report
+from .runreport import write_reports
 from .source import Rows
 from .store import Store
+from .timeline import Failures
 
 log = logging.getLogger("batch")
 
@@ -130,10 +132,12 @@ class Run:
 
     def _finish(self, renderer: Renderer, store: Store) -> Summary:
         job = self.job
+        self.stats.failures = Failures()  # from here on, the report's failed rows are the output's
         try:
             written = write_output(self.rows, renderer, store, path=job.output.path, fmt=job.output.format,
                                    text_column=job.output.text_column,
-                                   response_format=job.task.response_format, limit=self.opts.limit)
+                                   response_format=job.task.response_format, limit=self.opts.limit,
+                                   failures=self.stats.failures)
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
             raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved; "
                           "fix this and run the same command again (it sends nothing more).") from exc
@@ -144,13 +148,9 @@ class Run:
                                 model=job.task.model, rows=written.rows, rows_ok=written.ok,
                                 rows_failed=failed, rows_from_store=written.from_store,
                                 output=job.output.path, message=message, mode=self.mode)
-        summary.write_json(report_path(job))
         store.finish_run(summary.to_json())
+        write_reports(job, summary, self.stats, store)  # the JSON, then the HTML beside it
         return summary
-
-
-def report_path(job: Job) -> Path:
-    return job.output.path.with_name(job.output.path.name + ".report.json")
 
 
 def quota_message(limit: str | None, retry_after: float | None) -> str:
