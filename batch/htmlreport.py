@@ -70,8 +70,8 @@ def render(data: dict[str, Any]) -> str:
         parts.append(_section("Pace against the limits", "pace", plotpace.pace(tl, figs.get("limits") or {}),
                               "Requests and tokens sent per minute (solid) against the limits the run "
                               "paced itself to at the time (dashed: the job's own, or learned from "
-                              "Groq's headers and 429s). Red lines mark 429 answers; the bottom panel "
-                              "counts 429s, retries and other failed attempts on the same time axis."))
+                              "Groq's headers and 429s). Red ticks on the time axis mark 429 answers; "
+                              "the bottom panel counts 429s, retries and other failed attempts."))
     lat_marks = [(q, s.get(f"latency_{q}_s")) for q in ("p50", "p95", "p99")]
     queue_marks = [(q, s.get(f"queue_time_{q}_s")) for q in ("p50", "p95")]
     lat = plots.latency(figs.get("latency") or {}, figs.get("queue") or {}, lat_marks, queue_marks)

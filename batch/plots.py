@@ -67,7 +67,9 @@ def time_unit(duration_s: float) -> tuple[float, str]:
 
 
 def span(seconds: float) -> str:
-    return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
+    if seconds < 120:
+        return f"{seconds:g} s"
+    return f"{seconds / 60:.2g} min" if seconds < 7200 else f"{seconds / 3600:.2g} h"
 
 
 def count(v: float) -> str:

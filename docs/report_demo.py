@@ -3,7 +3,8 @@
     python docs/report_demo.py [--rows 900] [--keep DIR]
 
 Three runs of one job over a growing table (so the cost history has bars), against a simulator
-whose requests-per-minute limit is below the job's, that drops, breaks and refuses some requests;
+whose requests-per-minute limit is below the job's (and drops further half a minute into the last
+run, as when another job starts spending the same budget), that drops and breaks some requests;
 the report of the last run is opened in headless Chromium and its top part saved as a PNG.
 """
 
@@ -66,6 +67,9 @@ def main() -> None:
     (folder / "job.toml").write_text(JOB, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "GROQ_API_KEY": "gsk_demo"}
     for n in (args.rows // 6, args.rows // 3, args.rows):
+        if n == args.rows:  # half a minute into the last run, another job takes a third of the budget
+            sim.config.rpm = 900
+            threading.Timer(30, setattr, (sim.config, "rpm", 600)).start()
         with open(folder / "in.csv", "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "experience"])

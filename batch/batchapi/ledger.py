@@ -81,18 +81,20 @@ class Ledger:
 
     def update(self, upload: int, *, batch: Mapping[str, Any] | None = None, **values: object) -> None:
         """Set fields. A status seen for the first time (and the merge) is stamped in `times`, for the
-        run report's timeline of each batch; so are the `<status>_at` times of Groq's `batch` object
-        (exact, where polling sees a status late or not at all). A stamp, once set, is kept."""
+        run report's timeline of each batch; the `<status>_at` times of Groq's `batch` object replace
+        those (they are exact, where polling sees a status late or not at all)."""
         assert set(values) <= _UPDATABLE, values
         sets = ", ".join(f"{k}=?" for k in values)
         now = time.time()
-        stamps = [(s, now) for s in (values.get("status"), "merged" if values.get("done") else None) if s]
-        stamps += [(k[:-3], float(v)) for k, v in (batch or {}).items()
-                   if k.endswith("_at") and k[:-3] in _STAMPED and isinstance(v, int | float) and v > 0]
-        if stamps:  # json_set(times, path, value, ...): the last of one path wins, so Groq's own
-            pairs = ", ".join("'$.' || ?, COALESCE(json_extract(times, '$.' || ?), ?)" for _ in stamps)
-            sets += f", times=json_set(COALESCE(times, '{{}}'), {pairs})"
-        params = [p for name, at in stamps for p in (name, name, at)]
+        seen = [(s, now) for s in (values.get("status"), "merged" if values.get("done") else None) if s]
+        groq = [(k[:-3], float(v)) for k, v in (batch or {}).items()
+                if k.endswith("_at") and k[:-3] in _STAMPED and isinstance(v, int | float) and v > 0]
+        if seen or groq:  # json_set(times, path, value, ...), applied left to right
+            pairs = ["'$.' || ?, COALESCE(json_extract(times, '$.' || ?), ?)"] * len(seen)
+            pairs += ["'$.' || ?, ?"] * len(groq)
+            sets += f", times=json_set(COALESCE(times, '{{}}'), {', '.join(pairs)})"
+        params = [p for name, at in seen for p in (name, name, at)]
+        params += [p for name, at in groq for p in (name, at)]
         self._db.execute(f"UPDATE uploads SET {sets}, updated=? WHERE id=?",
                          (*values.values(), *params, now, upload))
 
