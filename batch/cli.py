@@ -199,12 +199,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report_stop(run: Run, exc: BatchError) -> None:
     """A run that ended early still tells what it did, on stderr and in the report file."""
-    if not isinstance(exc, Stopped | FatalApiError) or run.stats.requests == 0:
+    stats = run.stats
+    if not isinstance(exc, Stopped | FatalApiError) or not (stats.requests or stats.batches
+                                                            or stats.batch_results):
         return
     status = "stopped" if isinstance(exc, Stopped) else "fatal"
     summary = Summary.build(run.stats, status=status, model=run.job.task.model, rows=0,
                             rows_ok=run.stats.answered, rows_failed=run.stats.failed, rows_from_store=0,
-                            output=None, message=str(exc))
+                            output=None, message=str(exc), mode=run.mode)
     print(summary.human(), file=sys.stderr)
     try:
         write_reports(run.job, summary, run.stats)  # the JSON, then the HTML beside it

@@ -74,10 +74,11 @@ def render(data: dict[str, Any]) -> str:
                               "the bottom panel counts 429s, retries and other failed attempts."))
     lat_marks = [(q, s.get(f"latency_{q}_s")) for q in ("p50", "p95", "p99")]
     queue_marks = [(q, s.get(f"queue_time_{q}_s")) for q in ("p50", "p95")]
-    lat = plots.latency(figs.get("latency") or {}, figs.get("queue") or {}, lat_marks, queue_marks)
-    parts.append(_section("Latency", "latency", lat,
-                          "Seconds from sending a request to its answer, as measured here (left), and "
-                          "the part Groq says the request waited in its queue (right); log scale."))
+    if any((figs.get(h) or {}).get("count") for h in ("latency", "queue")):
+        lat = plots.latency(figs.get("latency") or {}, figs.get("queue") or {}, lat_marks, queue_marks)
+        parts.append(_section("Latency", "latency", lat,
+                              "Seconds from sending a request to its answer, as measured here (left), "
+                              "and the part Groq says the request waited in its queue (right); log scale."))
     parts.append(_rows(s, figs.get("failures") or {}))
     if data.get("history"):
         parts.append(_cost(data["history"], figs.get("run"), s.get("max_cost_usd")))
@@ -156,6 +157,9 @@ def _rows(s: dict[str, Any], failures: dict[str, Any]) -> str:
     what = ("Requests this stopped run answered and failed (no output was written)" if stopped else
             "Every row of the output: answered (of which from the store: paid for by earlier runs), "
             "and failed, by kind of failure")
+    if not any(n for _, n in bars):
+        return ('<section><h2>Rows</h2><p class="note">No row was answered or failed by this run.</p>'
+                f"{table}</section>")
     return _section("Rows", "rows", plotruns.rows(bars), what + ".", table)
 
 

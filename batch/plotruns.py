@@ -58,7 +58,7 @@ def cost(history: Sequence[dict[str, Any]], current: int | None, cap: float | No
         colours = [plots.BLUE if h.get("run") == current else "#a9c1ee" for h in history]
         ax.bar(x, values, color=colours, width=0.6)
         ax.set_xticks(x, [f"#{h.get('run')}" for h in history])
-        top = max([*values, cap or 0, 1e-9])
+        top = max([*values, cap or 0, 0.001])  # all free: an axis of cents, not of 1e-9
         for i, v in enumerate(values):
             ax.text(i, v + top * 0.02, money(v), ha="center", fontsize=8, color=plots.INK)
         if cap:

@@ -204,3 +204,19 @@ def test_a_report_that_cannot_be_drawn_leaves_the_run_successful(
     assert proc.returncode == 0, proc.stderr
     assert "could not write" in proc.stderr and "report.html" in proc.stderr
     assert json.loads((tmp_path / "out.parquet.report.json").read_text(encoding="utf-8"))["rows_ok"] == 4
+
+
+def test_a_batch_run_that_does_not_wait_reports_its_submission(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, _ = start_sim(batch_validate_s=5.0)
+    write_csv(plain_rows(10), tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run={"mode": "batch"})
+
+    proc = run_batch(job, "--base-url", url, "--no-wait")
+
+    assert proc.returncode == 3, proc.stderr
+    report = json.loads((tmp_path / "out.parquet.report.json").read_text(encoding="utf-8"))
+    assert (report["status"], report["mode"], report["batches"], report["batch_requests"]) == (
+        "stopped", "batch", 1, 10)
+    dom = check_page(tmp_path / "out.parquet.report.html", report, {"cost", "batches"})
+    assert "No row was answered" in " ".join(dom.text)

@@ -98,7 +98,7 @@ class Ledger:
         self._db.execute(f"UPDATE uploads SET {sets}, updated=? WHERE id=?",
                          (*values.values(), *params, now, upload))
 
-    def timelines(self) -> list[dict[str, object]]:
+    def timelines(self) -> list[dict[str, Any]]:
         """Each submission, oldest first: name, batch id, status, lines, counts (JSON) and when each
         status was first seen (`times`: status -> epoch seconds; `prepared` is when it was written)."""
         if not self._exists():
