@@ -74,22 +74,20 @@ class RunStats:
             self.batch_input_tokens += a.input_tokens or 0
             self.batch_output_tokens += a.output_tokens or 0
             self.batch_cached_tokens += a.cached_tokens or 0
-        timeline = self.timeline
+        bucket = self.timeline.bucket()  # one look-up for this answer's counters over time
         if a.ok:
             self.answered += 1
-            timeline.add(tl.ANSWERED)
+            bucket[tl.ANSWERED] += 1
             if a.latency_s is not None:
                 self.latency.add(a.latency_s)
             if a.queue_time is not None:
                 self.queue.add(a.queue_time)
         else:
             self.failed += 1
-            timeline.add(tl.FAILED)
+            bucket[tl.FAILED] += 1
             self.failures.add(None, a.error or "", permanent=a.permanent)
-        if a.input_tokens:
-            timeline.add(tl.INPUT_TOKENS, a.input_tokens)
-        if a.output_tokens:
-            timeline.add(tl.OUTPUT_TOKENS, a.output_tokens)
+        bucket[tl.INPUT_TOKENS] += a.input_tokens or 0
+        bucket[tl.OUTPUT_TOKENS] += a.output_tokens or 0
         self.input_tokens += a.input_tokens or 0
         self.output_tokens += a.output_tokens or 0
         self.cached_tokens += a.cached_tokens or 0

@@ -5,9 +5,9 @@ must not follow the number of rows:
 
 - `Timeline` counts events (requests sent, answers, 429s, retries, tokens, ...) in buckets of
   `width` seconds from the start of the run, with the limits in force at the time. One event is a
-  clock read, an integer division and a list bump. When there would be more than `max_buckets`
-  buckets the width doubles and neighbours merge, so a run of any length keeps at most `max_buckets`
-  (about 1,200 buckets: tens of kilobytes even for a run of days).
+  clock read, a comparison and a list bump (a dict look-up when a new second starts). When there
+  would be more than `max_buckets` buckets the width doubles and neighbours merge, so a run of any
+  length keeps at most `max_buckets` (1,200: tens of kilobytes even for a run of days).
 - `Histogram` counts values (latency, queue time) in log-spaced buckets, a fixed few hundred of them.
 - `Failures` keeps the first few failed rows with their errors, and a count of failures by kind.
 """
@@ -40,23 +40,30 @@ class Timeline:
         self._max = max(2, max_buckets)
         self.width = 1
         self._buckets: dict[int, list[float]] = {}
+        self._current: list[float] = []
+        self._until = -math.inf  # clock time at which `_current` stops being the current bucket
 
-    def _bucket(self) -> list[float]:
-        i = int(self._clock() - self._t0) // self.width
+    def bucket(self) -> list[float]:
+        """The counters of the current second (or coarser bucket), to bump by column index."""
+        now = self._clock()
+        if now < self._until:  # most events fall in the bucket of the one before
+            return self._current
+        i = int(now - self._t0) // self.width
         b = self._buckets.get(i)
         if b is None:
             while len(self._buckets) >= self._max:
                 self._coarsen()
                 i //= 2
             b = self._buckets.setdefault(i, [0] * len(COLUMNS))
+        self._current, self._until = b, self._t0 + (i + 1) * self.width
         return b
 
     def add(self, column: int, n: float = 1) -> None:
-        self._bucket()[column] += n
+        self.bucket()[column] += n
 
     def sent(self, rpm: float, tpm: float) -> None:
         """A request left, paced at these limits."""
-        b = self._bucket()
+        b = self.bucket()
         b[REQUESTS] += 1
         b[RPM], b[TPM] = rpm, tpm
 
@@ -69,7 +76,7 @@ class Timeline:
                 dst[c] += src[c]
             if src[RPM]:  # the later bucket's limits win: they were in force at the end
                 dst[RPM], dst[TPM] = src[RPM], src[TPM]
-        self._buckets, self.width = merged, self.width * 2
+        self._buckets, self.width, self._until = merged, self.width * 2, -math.inf
 
     def to_dict(self) -> dict[str, Any]:
         """Column-wise, `second` being each bucket's start from the start of the run."""
