@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,10 @@ def with_store(path: Path, action: Any) -> Any:
         return action(store)
     finally:
         store.close()
+
+
+def test_a_run_does_not_import_matplotlib_until_it_draws_the_report() -> None:
+    code = ("import sys, batch.cli, batch.engine, batch.commands, batch.runreport; "
+            "print('matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
