@@ -76,7 +76,10 @@ def report(path: Path, *, html: Path | None, as_json: bool) -> int:
         store.close()
     target = html or html_path(job)
     written = write_html(data, target)
-    print(json.dumps(data, indent=2, ensure_ascii=False) if as_json else target if written else "")
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    elif written:
+        print(target)
     return EXIT_OK if written else EXIT_ROWS_FAILED
 
 

@@ -24,6 +24,8 @@ body { margin:0; background:var(--bg); color:var(--ink); line-height:1.45;
 main { max-width: 1080px; margin: 0 auto; padding: 24px 20px 40px; }
 header h1 { font-size: 22px; margin: 0 0 4px; }
 header p { margin: 0; color: var(--muted); }
+.kicker { display:block; font-size:12px; font-weight:600; letter-spacing:.06em; text-transform:uppercase;
+  color:var(--muted); margin-bottom:2px; }
 .pill { display:inline-block; padding:2px 10px; border-radius:999px; font-size:13px; font-weight:600;
   vertical-align: middle; margin-left: 8px; color:#fff; background:#2b9348; }
 .pill.failed-rows { background:#f08c00; } .pill.stopped { background:#616e7c; }
@@ -101,7 +103,8 @@ def _header(data: dict[str, Any]) -> str:
     bits = [f"model {s.get('model')}", f"{s.get('mode', 'online')} mode", f"started {_when(started)}"]
     if s.get("output"):
         bits.append(f"output {s['output']}")
-    return (f'<header><h1>{_e(data["job"])}<span class="pill {_e(status)}" data-key="status" '
+    return (f'<header><h1><span class="kicker">Run report</span>{_e(data["job"])}'
+            f'<span class="pill {_e(status)}" data-key="status" '
             f'data-value="{_e(json.dumps(status))}">{_e(status)}</span></h1>'
             f'<p>{_e(" · ".join(bits))}</p></header>')
 
