@@ -23,6 +23,7 @@ from matplotlib.image import imread
 from nasty import write_csv
 from test_e2e import PROMPT, plain_rows
 
+from batch.runreport import write_html
 from batch.sim import Simulator
 
 StartSim = Callable[..., tuple[str, Simulator]]
@@ -220,3 +221,22 @@ def test_a_batch_run_that_does_not_wait_reports_its_submission(
         "stopped", "batch", 1, 10)
     dom = check_page(tmp_path / "out.parquet.report.html", report, {"cost", "batches"})
     assert "No row was answered" in " ".join(dom.text)
+
+
+def test_text_from_rows_and_servers_is_shown_as_text(tmp_path: Path) -> None:
+    hostile = '<script>alert(1)</script><img src="http://example.com/x.png">" onload="x'
+    summary = {"status": "failed-rows", "rows": 1, "rows_ok": 0, "rows_failed": 1, "rows_from_store": 0,
+               "model": hostile, "mode": "online", "errors": {hostile: 1}, "message": hostile}
+    figures = {"failures": {"first": [{"row": 0, "error": hostile}], "kinds": {hostile: 1}}, "run": 1}
+    data = {"job": hostile, "generated": 1.7e9, "summary": summary, "figures": figures,
+            "history": [{"run": 1, "started": 1.7e9, "status": hostile, "cost_usd": 0.5}],
+            "batches": [{"name": hostile, "batch_id": None, "status": hostile, "lines": 1, "counts": None,
+                         "times": {"prepared": 1.7e9, hostile: 1.7e9 + 5}}]}
+    page = tmp_path / "hostile.html"
+
+    assert write_html(data, page)
+
+    dom = Dom(dump_dom(page))
+    assert not [t for t, _ in dom.elements if t in ("script", "img")]
+    assert all(not a.get("src") and not a.get("onload") for _, a in dom.elements)
+    assert "".join(dom.text).count(hostile) >= 4  # job, message, error, kinds: all shown as written
