@@ -196,7 +196,8 @@ def _batches(items: list[dict[str, Any]]) -> str:
     return _section("Batch API", "batches", plotruns.batches(items),
                     "Each submission from the moment its file was written: validating, in progress, "
                     "finalizing, then how it ended and when its results were merged into the store "
-                    "(times as this program saw them when polling).", table)
+                    "(Groq's own times where its batch object gives them, else when a poll first saw "
+                    "the status).", table)
 
 
 def _int(v: Any) -> str:

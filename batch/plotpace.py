@@ -76,7 +76,7 @@ def pace(tl: dict[str, Any], sources: dict[str, str]) -> str:
     window = averaging_window(width, duration)
     edges = np.arange(len(s["requests"]) + 1) * width / unit
     with style():
-        fig = figure(10, 6.4)
+        fig = figure(10, 6.4, left=0.6, bottom=0.5, hspace=0.3)
         ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True, height_ratios=[3, 3, 1.6])
         rpm, tpm = carried(s["rpm"]), carried(s["tpm"])
         _rate(ax1, edges, per_minute(s["requests"], width, window), rpm, BLUE,

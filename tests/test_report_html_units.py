@@ -95,7 +95,7 @@ def test_a_days_long_run_keeps_kilobytes_and_its_page_stays_under_a_megabyte(tmp
     text = page.read_text(encoding="utf-8")
     assert len(text.encode()) < 1024 * 1024
     assert text.count("<svg") == 5 and text.count("<script") == 0
-    assert 'data-key="max_cost_usd" data-value="25.0"' in text and "spend cap $25.00 per run" in text
+    assert 'data-key="max_cost_usd" data-value="25.0"' in text and "the spend cap, $25.00 per run" in text
 
 
 def test_histograms_and_failures_stay_small() -> None:
