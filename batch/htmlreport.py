@@ -48,6 +48,7 @@ td.err { font-family: ui-monospace, Menlo, Consolas, monospace; font-size:12px; 
 .message { background:#fff8e6; border:1px solid #ffe3a3; border-radius:8px; padding:10px 14px; }
 footer { color:var(--muted); font-size:12px; margin-top:20px; }
 """
+BATCHES_SHOWN = 60
 NONE = "\u2013"  # an en dash, for a figure that is not known
 # (key, label, format): the JSON report's figures, in the order the tiles show them.
 TILES = (("rows", "rows", "int"), ("rows_ok", "rows ok", "int"), ("rows_failed", "rows failed", "int"),
@@ -184,8 +185,11 @@ def _cost(history: list[dict[str, Any]], current: int | None, cap: float | None)
 
 
 def _batches(items: list[dict[str, Any]]) -> str:
+    """The job's submissions; the last `BATCHES_SHOWN` of them when there are more (a page of any job
+    stays small: the ledger keeps them all, `status` lists them)."""
+    shown = items[-BATCHES_SHOWN:]
     rows = []
-    for b in items:
+    for b in shown:
         counts = json.loads(b["counts"]) if isinstance(b.get("counts"), str) else (b.get("counts") or {})
         counts = counts or {}
         rows.append(f'<tr><td>{_e(b.get("batch_id") or b.get("name"))}</td><td>{_e(b.get("status"))}</td>'
@@ -193,11 +197,13 @@ def _batches(items: list[dict[str, Any]]) -> str:
                     f'</td><td class="n">{_int(counts.get("failed"))}</td></tr>')
     table = ('<table data-table="batches"><tr><th>batch</th><th>status</th><th class="n">requests</th>'
              f'<th class="n">completed</th><th class="n">failed</th></tr>{"".join(rows)}</table>')
-    return _section("Batch API", "batches", plotruns.batches(items),
+    more = (f" The last {len(shown)} of the job's {len(items)} submissions are shown."
+            if len(shown) < len(items) else "")
+    return _section("Batch API", "batches", plotruns.batches(shown),
                     "Each submission from the moment its file was written: validating, in progress, "
                     "finalizing, then how it ended and when its results were merged into the store "
-                    "(Groq's own times where its batch object gives them, else when a poll first saw "
-                    "the status).", table)
+                    f"(Groq's own times where its batch object gives them, else when a poll first saw "
+                    f"the status).{more}", table)
 
 
 def _int(v: Any) -> str:

@@ -84,7 +84,7 @@ def test_a_days_long_run_keeps_kilobytes_and_its_page_stays_under_a_megabyte(tmp
                 "lines": 50_000, "counts": json.dumps({"total": 50_000, "completed": 49_990, "failed": 10}),
                 "times": {"prepared": 1.7e9 + i * 60, "validating": 1.7e9 + i * 60 + 30,
                           "in_progress": 1.7e9 + i * 60 + 300, "completed": 1.7e9 + i * 900 + 3600,
-                          "merged": 1.7e9 + i * 900 + 3700}} for i in range(40)]
+                          "merged": 1.7e9 + i * 900 + 3700}} for i in range(400)]
     shown = {**json.loads(summary.to_json()), "max_cost_usd": 25.0}  # with a spend cap
     data = {"job": "long.toml", "generated": 1.7e9, "summary": shown,
             "figures": figures, "history": history, "batches": batches}
@@ -95,6 +95,7 @@ def test_a_days_long_run_keeps_kilobytes_and_its_page_stays_under_a_megabyte(tmp
     text = page.read_text(encoding="utf-8")
     assert len(text.encode()) < 1024 * 1024
     assert text.count("<svg") == 5 and text.count("<script") == 0
+    assert "The last 60 of the job&#x27;s 400 submissions are shown." in text
     assert 'data-key="max_cost_usd" data-value="25.0"' in text and "the spend cap, $25.00 per run" in text
 
 
