@@ -130,8 +130,8 @@ class Failures:
     def add(self, row: int | None, error: str, *, kind: str | None = None, permanent: bool = True) -> None:
         """A failed row (0-based; None when not known); `kind` names it when the caller knows better."""
         self.kinds[kind or error_kind(error, permanent=permanent)] += 1
-        if len(self.first) < self.keep:
-            self.first.append((row, error))
+        if len(self.first) < self.keep:  # an error body can be long: its start says what it is
+            self.first.append((row, error if len(error) <= 600 else error[:600] + " [...]"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"first": [{"row": r, "error": e} for r, e in self.first], "kinds": dict(self.kinds)}
