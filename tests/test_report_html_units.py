@@ -109,10 +109,10 @@ def test_histograms_and_failures_stay_small() -> None:
     for i in range(50):
         f.add(i, "500: boom" if i % 2 else "the model returned no text (finish_reason 'length')")
     assert [r for r, _ in f.first] == [0, 1, 2]
+    assert f.kinds == {"HTTP 500": 25, "no text (budget spent)": 25}
     f.first.clear()
     f.add(7, "400 invalid_value: " + "x" * 5000)
     assert len(f.first[0][1]) < 700
-    assert f.kinds == {"HTTP 500": 25, "no text (budget spent)": 25}
 
 
 def test_error_kinds_name_what_this_program_writes() -> None:
