@@ -18,11 +18,12 @@ from typing import Protocol
 
 from . import commands, endpoint, sim
 from .config import Job, load_job, valid_cluster
-from .engine import Run, RunOptions, report_path
+from .engine import Run, RunOptions
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, JobError, Stopped
 from .parts import PartitionedRun
 from .preflight import check_job
 from .report import Summary
+from .runreport import report_path, write_reports
 from .simulated import kept_apart, simulated
 
 log = logging.getLogger("batch")
@@ -66,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("job", type=Path, help="the job file (TOML)")
     st.add_argument("--json", action="store_true", help="print JSON instead of text")
     _verbosity(st)
+
+    rp = sub.add_parser("report", help="write the HTML report of the job's last run again (sends nothing)")
+    rp.add_argument("job", type=Path, help="the job file (TOML)")
+    rp.add_argument("--html", type=Path, metavar="PATH",
+                    help="where to write it (default: beside the output, <output>.report.html)")
+    rp.add_argument("--json", action="store_true", help="also print the report's figures as JSON")
+    _verbosity(rp)
 
     simp = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
     sim.add_cli_arguments(simp)
@@ -124,6 +132,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return commands.status(args.job, as_json=args.json)
         if args.command == "plan":
             return commands.plan(args.job, limit=args.limit, mode=args.mode, as_json=args.json)
+        if args.command == "report":
+            return commands.report(args.job, html=args.html, as_json=args.json)
         if args.command == "cancel":
             return asyncio.run(commands.cancel(args.job, args.base_url))
         return asyncio.run(commands.models(args.base_url, simulate=args.simulate))
@@ -221,7 +231,9 @@ class Runner(Protocol):
 
 def _report_stop(run: Run, exc: BatchError) -> None:
     """A run that ended early still tells what it did, on stderr and in the report file."""
-    if not isinstance(exc, Stopped | FatalApiError) or run.stats.requests == 0:
+    stats = run.stats
+    if not isinstance(exc, Stopped | FatalApiError) or not (stats.requests or stats.batches
+                                                            or stats.batch_results):
         return
     status = "stopped" if isinstance(exc, Stopped) else "fatal"
     summary = Summary.build(run.stats, status=status, model=run.job.task.model, rows=0,
@@ -230,6 +242,6 @@ def _report_stop(run: Run, exc: BatchError) -> None:
                             max_cost_usd=run.job.limits.max_cost_usd)
     print(summary.human(), file=sys.stderr)
     try:
-        summary.write_json(report_path(run.job))
+        write_reports(run.job, summary, run.stats)  # the JSON, then the HTML beside it
     except OSError as err:
         log.warning("could not write %s: %s", report_path(run.job), err)

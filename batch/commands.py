@@ -1,4 +1,5 @@
-"""The commands beside `run`: plan, status, cancel, models, simulate — argv already parsed, output printed."""
+"""The commands beside `run`: plan, status, report, cancel, models, simulate — argv already parsed, output
+printed."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from .client import Client
 from .config import load_job
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, JobError
 from .estimate import describe, make_plan
+from .runreport import html_path, report_data, write_html
 from .simulated import KEY as SIMULATED_KEY
 from .status import status as job_status
+from .store import Store
 
 log = logging.getLogger("batch")
 
@@ -59,6 +62,25 @@ def status(path: Path, *, as_json: bool) -> int:
                   f"{counts.get('completed', 0)}/{b.get('lines')} answered, {counts.get('failed', 0)} failed"
                   f"\t{'merged' if b.get('merged') else 'open'}\t{b.get('file')}")
     return EXIT_OK
+
+
+def report(path: Path, *, html: Path | None, as_json: bool) -> int:
+    """The HTML report of the job's last run, drawn again from its store; its path, or the figures."""
+    job = load_job(path)
+    if not job.state.path.exists():
+        raise JobError(f"{path}: this job has not run yet (no state at {job.state.path}); nothing to report")
+    store = Store(job.state.path, readonly=True)
+    try:
+        data = report_data(job, store)
+    finally:
+        store.close()
+    target = html or html_path(job)
+    written = write_html(data, target)
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    elif written:
+        print(target)
+    return EXIT_OK if written else EXIT_ROWS_FAILED
 
 
 def simulate(args: argparse.Namespace) -> int:

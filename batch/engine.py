@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from .batchapi.run import BatchPass, refuse_open_batches
 from .config import Job
@@ -28,10 +27,13 @@ from .preflight import check_job, check_model
 from .progress import BatchProgress, Progress
 from .prompts import Renderer
 from .report import RunStats, Summary
+from .runreport import report_path as report_path  # where the doors find the report
+from .runreport import write_reports
 from .source import Rows
 from .spendcap import SpendCap
 from .store import Store
 from .structured import shape_of
+from .timeline import Failures
 
 log = logging.getLogger("batch")
 
@@ -149,10 +151,12 @@ class Run:
 
     def _finish(self, renderer: Renderer, store: Store) -> Summary:
         job = self.job
+        self.stats.failures = Failures()  # from here on, the report's failed rows are the output's
         try:
             written = write_output(self.rows, renderer, store, path=job.output.path, fmt=job.output.format,
                                    text_column=job.output.text_column,
-                                   response_format=job.task.response_format, limit=self.opts.limit)
+                                   response_format=job.task.response_format, limit=self.opts.limit,
+                                   failures=self.stats.failures)
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
             raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved "
                           "and the previous output is as it was; free space (or make the folder writable), "
@@ -165,18 +169,14 @@ class Run:
                                 rows_failed=failed, rows_from_store=written.from_store,
                                 output=job.output.path, message=message, mode=self.mode,
                                 max_cost_usd=job.limits.max_cost_usd)
+        store.finish_run(summary.to_json())
         try:
-            summary.write_json(report_path(job))
+            write_reports(job, summary, self.stats, store)  # the JSON, then the HTML beside it
         except OSError as exc:  # the output is in place; only the report beside it is missing
             raise Stopped(f"could not write the report {report_path(job)}: {exc}. The output is written "
                           "and every answer is saved; free space, then run the same command.") from exc
-        store.finish_run(summary.to_json())
         self.summary = summary
         return summary
-
-
-def report_path(job: Job) -> Path:
-    return job.output.path.with_name(job.output.path.name + ".report.json")
 
 
 def quota_message(limit: str | None, retry_after: float | None) -> str:

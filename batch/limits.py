@@ -43,6 +43,9 @@ class Pacing(Protocol):
     leases its budget from one limiter shared by every machine (`batch.cluster`)."""
 
     @property
+    def requests_per_minute(self) -> float: ...
+
+    @property
     def tokens_per_minute(self) -> float: ...
 
     def fits(self, tokens: int) -> bool: ...

@@ -20,6 +20,7 @@ from .records import Request
 from .sink import Outcome, OutputWriter
 from .source import Rows
 from .store import Store
+from .timeline import Failures
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,11 @@ class Written:
 
 
 def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fmt: str, text_column: str,
-                 response_format: Mapping[str, Any] | None, limit: int | None) -> Written:
+                 response_format: Mapping[str, Any] | None, limit: int | None,
+                 failures: Failures | None = None) -> Written:
+    """`failures`, when given, collects the failed rows (the first few, and their kinds) for the report."""
     ok = failed = from_store = 0
+    failures = failures or Failures()
     shape = structured.shape_of(response_format)
     with OutputWriter(path, fmt, rows.schema, text_column, shape) as out:
         for row0, chunk in rows.numbered(limit):
@@ -40,18 +44,21 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
             answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
             outcomes: list[Outcome] = []
             cells: list[dict[str, object]] = []
-            for r in rendered:
+            for i, r in enumerate(rendered):
                 cells.append({})
                 if isinstance(r, RowFailure):
                     outcomes.append(r.error)
                     failed += 1
+                    failures.add(row0 + i, r.error, kind="invalid input row")
                     continue
                 found = answers.get(r.fingerprint)
                 if found is None:  # cannot happen after a complete pass 1; never drop the row
                     outcomes.append("no answer was recorded for this row; run the job again")
                     failed += 1
+                    failures.add(row0 + i, "no answer was recorded for this row", kind="no answer")
                     continue
                 answer, earlier = found
+                problem = None
                 if shape is not None and answer.ok:
                     cells[-1], problem = structured.check(shape, answer.text)
                     if problem:
@@ -60,6 +67,9 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
                 ok += answer.ok
                 failed += not answer.ok
                 from_store += earlier
+                if answer.error is not None:
+                    failures.add(row0 + i, answer.error, permanent=answer.permanent,
+                                 kind="response format" if problem else None)
             out.write(chunk, outcomes, cells)
         written = out.rows
     return Written(written, ok, failed, from_store)

@@ -174,7 +174,7 @@ class Pool:
             self._finish(job)
             return
         job.attempts += 1
-        self.stats.requests += 1
+        self.stats.record_request(self._pacer.requests_per_minute, self._pacer.tokens_per_minute)
         started = time.monotonic()
         self._sending.add(me)
         try:
@@ -227,7 +227,7 @@ class Pool:
             if decision.action is Action.RETRY:
                 self._pacer.cool_down(decision.delay_s)
         if decision.action is Action.RETRY:
-            self.stats.retries += 1
+            self.stats.record_retry()
             log.debug("retry row=%d attempt=%d in %.2fs: %s", req.row + 1, job.attempts,
                       decision.delay_s, exc.describe())
             if self.stop_reason:

@@ -2,47 +2,26 @@
 
 `RunStats` only counts; `Summary` turns counts into the report. Progress display lives in
 `progress`, prices in `catalog`. Latency percentiles come from a log-spaced histogram (buckets 2%
-apart), so memory stays constant however many requests a run makes.
+apart), and the counters over time from a coarsening `Timeline`, so memory stays constant however
+many requests a run makes; the run report (`runreport`) plots both.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import timeline as tl
 from .catalog import cost_usd
 from .errors import ApiError, RateLimited, TransportError
 from .records import Answer
 from .spendcap import usd
+from .timeline import Failures, Histogram, Timeline
 
-
-class Histogram:
-    """Counts of values in buckets growing by `ratio` from `lo`; quantiles are accurate to ~ratio."""
-
-    def __init__(self, lo: float = 1e-3, hi: float = 3600.0, ratio: float = 1.02) -> None:
-        n = math.ceil(math.log(hi / lo) / math.log(ratio)) + 1
-        self._bounds = [lo * ratio**i for i in range(n)]
-        self._counts = [0] * (n + 1)
-        self.count = 0
-
-    def add(self, value: float) -> None:
-        self._counts[bisect.bisect_left(self._bounds, value)] += 1
-        self.count += 1
-
-    def quantile(self, q: float) -> float | None:
-        if not self.count:
-            return None
-        rank, seen = q * (self.count - 1), 0
-        for i, c in enumerate(self._counts):
-            seen += c
-            if seen > rank:
-                return self._bounds[min(i, len(self._bounds) - 1)]
-        return self._bounds[-1]
+__all__ = ["Histogram", "RunStats", "Summary"]
 
 
 @dataclass
@@ -61,6 +40,9 @@ class RunStats:
     reasoning_tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
+    queue: Histogram = field(default_factory=Histogram)  # Groq's own queue time, from usage
+    timeline: Timeline = field(default_factory=Timeline)
+    failures: Failures = field(default_factory=Failures)  # failed requests this run (rows: pass 2's)
     # Batch API: requests submitted in batches this run, and the tokens of the answers they brought
     # (billed at half price; their share of the totals above).
     batch_requests: int = 0
@@ -70,12 +52,22 @@ class RunStats:
     batch_output_tokens: int = 0
     batch_cached_tokens: int = 0
 
+    def record_request(self, rpm: float, tpm: float) -> None:
+        """An attempt left, paced at these requests- and tokens-per-minute limits."""
+        self.requests += 1
+        self.timeline.sent(rpm, tpm)
+
+    def record_retry(self) -> None:
+        self.retries += 1
+        self.timeline.add(tl.RETRIES)
+
     def record_error(self, exc: ApiError) -> None:
         # HTTP errors by status; a transport failure (even a 200 with a broken body) by its class.
         self.errors[type(exc).__name__ if isinstance(exc, TransportError) or not exc.status
                     else str(exc.status)] += 1
         if isinstance(exc, RateLimited):
             self.rate_limited += 1
+        self.timeline.add(tl.RATE_LIMITED if isinstance(exc, RateLimited) else tl.ERRORS)
 
     def record_answer(self, a: Answer, *, batch: bool = False) -> None:
         if batch:
@@ -83,12 +75,20 @@ class RunStats:
             self.batch_input_tokens += a.input_tokens or 0
             self.batch_output_tokens += a.output_tokens or 0
             self.batch_cached_tokens += a.cached_tokens or 0
+        bucket = self.timeline.bucket()  # one look-up for this answer's counters over time
         if a.ok:
             self.answered += 1
+            bucket[tl.ANSWERED] += 1
             if a.latency_s is not None:
                 self.latency.add(a.latency_s)
+            if a.queue_time is not None:
+                self.queue.add(a.queue_time)
         else:
             self.failed += 1
+            bucket[tl.FAILED] += 1
+            self.failures.add(None, a.error or "", permanent=a.permanent)
+        bucket[tl.INPUT_TOKENS] += a.input_tokens or 0
+        bucket[tl.OUTPUT_TOKENS] += a.output_tokens or 0
         self.input_tokens += a.input_tokens or 0
         self.output_tokens += a.output_tokens or 0
         self.cached_tokens += a.cached_tokens or 0
@@ -131,6 +131,9 @@ class Summary:
     batches: int = 0
     batch_results: int = 0
     max_cost_usd: float | None = None  # the run's spend cap ([limits] max-cost-usd), if any
+    latency_p99_s: float | None = None
+    queue_time_p50_s: float | None = None  # Groq's queue time (usage.queue_time)
+    queue_time_p95_s: float | None = None
 
     @classmethod
     def build(cls, stats: RunStats, *, status: str, model: str, rows: int, rows_ok: int,
@@ -155,6 +158,9 @@ class Summary:
             tokens_per_min=round(stats.per_minute(tokens), 1),
             latency_p50_s=_round(stats.latency.quantile(0.5), 3),
             latency_p95_s=_round(stats.latency.quantile(0.95), 3),
+            latency_p99_s=_round(stats.latency.quantile(0.99), 3),
+            queue_time_p50_s=_round(stats.queue.quantile(0.5), 4),
+            queue_time_p95_s=_round(stats.queue.quantile(0.95), 4),
             peak_rss_mb=peak_rss_mb(),
             model=model, output=str(output) if output else None,
             errors=dict(stats.errors), message=message, mode=mode, batch_requests=stats.batch_requests,

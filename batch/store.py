@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS answers (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL,
                                  summary TEXT);
+CREATE TABLE IF NOT EXISTS run_figures (run INTEGER PRIMARY KEY, summary TEXT NOT NULL,
+                                        figures TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 _CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable limit
@@ -142,6 +144,28 @@ class Store:
         row = self._db.execute("SELECT summary FROM runs WHERE summary IS NOT NULL "
                                "ORDER BY id DESC LIMIT 1").fetchone()
         return None if row is None else str(row[0])
+
+    def save_figures(self, summary_json: str, figures_json: str) -> None:
+        """What the run report plots (kilobytes, whatever the rows), for `report` to draw again; kept
+        for this store's run, or if it began none (a store opened after a stopped run) the last one."""
+        self._db.execute("INSERT OR REPLACE INTO run_figures SELECT COALESCE(NULLIF(?, 0), MAX(id)), ?, ? "
+                         "FROM runs", (self.run_id, summary_json, figures_json))
+
+    def run_history(self, n: int) -> list[tuple[int, float, str, str | None]]:
+        """The last `n` runs that left a summary, newest first: (id, started, summary, figures).
+        A stopped run's summary is in `run_figures` only; a store older than that table has none."""
+        if not self._has("run_figures"):
+            return [(r[0], r[1], r[2], None) for r in self._db.execute(
+                "SELECT id, started, summary FROM runs WHERE summary IS NOT NULL ORDER BY id DESC LIMIT ?",
+                (n,))]
+        rows = self._db.execute(
+            "SELECT r.id, r.started, COALESCE(f.summary, r.summary), f.figures FROM runs r "
+            "LEFT JOIN run_figures f ON f.run = r.id WHERE COALESCE(f.summary, r.summary) IS NOT NULL "
+            "ORDER BY r.id DESC LIMIT ?", (n,))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def _has(self, table: str) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (table,)).fetchone() is not None
 
     # -- answers ----------------------------------------------------------------------------------
     def put(self, answer: Answer) -> None:

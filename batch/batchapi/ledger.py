@@ -8,9 +8,11 @@ ledger does not name, and `submit` finds those by name and input file on Groq in
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..store import Store
 
@@ -18,7 +20,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, lines INTEGER NOT NULL, bytes INTEGER NOT NULL,
     file_id TEXT, batch_id TEXT, status TEXT NOT NULL, counts TEXT, detail TEXT,
-    created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0
+    created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0, times TEXT
 );
 CREATE TABLE IF NOT EXISTS upload_lines (
     upload INTEGER NOT NULL, line INTEGER NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (upload, line)
@@ -28,6 +30,8 @@ CREATE INDEX IF NOT EXISTS upload_lines_fp ON upload_lines (fingerprint);
 _COLUMNS = "id, name, lines, bytes, file_id, batch_id, status, counts, detail, created, done"
 _NAMES = _COLUMNS.split(", ")
 _UPDATABLE = frozenset(("file_id", "batch_id", "status", "counts", "detail", "done"))
+_STAMPED = frozenset(("in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
+                      "cancelled"))  # Groq's batch object has `<status>_at` for these
 _CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable limit
 
 
@@ -57,6 +61,8 @@ class Ledger:
         self._db, self._store = store.db, store
         if not store.readonly:
             self._db.executescript(_SCHEMA)
+            if "times" not in self._columns():  # a ledger from before the report's timelines
+                self._db.execute("ALTER TABLE uploads ADD COLUMN times TEXT")
 
     def add(self, prefix: str, digest: str, fingerprints: list[str], size: int) -> Upload:
         """Record a prepared file of requests (line i+1 holds fingerprints[i]) under a name that no other
@@ -74,12 +80,36 @@ class Ledger:
             self._db.execute("COMMIT")
         return Upload(upload, name, len(fingerprints), size, None, None, "prepared", None, None, now, False)
 
-    def update(self, upload: int, **values: object) -> None:
+    def update(self, upload: int, *, batch: Mapping[str, Any] | None = None, **values: object) -> None:
+        """Set fields. A status seen for the first time (and the merge) is stamped in `times`, for the
+        run report's timeline of each batch; the `<status>_at` times of Groq's `batch` object replace
+        those (they are exact, where polling sees a status late or not at all)."""
         assert set(values) <= _UPDATABLE, values
         sets = ", ".join(f"{k}=?" for k in values)
+        now = time.time()
+        seen = [(s, now) for s in (values.get("status"), "merged" if values.get("done") else None) if s]
+        groq = [(k[:-3], float(v)) for k, v in (batch or {}).items()
+                if k.endswith("_at") and k[:-3] in _STAMPED and isinstance(v, int | float) and v > 0]
+        if seen or groq:  # json_set(times, path, value, ...), applied left to right
+            pairs = ["'$.' || ?, COALESCE(json_extract(times, '$.' || ?), ?)"] * len(seen)
+            pairs += ["'$.' || ?, ?"] * len(groq)
+            sets += f", times=json_set(COALESCE(times, '{{}}'), {', '.join(pairs)})"
+        params = [p for name, at in seen for p in (name, name, at)]
+        params += [p for name, at in groq for p in (name, at)]
         with self._store.writing():
             self._db.execute(f"UPDATE uploads SET {sets}, updated=? WHERE id=?",
-                             (*values.values(), time.time(), upload))
+                             (*values.values(), *params, now, upload))
+
+    def timelines(self) -> list[dict[str, Any]]:
+        """Each submission, oldest first: name, batch id, status, lines, counts (JSON) and when each
+        status was first seen (`times`: status -> epoch seconds; `prepared` is when it was written)."""
+        if not self._exists():
+            return []
+        times = "times" if "times" in self._columns() else "NULL"
+        rows = self._db.execute(f"SELECT name, batch_id, status, lines, counts, created, {times} "
+                                "FROM uploads ORDER BY id")
+        return [{"name": r[0], "batch_id": r[1], "status": r[2], "lines": r[3], "counts": r[4],
+                 "times": {"prepared": r[5], **(json.loads(r[6]) if r[6] else {})}} for r in rows]
 
     def uploads(self, *, open_only: bool = False) -> list[Upload]:
         if not self._exists():
@@ -104,6 +134,9 @@ class Ledger:
                  f"WHERE u.done = 0 AND l.fingerprint IN ({','.join('?' * len(chunk))})")
             found.update(r[0] for r in self._db.execute(q, chunk))
         return found
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self._db.execute("PRAGMA table_info(uploads)")}
 
     def _exists(self) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='uploads'").fetchone() is not None

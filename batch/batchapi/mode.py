@@ -185,7 +185,7 @@ class BatchMode:
             return None
         counts = obj.get("request_counts") or {}
         status = str(obj.get("status"))
-        self._ledger.update(u.id, status=status, counts=json.dumps(counts))
+        self._ledger.update(u.id, status=status, counts=json.dumps(counts), batch=obj)
         self._progress.show(u.batch_id, status, int(counts.get("completed") or 0),
                             int(counts.get("failed") or 0), int(counts.get("total") or u.lines))
         return obj

@@ -46,6 +46,10 @@ class LeasedPacer:
         self.leases = 0
 
     @property
+    def requests_per_minute(self) -> float:
+        return self.rpm
+
+    @property
     def tokens_per_minute(self) -> float:
         return self.tpm
 
