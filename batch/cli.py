@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Protocol
 
 from . import commands, endpoint, sim
-from .config import Job, load_job, valid_cluster
+from .config import Job, load_job
 from .engine import Run, RunOptions
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, JobError, Stopped
+from .keycheck import valid_cluster
 from .parts import PartitionedRun
 from .preflight import check_job
 from .report import Summary

@@ -11,7 +11,6 @@ that need the input's schema (template columns exist, output columns do not clas
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from typing import Any
 
 from batch.errors import ConfigError
 from batch.jobpaths import resolve_paths
-from batch.keys import TABLES, check_value, describe_keys, show, unknown_name
+from batch.keycheck import check_value, run_problems, show, task_conflicts, unknown_name, window_hours
+from batch.keys import TABLES, describe_keys
 
 __all__ = [
     "ANSWER_COLUMNS",
@@ -125,9 +125,6 @@ class Job:
 
 
 REQUIRED_TABLES = ("input", "task")
-# Which reasoning efforts a model family takes (docs/groq.md); other families are not second-guessed.
-EFFORTS_BY_FAMILY = {"openai/gpt-oss": ("low", "medium", "high"), "qwen/": ("none", "default")}
-
 
 def _check_table(label: str, table: str, raw: Mapping[str, Any], problems: list[str],
                  base: Path) -> dict[str, Any]:
@@ -194,8 +191,8 @@ def job_from_tables(data: Mapping[str, Any], file: Path) -> Job:
         task["image_dir"] = _beside(job_file, task["image_dir"])
         if not task["image_dir"].is_dir():
             problems.append(f"{label}: [task] image-dir: {task['image_dir']} is not a folder")
-    problems += _task_conflicts(label, task)
-    problems += _run_problems(label, values.get("run", {}))
+    problems += task_conflicts(label, task)
+    problems += run_problems(label, values.get("run", {}))
     if problems:
         raise ConfigError(problems)
     assert in_path and in_format is not None and out_path and out_format  # no problems: all derived
@@ -212,44 +209,6 @@ def job_from_tables(data: Mapping[str, Any], file: Path) -> Job:
         state=StateSpec(path=state_path),
         run=RunSpec(**values["run"]),
     )
-
-
-def _run_problems(label: str, run: Mapping[str, Any]) -> list[str]:
-    problems = []
-    window, cluster = run.get("completion_window"), run.get("cluster")
-    if window is not None and window_hours(window) is None:
-        problems.append(f"{label}: [run] completion-window: must be a duration from 24h to 7d such as "
-                        f"\"24h\", \"48h\" or \"7d\", got {json.dumps(window)}")
-    if cluster is not None and not valid_cluster(cluster):
-        problems.append(f"{label}: [run] cluster: must be \"local\", \"local:N\" or a scheduler address "
-                        f"such as \"tcp://10.0.0.5:8786\", got {json.dumps(cluster)}")
-    return problems
-
-
-def valid_cluster(text: str) -> bool:
-    """A Dask scheduler address (tcp://HOST:PORT, tls://, ws://), or local / local:N (N up to 999)."""
-    return re.fullmatch(r"local(:[1-9]\d{0,2})?|(tcp|tls|ws|wss)://\S+", text) is not None
-
-
-def window_hours(text: str) -> float | None:
-    """Hours in a completion window such as "24h" or "7d", if Groq takes it (24h to 7d), else None."""
-    m = re.fullmatch(r"(\d+)([hd])", text.strip())
-    hours = None if m is None else int(m.group(1)) * (24 if m.group(2) == "d" else 1)
-    return hours if hours is not None and 24 <= hours <= 168 else None
-
-
-def _task_conflicts(label: str, task: Mapping[str, Any]) -> list[str]:
-    """Problems between [task] keys that are each valid alone."""
-    problems = []
-    if task.get("reasoning_format") is not None and task.get("include_reasoning") is not None:
-        problems.append(f"{label}: [task] reasoning-format, include-reasoning: Groq takes one or the other, "
-                        "not both; remove one")
-    effort, model = task.get("reasoning_effort"), task.get("model") or ""
-    for family, efforts in EFFORTS_BY_FAMILY.items():
-        if effort is not None and model.startswith(family) and effort not in efforts:
-            problems.append(f"{label}: [task] reasoning-effort: {model} takes {', '.join(efforts)}, "
-                            f"got {json.dumps(effort)}")
-    return problems
 
 
 def load_job(path: Path) -> Job:
