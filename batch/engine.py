@@ -13,6 +13,7 @@ same call resumes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from .preflight import check_job, check_model
 from .progress import BatchProgress, Progress
 from .prompts import Renderer
 from .report import RunStats, Summary
+from .rowkeys import RowKeys
 from .source import Rows
 from .store import Store
 
@@ -55,6 +57,7 @@ class Run:
         self.mode = self.opts.mode or job.run.mode
         self.interrupted = False
         self._stage: OnlinePass | BatchPass | None = None
+        self._keys: list[RowKeys] = []  # pass 1's fingerprints of every row, for pass 2 (the last one)
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -90,8 +93,11 @@ class Run:
                          job.limits.concurrency)
             if self.mode == "online" or expired:
                 await self._online(renderer, store)
-            return self._finish(renderer, store)
+            # Pass 2 off the loop, so that a signal is still heard at once.
+            return await asyncio.to_thread(self._finish, renderer, store)
         finally:
+            for keys in self._keys:
+                keys.close()
             store.close()
 
     async def _via_batch_api(self, renderer: Renderer, store: Store) -> int:
@@ -105,6 +111,7 @@ class Run:
         try:
             return await stage.run(self.endpoint, progress)
         finally:
+            self._keys += [stage.keys] if stage.keys else []
             progress.close()
 
     async def _online(self, renderer: Renderer, store: Store) -> None:
@@ -119,6 +126,7 @@ class Run:
         try:
             pool = await stage.run(self.endpoint, progress)
         finally:
+            self._keys += [stage.keys] if stage.keys else []
             progress.close()
         if pool.fatal is not None:
             raise pool.fatal
@@ -133,7 +141,8 @@ class Run:
         try:
             written = write_output(self.rows, renderer, store, path=job.output.path, fmt=job.output.format,
                                    text_column=job.output.text_column,
-                                   response_format=job.task.response_format, limit=self.opts.limit)
+                                   response_format=job.task.response_format, limit=self.opts.limit,
+                                   keys=self._keys[-1] if self._keys else None)
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
             raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved; "
                           "fix this and run the same command again (it sends nothing more).") from exc

@@ -6,6 +6,11 @@ A null in a column the templates use fails that row (it is never sent as "None" 
 
 The body is serialised here, once, with a fixed key order; the fingerprint is the SHA-256 of exactly
 those bytes, so it changes when anything sent changes (model, messages, any parameter) and only then.
+A chunk is rendered in `Group`s: a run of rows with each row's fingerprint (or why it failed) and
+each request on demand. Plain-text rows render a whole chunk at once (`columnar`); rows with images
+or a chat history one by one, in groups bounded in bytes, so a chunk of large images is never held
+rendered whole.
+
 `top_k` is never sent: Groq has no such parameter and rejects requests that carry it. Groq's extras
 (stop, reasoning, service tier, response format) follow the original parameters, so a job that sets
 none of them keeps the fingerprints it had before they existed.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +47,41 @@ class RowFailure:
 
 
 Rendered = Request | RowFailure
+
+# A group of rows rendered one by one ends at this many bytes of request bodies or this many rows,
+# whichever comes first: what pass 1 holds rendered besides the requests in flight.
+GROUP_BYTES = 8 << 20
+GROUP_ROWS = 1024
+
+
+class Group:
+    """Consecutive rows rendered: each row's fingerprint (None where the row failed, with its
+    message in `errors`), and each row's request, built on demand (`request(i)`)."""
+
+    __slots__ = ("_request", "errors", "fingerprints", "first_row")
+
+    def __init__(self, first_row: int, fingerprints: list[str | None], errors: list[str | None],
+                 request: Callable[[int], Request]) -> None:
+        self.first_row, self.fingerprints, self.errors = first_row, fingerprints, errors
+        self._request = request
+
+    def __len__(self) -> int:
+        return len(self.fingerprints)
+
+    def request(self, i: int) -> Request:
+        """The request of the group's row `i` (0-based within the group); only for rows that did not fail."""
+        return self._request(i)
+
+    @classmethod
+    def of(cls, first_row: int, rendered: list[Rendered]) -> Group:
+        fps = [r.fingerprint if isinstance(r, Request) else None for r in rendered]
+        errors = [r.error if isinstance(r, RowFailure) else None for r in rendered]
+
+        def request(i: int) -> Request:
+            r = rendered[i]
+            assert isinstance(r, Request), "a failed row has no request"
+            return r
+        return cls(first_row, fps, errors, request)
 
 
 def as_text(value: Any) -> str:
@@ -92,22 +132,46 @@ class Renderer:
         }
         self.params = {k: v for k, v in params.items() if v is not None}
         self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
+        self._columnar: Any = None  # columnar.ColumnarRenderer, or False: row by row (made when first used)
+
+    def groups(self, chunk: pa.RecordBatch, first_row: int) -> Iterator[Group]:
+        """The chunk's rows, rendered, in groups: plain-text rows all at once, others row by row in
+        groups of at most `GROUP_BYTES` of bodies (plus one row) or `GROUP_ROWS` rows."""
+        if self._columnar is None:
+            from .columnar import ColumnarRenderer
+            self._columnar = ColumnarRenderer.for_renderer(self)
+        if self._columnar and (group := self._columnar.render(chunk, first_row)) is not None:
+            yield group
+            return
+        start, size, rendered = first_row, 0, []
+        for r in self._rows(chunk, first_row):
+            rendered.append(r)
+            size += len(r.body) if isinstance(r, Request) else 0
+            if size >= GROUP_BYTES or len(rendered) >= GROUP_ROWS:
+                yield Group.of(start, rendered)
+                start, size, rendered = r.row + 1, 0, []
+        if rendered:
+            yield Group.of(start, rendered)
 
     def render_chunk(self, chunk: pa.RecordBatch, first_row: int) -> list[Rendered]:
+        """Every row of the chunk, rendered one by one (the reference the columnar path must equal)."""
+        return list(self._rows(chunk, first_row))
+
+    def _rows(self, chunk: pa.RecordBatch, first_row: int) -> Iterator[Rendered]:
         cols = {name: chunk.column(name).to_pylist() for name in self.columns}
-        out: list[Rendered] = []
         for i in range(chunk.num_rows):
-            row = first_row + i
-            nulls = [name for name in self.template_columns if cols[name][i] is None]
-            if nulls:
-                out.append(RowFailure(row, f"{self._where(row, cols, i)}: column {_names(nulls)} is empty "
-                                           "(null); the prompt needs a value there"))
-                continue
-            try:
-                out.append(self.request(row, {name: cols[name][i] for name in self.columns}))
-            except RowProblem as exc:
-                out.append(RowFailure(row, f"{self._where(row, cols, i)}: {exc}"))
-        return out
+            yield self.row(first_row + i, cols, i)
+
+    def row(self, row: int, cols: dict[str, list[Any]], i: int) -> Rendered:
+        """Row `i` of columns `cols` (input row `row`), as a request or the reason it cannot be one."""
+        nulls = [name for name in self.template_columns if cols[name][i] is None]
+        if nulls:
+            return RowFailure(row, f"{self._where(row, cols, i)}: column {_names(nulls)} is empty "
+                                   "(null); the prompt needs a value there")
+        try:
+            return self.request(row, {name: cols[name][i] for name in self.columns})
+        except RowProblem as exc:
+            return RowFailure(row, f"{self._where(row, cols, i)}: {exc}")
 
     def _where(self, row: int, cols: dict[str, list[Any]], i: int) -> str:
         """How an error names a row: built only for a row that fails (it is on every row's path)."""
@@ -146,7 +210,7 @@ class Renderer:
 
 # One encoder for every row (json.dumps builds a new one per call); the same bytes as
 # json.dumps(..., ensure_ascii=False, separators=(",", ":")), so fingerprints do not change.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+JSON = _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def fingerprint(body: bytes) -> str:

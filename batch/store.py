@@ -19,6 +19,7 @@ later runs; transient ones (retries exhausted) are, by the next run.
 from __future__ import annotations
 
 import fcntl
+import json
 import operator
 import os
 import sqlite3
@@ -48,7 +49,6 @@ CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, 
                                  summary TEXT);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
-_CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable limit
 
 
 class StoreError(JobError):
@@ -69,9 +69,10 @@ class Store:
         try:
             if readonly:
                 self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                           isolation_level=None)
+                                           isolation_level=None, check_same_thread=False)
             else:
-                self._db = sqlite3.connect(path, isolation_level=None)
+                # Used by one thread at a time; the output pass runs in a worker thread.
+                self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: kill -9 loses nothing committed
                 self._db.executescript(_SCHEMA)
@@ -88,6 +89,7 @@ class Store:
                              "(its answers would then be requested again).") from exc
         # A read-only look at an older store reads a column it lacks as NULL.
         self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
+        self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in _COLUMNS)
         if row is None or row[0] != str(SCHEMA_VERSION):
             self.close()
             raise StoreError(f"state file {path} was written by another version of batch "
@@ -136,29 +138,32 @@ class Store:
     def missing(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> set[str]:
         """The fingerprints with no usable answer: never asked, or failed transiently in an earlier
         run (or permanently, with `retry_failed`). A failure from this run counts as answered."""
-        wanted = set(fingerprints)
-        done = {fp for fp in wanted if fp in self._buffer}
-        todo = list(wanted - done)
+        todo = [fp for fp in set(fingerprints) if fp not in self._buffer]
+        if not todo:
+            return set()
+        # One query per call: the fingerprints travel as one JSON array and SQLite answers with the
+        # missing ones only, so a resume over answered rows builds no Python object per row.
         cond = "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
-        for i in range(0, len(todo), _CHUNK):
-            chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT fingerprint FROM answers WHERE fingerprint IN ({','.join('?' * len(chunk))}) "
-                 f"AND ({cond})")
-            done.update(r[0] for r in self._db.execute(q, (*chunk, self.run_id)))
-        return wanted - done
+        q = ("SELECT j.value FROM json_each(?) j WHERE NOT EXISTS "
+             f"(SELECT 1 FROM answers a WHERE a.fingerprint = j.value AND ({cond}))")
+        return {r[0] for r in self._db.execute(q, (json.dumps(todo), self.run_id))}
 
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
+        return {r[0]: (_answer(r[:-1]), r[-1] != self.run_id) for r in self.answer_rows(fingerprints)}
+
+    ANSWER_ROW = (*_COLUMNS, "run")  # the fields of `answer_rows`' tuples
+
+    def answer_rows(self, fingerprints: Iterable[str]) -> list[tuple[Any, ...]]:
+        """The stored answers of these fingerprints as plain tuples (fields `ANSWER_ROW`), in one query:
+        what the output is assembled from, column-wise, without an object per row."""
         self.flush()
         todo = list(set(fingerprints))
-        out: dict[str, tuple[Answer, bool]] = {}
-        for i in range(0, len(todo), _CHUNK):
-            chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT {self._select}, run FROM answers "
-                 f"WHERE fingerprint IN ({','.join('?' * len(chunk))})")
-            for r in self._db.execute(q, chunk):
-                out[r[0]] = (_answer(r[:-1]), r[-1] != self.run_id)
-        return out
+        if not todo:
+            return []
+        q = (f"SELECT {self._select_a}, a.run FROM json_each(?) j "
+             "JOIN answers a ON a.fingerprint = j.value")
+        return self._db.execute(q, (json.dumps(todo),)).fetchall()
 
     def counts(self) -> dict[str, int]:
         self.flush()

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import ApiError, FatalApiError, Stopped
 from ..progress import BatchProgress
+from ..prompts import Group
 from ..records import Answer, Request
 from ..report import RunStats
 from ..store import Store
@@ -75,7 +76,7 @@ class BatchMode:
         self._stopped = True
         self._wake.set()
 
-    async def run(self, batches: Callable[[], Iterator[list[Request]]]) -> Collected:
+    async def run(self, batches: Callable[[], Iterator[Group]]) -> Collected:
         """Recover what an earlier run left half-done, submit what is missing, wait, merge."""
         outcome = Collected()
         await self._recover()
@@ -89,15 +90,15 @@ class BatchMode:
         return outcome
 
     # -- what to send -------------------------------------------------------------------------------
-    def _missing(self, batches: Iterator[list[Request]]) -> Iterator[Request]:
-        for requests in batches:
-            fps = {r.fingerprint for r in requests}
-            todo = (self._store.missing(fps, retry_failed=self._retry_failed)
-                    - self._ledger.held(fps) - self._left)
-            for r in requests:
-                if r.fingerprint in todo:
-                    todo.discard(r.fingerprint)  # identical rows share one request
-                    yield r
+    def _missing(self, groups: Iterator[Group]) -> Iterator[Request]:
+        for group in groups:
+            fps = {fp for fp in group.fingerprints if fp is not None}
+            todo = self._store.missing(fps, retry_failed=self._retry_failed)
+            todo = todo - self._ledger.held(todo) - self._left if todo else todo
+            for i, fp in enumerate(group.fingerprints if todo else ()):
+                if fp is not None and fp in todo:
+                    todo.discard(fp)  # identical rows share one request
+                    yield group.request(i)
 
     async def _submit(self, requests: Iterable[Request]) -> int:
         writer = ChunkWriter(self._folder)
