@@ -21,11 +21,10 @@ from .engine import Run, RunOptions, report_path
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from .preflight import check_job
 from .report import Summary
-from .simulated import simulated
 
 log = logging.getLogger("batch")
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(simulate_options: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m batch",
                                 description="Run a prompt over every row of a table against Groq.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -63,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     _verbosity(st)
 
     simp = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
-    sim.add_cli_arguments(simp)
+    if simulate_options:  # they come with the simulator's server: loaded only for `simulate`
+        sim.add_cli_arguments(simp)
     _verbosity(simp)
 
     models = sub.add_parser("models", help="list the models the key can use")
@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(simulate_options="simulate" in given).parse_args(given)
     _logging(args.verbose, args.quiet)
     try:
         if args.command == "run":
@@ -148,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
 
     async def main_task() -> int:
         if args.simulate:
+            from .simulated import simulated  # the simulator's server, only when it is wanted
             async with simulated() as ep:
                 return await guarded(Run(job, rows, ep, opts))
         return await guarded(Run(job, rows, endpoint.resolve(job, args.base_url, os.environ), opts))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 _OTHER_CONTROL = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]"  # escaped by json as \b, \f or \u00XX
 _MARKS = ("\x01system", "\x01prompt")
+_EMPTY = pa.scalar("", pa.string())
 
 
 def _plain(t: pa.DataType) -> bool:
@@ -58,13 +59,14 @@ class ColumnarRenderer:
             else:
                 chat.append({"role": role, "content": template.render({})})
         skeleton = JSON.encode({"model": renderer.model, "messages": chat, **renderer.params})
-        self._literals: list[str] = []
+        # Arrow scalars, not str: handing pyarrow a str makes it check whether pandas is there.
+        self._literals: list[pa.Scalar[Any]] = []
         for mark in _MARKS:
             encoded = JSON.encode(mark)[1:-1]
             if encoded in skeleton:
                 before, skeleton = skeleton.split(encoded, 1)
-                self._literals.append(before)
-        self._literals.append(skeleton)
+                self._literals.append(pa.scalar(before, pa.string()))
+        self._literals.append(pa.scalar(skeleton, pa.string()))
 
     @classmethod
     def for_renderer(cls, renderer: Renderer) -> ColumnarRenderer | bool:
@@ -94,7 +96,7 @@ class ColumnarRenderer:
             pieces.append(literal)
             if template is not None:
                 pieces.append(_escape(_join(template, columns, n)))
-        body = pc.binary_join_element_wise(*pieces, "")
+        body = pc.binary_join_element_wise(*pieces, _EMPTY)
         bodies: list[bytes] = pc.cast(body, pa.binary()).to_pylist()
         sha256 = hashlib.sha256
         fps: list[str | None] = [sha256(b).hexdigest()[:32] for b in bodies]
@@ -127,13 +129,14 @@ class ColumnarRenderer:
 
 
 def _join(template: Template, columns: dict[str, pa.Array], n: int) -> pa.Array:
-    parts = [columns[p.column] if isinstance(p, Placeholder) else p for p in template.parts]
+    parts = [columns[p.column] if isinstance(p, Placeholder) else pa.scalar(p, pa.string())
+             for p in template.parts]
     if len(parts) == 1:
         return parts[0]  # a template that is one placeholder (a literal alone is in the skeleton)
-    return pc.binary_join_element_wise(*parts, "")
+    return pc.binary_join_element_wise(*parts, _EMPTY)
 
 
 def _escape(text: pa.Array) -> pa.Array:
     for raw, escaped in _ESCAPES:
-        text = pc.replace_substring(text, raw, escaped)
+        text = pc.replace_substring(text, pattern=raw, replacement=escaped)
     return text
