@@ -21,6 +21,7 @@ from .engine import Run, RunOptions, report_path
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from .preflight import check_job
 from .report import Summary
+from .source import arrow_without_pandas
 
 log = logging.getLogger("batch")
 
@@ -141,6 +142,11 @@ def _fail(exc: BatchError) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    with arrow_without_pandas():  # the command line never hands a table to pandas
+        return _run_job(args)
+
+
+def _run_job(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     rows = check_job(job)  # everything about the job and its input, before a key is even looked for
     opts = RunOptions(limit=args.limit, retry_failed=args.retry_failed, mode=args.mode,
