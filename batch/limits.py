@@ -80,6 +80,11 @@ class TokenBucket:
         self._refill(asyncio.get_running_loop().time())
         self.level = min(self.level, available)
 
+    def top_up(self, available: float) -> None:
+        """Hold up to `available` tokens (no more than the burst): the server says they are free."""
+        self._refill(asyncio.get_running_loop().time())
+        self.level = max(self.level, min(self.capacity, available))
+
     def give_back(self, amount: float) -> None:
         """Return tokens reserved but not used (negative: charge tokens used beyond the reservation)."""
         self._refill(asyncio.get_running_loop().time())
@@ -108,6 +113,8 @@ class Pacer:
         self._last_probe: float | None = None
         self._resume_at = 0.0  # loop time before which nobody sends (shared 429 cool-down)
         self.cooldowns = 0
+        self._reserved = 0  # tokens reserved by requests the server has not answered yet
+        self._told_remaining = False  # the server has said how many tokens of the minute are left
 
     @property
     def tokens_per_minute(self) -> float:
@@ -143,6 +150,7 @@ class Pacer:
         await self._requests.acquire(1)
         if not await self._tokens.take(tokens):
             return False
+        self._reserved += tokens
         await self._cooled()  # a cool-down may have started while we waited in the buckets
         return True
 
@@ -159,6 +167,7 @@ class Pacer:
 
     def settle(self, reserved: int, used: int | None) -> None:
         """Reconcile a reservation with the usage the server reported (None: keep the reservation)."""
+        self._reserved = max(0, self._reserved - reserved)
         if used is not None:
             self._tokens.give_back(reserved - used)
             self._largest = max(self._largest, used)
@@ -170,6 +179,13 @@ class Pacer:
         if rate.tokens_limit_minute:
             self._set_tpm(float(rate.tokens_limit_minute))
         if rate.tokens_remaining_minute is not None:
+            if not self._told_remaining:
+                # The bucket starts empty, as if the minute had been spent; the first count the
+                # server gives says how much of it is really free: take that (less what is still in
+                # flight, which the server has not counted yet), up to the burst, so the run need not
+                # wait a burst's worth of time to find out what it could have sent at once.
+                self._told_remaining = True
+                self._tokens.top_up(float(rate.tokens_remaining_minute) - self._reserved)
             self._tokens.cap(float(rate.tokens_remaining_minute))
 
     def learn_limit(self, kind: str | None, limit: float | None) -> None:
