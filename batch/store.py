@@ -123,11 +123,18 @@ class Store:
         if len(self._buffer) >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_s:
             self.flush()
 
+    def put_many(self, answers: Iterable[Answer]) -> None:
+        """Many answers (a Batch API result file) in one transaction: one commit, not one per 500."""
+        for answer in answers:
+            self._buffer[answer.fingerprint] = answer
+        self.flush()
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
-        rows = [(*_values(a), self.run_id) for a in self._buffer.values()]
+        # In key order: each page of the primary key is written once per transaction, not revisited.
+        rows = [(*_values(a), self.run_id) for _, a in sorted(self._buffer.items())]
         marks = ",".join("?" * (len(_COLUMNS) + 1))
         self._db.execute("BEGIN")
         self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) VALUES ({marks})",

@@ -185,11 +185,14 @@ class BatchMode:
         fetched = [await self._download(obj[key], self._folder / f"{u.name}.{key.split('_')[0]}")
                    for key in ("output_file_id", "error_file_id") if isinstance(obj.get(key), str)]
         answered: set[str] = set()
+        merged = []
         for a in (a for results in fetched for a in results.answers):
             if a.fingerprint in expected:
-                self._store.put(a)
+                merged.append(a)
                 self._stats.record_answer(a, batch=True)
                 answered.add(a.fingerprint)
+        # One transaction for the file, off the loop (nothing else uses the store meanwhile).
+        await asyncio.to_thread(self._store.put_many, merged)
         status = str(obj.get("status"))
         rejected = False
         if status == "failed":
@@ -220,7 +223,7 @@ class BatchMode:
             for attempt in range(1, DOWNLOADS + 1):
                 await retrying(functools.partial(self._client.download_file, file_id, local),
                                 f"downloading {file_id}", self._rng)
-                results = read_results(local)
+                results = await asyncio.to_thread(read_results, local)  # 50,000 lines: off the loop
                 if not results.unreadable:
                     return results
                 if attempt == DOWNLOADS or self._stopped:
