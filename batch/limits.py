@@ -11,6 +11,8 @@ Tokens are paced by `TokenBucket`, which aiolimiter cannot be: a request reserve
 difference is handed back (`settle`), so generous estimates do not waste the budget. The bucket may
 go into debt: a request larger than the burst is admitted once the bucket is full, and the debt
 then delays the next ones, which keeps the average exact without ever refusing a legal request.
+The very first request goes at once on the same terms (its debt delays the second): a run starts
+without waiting, and no minute, the first included, sees more than the limit.
 
 Learning: a limit the job does not state starts from the model's base tier and follows the server:
 `x-ratelimit-limit-tokens` is the tokens-per-minute limit, and a 429 body's "Limit N" names the
@@ -44,8 +46,10 @@ class TokenBucket:
         self._burst_s = burst_s
         self.set_rate(per_minute)
         # Start as if it had been sending at full rate: the burst builds up only in idle time, so
-        # no window of a minute, the first included, sees more than the limit.
+        # no window of a minute, the first included, sees more than the limit. The first request
+        # borrows its tokens (the level goes below zero), so it need not wait for them.
         self.level = 0.0
+        self._fresh = True
         self._stamp: float | None = None
         self._turn = asyncio.Lock()  # waiters are served in arrival order: a big request is not starved
 
@@ -68,9 +72,10 @@ class TokenBucket:
                 if amount > self.per_minute:
                     return False
                 self._refill(loop.time())
-                need = min(amount, self.capacity)
+                need = 0.0 if self._fresh else min(amount, self.capacity)
                 if self.level >= need:
                     self.level -= amount
+                    self._fresh = False
                     return True
                 # Short naps, so that a rate lowered meanwhile is seen within a second.
                 await asyncio.sleep(min(1.0, (need - self.level) / self.rate))
