@@ -25,7 +25,8 @@ from aiohttp import web
 
 MODEL = "openai/gpt-oss-20b"
 ANSWER = {"id": "x", "object": "chat.completion", "model": MODEL,
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                       "finish_reason": "stop"}],
           "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
 
 
