@@ -25,11 +25,12 @@ from .parts import PartitionedRun
 from .preflight import check_job
 from .report import Summary
 from .runreport import report_path, write_reports
-from .simulated import kept_apart, simulated
+from .simulated import kept_apart
+from .source import arrow_without_pandas
 
 log = logging.getLogger("batch")
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(simulate_options: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m batch",
                                 description="Run a prompt over every row of a table against Groq.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -77,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     _verbosity(rp)
 
     simp = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
-    sim.add_cli_arguments(simp)
+    if simulate_options:  # they come with the simulator's server: loaded only for `simulate`
+        sim.add_cli_arguments(simp)
     _verbosity(simp)
 
     models = sub.add_parser("models", help="list the models the key can use")
@@ -122,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(simulate_options="simulate" in given).parse_args(given)
     _logging(args.verbose, args.quiet)
     try:
         if args.command == "run":
@@ -156,6 +159,11 @@ def _fail(exc: BatchError) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    with arrow_without_pandas():  # the command line never hands a table to pandas
+        return _run_job(args)
+
+
+def _run_job(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     cluster = args.cluster or job.run.cluster
     if args.cluster and not valid_cluster(args.cluster):
@@ -179,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
 
     async def main_task() -> int:
         if args.simulate:
+            from .simulated import simulated  # the simulator's server, only when it is wanted
             async with simulated() as ep:
                 return await guarded(runner(ep, kept_apart(job)))
         return await guarded(runner(endpoint.resolve(job, args.base_url, os.environ), job))

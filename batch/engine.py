@@ -13,6 +13,7 @@ same call resumes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from .preflight import check_job, check_model
 from .progress import BatchProgress, Progress
 from .prompts import Renderer
 from .report import RunStats, Summary
+from .rowkeys import RowKeys
 from .runreport import report_path as report_path  # where the doors find the report
 from .runreport import write_reports
 from .source import Rows
@@ -65,6 +67,7 @@ class Run:
         self.summary: Summary | None = None
         self._stage: OnlinePass | BatchPass | None = None
         self.budget: SpendCap | None = None  # [limits] max-cost-usd: what this run may still spend
+        self._keys: list[RowKeys] = []  # pass 1's fingerprints of every row, for pass 2 (the last one)
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -104,8 +107,11 @@ class Run:
                          job.limits.concurrency)
             if self.mode == "online" or expired:
                 await self._online(renderer, store)
-            return self._finish(renderer, store)
+            # Pass 2 off the loop, so that a signal is still heard at once.
+            return await asyncio.to_thread(self._finish, renderer, store)
         finally:
+            for keys in self._keys:
+                keys.close()
             store.close()
 
     async def _via_batch_api(self, renderer: Renderer, store: Store) -> int:
@@ -123,6 +129,7 @@ class Run:
                           "and every submitted batch is recorded; free space, then run the same command "
                           "(nothing is submitted twice).") from exc
         finally:
+            self._keys += [stage.keys] if stage.keys else []
             progress.close()
 
     async def _online(self, renderer: Renderer, store: Store) -> None:
@@ -138,6 +145,7 @@ class Run:
         try:
             pool = await stage.run(self.endpoint, progress)
         finally:
+            self._keys += [stage.keys] if stage.keys else []
             progress.close()
         if pool.fatal is not None:
             raise pool.fatal
@@ -156,7 +164,8 @@ class Run:
             written = write_output(self.rows, renderer, store, path=job.output.path, fmt=job.output.format,
                                    text_column=job.output.text_column,
                                    response_format=job.task.response_format, limit=self.opts.limit,
-                                   failures=self.stats.failures)
+                                   failures=self.stats.failures,
+                                   keys=self._keys[-1] if self._keys else None)
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
             raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved "
                           "and the previous output is as it was; free space (or make the folder writable), "

@@ -22,8 +22,7 @@ from .batchapi.ledger import Ledger
 from .config import Job
 from .endpoint import sends_max_tokens
 from .preflight import check_job
-from .prompts import Renderer, RowFailure
-from .records import Request
+from .prompts import Renderer
 from .source import Rows
 from .spendcap import usd as _usd
 from .store import Store
@@ -64,29 +63,31 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, da
     examples: list[dict[str, Any]] = []
     try:
         for row0, chunk in source.numbered(limit):
-            rendered = renderer.render_chunk(chunk, row0)
-            fresh = [r for r in rendered if isinstance(r, Request) and r.fingerprint not in seen]
-            done = store.get_many(r.fingerprint for r in fresh) if store else {}
-            in_batches = Ledger(store).held(r.fingerprint for r in fresh) if store else set()
-            for r in rendered:
-                rows += 1
-                if isinstance(r, RowFailure):
-                    invalid += 1
-                    continue
-                if r.fingerprint in seen:
-                    continue
-                seen.add(r.fingerprint)
-                if len(examples) < SHOWN:
-                    examples.append(_shorten(json.loads(r.body)))
-                if r.fingerprint in done and (done[r.fingerprint][0].ok or done[r.fingerprint][0].permanent):
-                    answered += 1
-                    continue
-                if r.fingerprint in in_batches:  # already submitted: a run collects it, sends nothing
-                    held += 1
-                    continue
-                prompt += r.est_tokens - renderer.completion_budget
-                completion += renderer.completion_budget
-                files.add(len(request_line(r)))
+            # Group by group: a chunk of rows with large images is never held rendered whole.
+            for group in renderer.groups(chunk, row0):
+                fresh = [fp for fp in group.fingerprints if fp is not None and fp not in seen]
+                done = store.get_many(fresh) if store else {}
+                in_batches = Ledger(store).held(fresh) if store else set()
+                for i, fp in enumerate(group.fingerprints):
+                    rows += 1
+                    if fp is None:
+                        invalid += 1
+                        continue
+                    if fp in seen:
+                        continue
+                    seen.add(fp)
+                    if len(examples) < SHOWN:
+                        examples.append(_shorten(json.loads(group.request(i).body)))
+                    if fp in done and (done[fp][0].ok or done[fp][0].permanent):
+                        answered += 1
+                        continue
+                    if fp in in_batches:  # already submitted: a run collects it, sends nothing
+                        held += 1
+                        continue
+                    r = group.request(i)
+                    prompt += r.est_tokens - renderer.completion_budget
+                    completion += renderer.completion_budget
+                    files.add(len(request_line(r)))
     finally:
         if store:
             store.close()

@@ -11,6 +11,8 @@ Tokens are paced by `TokenBucket`, which aiolimiter cannot be: a request reserve
 difference is handed back (`settle`), so generous estimates do not waste the budget. The bucket may
 go into debt: a request larger than the burst is admitted once the bucket is full, and the debt
 then delays the next ones, which keeps the average exact without ever refusing a legal request.
+The very first request goes at once on the same terms (its debt delays the second): a run starts
+without waiting, and no minute, the first included, sees more than the limit.
 
 Learning: a limit the job does not state starts from the model's base tier and follows the server:
 `x-ratelimit-limit-tokens` is the tokens-per-minute limit, and a 429 body's "Limit N" names the
@@ -68,8 +70,10 @@ class TokenBucket:
         self._burst_s = burst_s
         self.set_rate(per_minute)
         # Start as if it had been sending at full rate: the burst builds up only in idle time, so
-        # no window of a minute, the first included, sees more than the limit.
+        # no window of a minute, the first included, sees more than the limit. The first request
+        # borrows its tokens (the level goes below zero), so it need not wait for them.
         self.level = 0.0
+        self._fresh = True
         self._stamp: float | None = None
         self._turn = asyncio.Lock()  # waiters are served in arrival order: a big request is not starved
 
@@ -92,9 +96,10 @@ class TokenBucket:
                 if amount > self.per_minute:
                     return False
                 self._refill(loop.time())
-                need = min(amount, self.capacity)
+                need = 0.0 if self._fresh else min(amount, self.capacity)
                 if self.level >= need:
                     self.level -= amount
+                    self._fresh = False
                     return True
                 # Short naps, so that a rate lowered meanwhile is seen within a second.
                 await asyncio.sleep(min(1.0, (need - self.level) / self.rate))
@@ -103,6 +108,11 @@ class TokenBucket:
         """Hold no more than `available` tokens (the server's count of what is left)."""
         self._refill(asyncio.get_running_loop().time())
         self.level = min(self.level, available)
+
+    def top_up(self, available: float) -> None:
+        """Hold up to `available` tokens (no more than the burst): the server says they are free."""
+        self._refill(asyncio.get_running_loop().time())
+        self.level = max(self.level, min(self.capacity, available))
 
     def give_back(self, amount: float) -> None:
         """Return tokens reserved but not used (negative: charge tokens used beyond the reservation)."""
@@ -132,6 +142,8 @@ class Pacer:
         self._last_probe: float | None = None
         self._resume_at = 0.0  # loop time before which nobody sends (shared 429 cool-down)
         self.cooldowns = 0
+        self._reserved = 0  # tokens reserved by requests the server has not answered yet
+        self._told_remaining = False  # the server has said how many tokens of the minute are left
 
     @property
     def tokens_per_minute(self) -> float:
@@ -167,6 +179,7 @@ class Pacer:
         await self._requests.acquire(1)
         if not await self._tokens.take(tokens):
             return False
+        self._reserved += tokens
         await self._cooled()  # a cool-down may have started while we waited in the buckets
         return True
 
@@ -183,6 +196,7 @@ class Pacer:
 
     def settle(self, reserved: int, used: int | None) -> None:
         """Reconcile a reservation with the usage the server reported (None: keep the reservation)."""
+        self._reserved = max(0, self._reserved - reserved)
         if used is not None:
             self._tokens.give_back(reserved - used)
             self._largest = max(self._largest, used)
@@ -194,6 +208,13 @@ class Pacer:
         if rate.tokens_limit_minute:
             self._set_tpm(float(rate.tokens_limit_minute))
         if rate.tokens_remaining_minute is not None:
+            if not self._told_remaining:
+                # The bucket starts empty, as if the minute had been spent; the first count the
+                # server gives says how much of it is really free: take that (less what is still in
+                # flight, which the server has not counted yet), up to the burst, so the run need not
+                # wait a burst's worth of time to find out what it could have sent at once.
+                self._told_remaining = True
+                self._tokens.top_up(float(rate.tokens_remaining_minute) - self._reserved)
             self._tokens.cap(float(rate.tokens_remaining_minute))
 
     def learn_limit(self, kind: str | None, limit: float | None) -> None:

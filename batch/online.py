@@ -2,15 +2,18 @@
 
     rows ─► prompts ─► store.missing ─► pool (limits, retry) ─► client ─► store
 
-Requests are produced lazily, in input order, one chunk of rows at a time, so memory follows what is in
-flight rather than the input. Identical requests (rows that would send the same bytes) go once.
+Requests are produced lazily, in input order, one group of rows at a time (`prompts.Group`: a chunk,
+or fewer rows when they are large), so memory follows what is in flight rather than the input.
+Identical requests (rows that would send the same bytes) go once. Every row's fingerprint is kept
+for pass 2 (`rowkeys`), so no row is rendered twice. The producer hands the loop back between groups,
+so however long the scan over answered rows, the loop (signals, answers, pacing) is never held long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 from .client import Client
 from .config import LimitsSpec
@@ -22,6 +25,7 @@ from .prompts import Renderer
 from .records import Answer, Request
 from .report import RunStats
 from .retry import RetryPolicy
+from .rowkeys import RowKeys
 from .source import Rows
 from .spendcap import SpendCap
 from .store import Store, StoreWriteError
@@ -52,6 +56,7 @@ class OnlinePass:
         self.pool: Pool | None = None
         self.write_error: StoreWriteError | None = None
         self._stopped = False
+        self.keys: RowKeys | None = None  # every row's fingerprint, once pass 1 has seen every row
 
     def stop(self) -> None:
         self._stopped = True
@@ -107,17 +112,24 @@ class OnlinePass:
             raise self.write_error
         return pool
 
-    def _pending(self, pool: Pool, progress: Progress) -> Iterator[Request]:
+    async def _pending(self, pool: Pool, progress: Progress) -> AsyncIterator[Request]:
         """The requests that still need sending, in input order, each once."""
+        if self.keys is not None:
+            self.keys.close()
+        keys = self.keys = RowKeys(self._store.path.parent)
         for row0, chunk in self._rows.numbered(self._limit):
-            rendered = self._renderer.render_chunk(chunk, row0)
-            fps = {r.fingerprint for r in rendered if isinstance(r, Request)} - pool.outstanding
-            missing = self._store.missing(fps, retry_failed=self._retry_failed)
-            for r in rendered:
-                if (isinstance(r, Request) and r.fingerprint in missing
-                        and r.fingerprint not in pool.outstanding):
-                    missing.discard(r.fingerprint)  # later rows with the same request share its answer
-                    yield r
-                else:
-                    progress.advance()
+            for group in self._renderer.groups(chunk, row0):
+                keys.add(group)
+                fps = [fp for fp in group.fingerprints if fp is not None and fp not in pool.outstanding]
+                missing = self._store.missing(fps, retry_failed=self._retry_failed)
+                if not missing:
+                    progress.advance(len(group))
+                for i, fp in enumerate(group.fingerprints if missing else ()):
+                    if fp is not None and fp in missing and fp not in pool.outstanding:
+                        missing.discard(fp)  # later rows with the same request share its answer
+                        yield group.request(i)
+                    else:
+                        progress.advance()
+                await asyncio.sleep(0)  # the loop's turn: answers, signals and pacing wait no longer
+        keys.finish()
 

@@ -1,26 +1,43 @@
 """Pass 2: every input row once, in input order, with its answer from the store, into the output file.
 
-    rows ─► prompts (fingerprints) ─► store.get_many ─► sink (temporary file, renamed into place)
+    rows ─► fingerprints (pass 1's `RowKeys`, else rendered) ─► store.answer_rows ─► sink
 
-A structured answer is checked against the job's response format when it arrives (`structured.judge`)
-and again here, so an answer an earlier version stored as good but that fits no column (an integer
-beyond int64) fails its row, with its raw text, instead of breaking the output.
+Column-wise: a chunk's distinct fingerprints go to the store in one query, the answers come back as
+columns, and each row takes its answer's position (`index_in` / `take`), so no object is built per
+row. A structured answer is checked against the job's response format when it arrives
+(`structured.judge`) and again here, so an answer an earlier version stored as good but that fits no
+column (an integer beyond int64) fails its row, with its raw text, instead of breaking the output.
+Failed rows are noted for the run report (`timeline.Failures`: the first few, and counts by kind).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from . import structured
-from .prompts import Renderer, RowFailure
-from .records import Request
-from .sink import Outcome, OutputWriter
+from .prompts import Renderer
+from .rowkeys import KeysReader, RowKeys
+from .sink import OutputWriter
 from .source import Rows
 from .store import Store
 from .timeline import Failures
+
+NO_ANSWER = "no answer was recorded for this row; run the job again"  # cannot happen after pass 1
+# The stored fields the output shows, and the Arrow type each comes back from SQLite as.
+_FIELDS: dict[str, pa.DataType] = {
+    "text": pa.string(), "input_tokens": pa.int64(), "output_tokens": pa.int64(),
+    "total_tokens": pa.int64(), "reasoning_tokens": pa.int64(), "cached_tokens": pa.int64(),
+    "finish_reason": pa.string(), "request_id": pa.string(), "model": pa.string(),
+    "latency_s": pa.float64(), "queue_time": pa.float64(), "total_time": pa.float64(),
+    "reasoning": pa.string(), "attempts": pa.int64(), "error": pa.string(), "run": pa.int64(),
+}
+_POSITION = {name: i for i, name in enumerate(Store.ANSWER_ROW)}
 
 
 @dataclass(frozen=True)
@@ -33,43 +50,72 @@ class Written:
 
 def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fmt: str, text_column: str,
                  response_format: Mapping[str, Any] | None, limit: int | None,
-                 failures: Failures | None = None) -> Written:
-    """`failures`, when given, collects the failed rows (the first few, and their kinds) for the report."""
+                 keys: RowKeys | None = None, failures: Failures | None = None) -> Written:
+    """`keys`: pass 1's fingerprints of every row, when it kept them (else rows are rendered here).
+    `failures`, when given, collects the failed rows (the first few, and their kinds) for the report."""
     ok = failed = from_store = 0
-    failures = failures or Failures()
     shape = structured.shape_of(response_format)
+    reader: KeysReader | None = keys.reader() if keys is not None and keys.complete else None
     with OutputWriter(path, fmt, rows.schema, text_column, shape) as out:
         for row0, chunk in rows.numbered(limit):
-            rendered = renderer.render_chunk(chunk, row0)
-            answers = store.get_many(r.fingerprint for r in rendered if isinstance(r, Request))
-            outcomes: list[Outcome] = []
-            cells: list[dict[str, object]] = []
-            for i, r in enumerate(rendered):
-                cells.append({})
-                if isinstance(r, RowFailure):
-                    outcomes.append(r.error)
-                    failed += 1
-                    failures.add(row0 + i, r.error, kind="invalid input row")
-                    continue
-                found = answers.get(r.fingerprint)
-                if found is None:  # cannot happen after a complete pass 1; never drop the row
-                    outcomes.append("no answer was recorded for this row; run the job again")
-                    failed += 1
-                    failures.add(row0 + i, "no answer was recorded for this row", kind="no answer")
-                    continue
-                answer, earlier = found
-                problem = None
-                if shape is not None and answer.ok:
-                    cells[-1], problem = structured.check(shape, answer.text)
-                    if problem:
-                        answer = replace(answer, error=problem)
-                outcomes.append(answer)
-                ok += answer.ok
-                failed += not answer.ok
-                from_store += earlier
-                if answer.error is not None:
-                    failures.add(row0 + i, answer.error, permanent=answer.permanent,
-                                 kind="response format" if problem else None)
-            out.write(chunk, outcomes, cells)
+            fps, errors = reader.take(chunk.num_rows) if reader else _render(renderer, chunk, row0)
+            cols, earlier = _answers(store, fps, errors)
+            cells, stored = None, cols["error"]
+            if shape is not None:
+                cells, cols["error"] = _check(shape, cols["text"], cols["error"])
+            good = cols["error"].null_count  # rows without an error
+            if failures is not None and good < chunk.num_rows:
+                _note(failures, row0, errors, stored, cols["error"])
+            ok, failed, from_store = ok + good, failed + chunk.num_rows - good, from_store + earlier
+            out.write_columns(chunk, cols["text"], cols, cells)
         written = out.rows
     return Written(written, ok, failed, from_store)
+
+
+def _render(renderer: Renderer, chunk: pa.RecordBatch, row0: int) -> tuple[pa.Array, pa.Array]:
+    fps: list[str | None] = []
+    errors: list[str | None] = []
+    for group in renderer.groups(chunk, row0):
+        fps += group.fingerprints
+        errors += group.errors
+    return pa.array(fps, pa.string()), pa.array(errors, pa.string())
+
+
+def _answers(store: Store, fps: pa.Array, errors: pa.Array) -> tuple[dict[str, pa.Array], int]:
+    """Each row's answer columns, and how many rows an earlier run's answer serves."""
+    found = store.answer_rows(pc.unique(fps.drop_null()).to_pylist())
+    values = list(zip(*found, strict=True)) if found else [()] * len(Store.ANSWER_ROW)
+    at = pc.index_in(fps, value_set=pa.array(values[_POSITION["fingerprint"]], pa.string()))
+    cols = {name: pa.array(values[_POSITION[name]], typ).take(at) for name, typ in _FIELDS.items()}
+    # A row that never became a request has its own message; one with no stored answer says so.
+    unanswered = pc.and_(pc.is_null(at), pc.is_null(errors))
+    none = pa.scalar(None, pa.string())
+    cols["error"] = pc.coalesce(errors, cols["error"], pc.if_else(unanswered, pa.scalar(NO_ANSWER), none))
+    cols["attempts"] = cols["attempts"].fill_null(0)
+    earlier = pc.sum(pc.not_equal(cols.pop("run"), store.run_id)).as_py() or 0
+    return cols, earlier
+
+
+def _check(shape: structured.Shape, text: pa.Array,
+           error: pa.Array) -> tuple[list[dict[str, object]], pa.Array]:
+    """A structured answer's properties, and the rows whose answer does not fit the response format."""
+    cells: list[dict[str, object]] = []
+    problems = error.to_pylist()
+    for i, (t, e) in enumerate(zip(text.to_pylist(), problems, strict=True)):
+        cell: dict[str, object] = {}
+        if e is None:
+            cell, problem = structured.check(shape, t)
+            problems[i] = problem or None
+        cells.append(cell)
+    return cells, pa.array(problems, pa.string())
+
+
+def _note(failures: Failures, row0: int, invalid: pa.Array, stored: pa.Array, error: pa.Array) -> None:
+    """The chunk's failed rows, each with its kind: an input row that never became a request, a row
+    with no answer, an answer that does not fit the response format, or what the API said."""
+    at = pc.indices_nonzero(pc.is_valid(error))
+    for i, bad_row, before, now in zip(at.to_pylist(), invalid.take(at).to_pylist(),
+                                       stored.take(at).to_pylist(), error.take(at).to_pylist(), strict=True):
+        kind = ("invalid input row" if bad_row is not None else "no answer" if now == NO_ANSWER
+                else "response format" if before is None else None)
+        failures.add(row0 + i, now, kind=kind)

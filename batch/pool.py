@@ -22,7 +22,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from .errors import ApiError, FatalApiError, RateLimited
@@ -80,11 +80,12 @@ class Pool:
         self._spent: Quota | None = None  # the daily request budget is used up (from the headers)
         self._crash: Exception | None = None
 
-    async def run(self, requests: Iterable[Request]) -> None:
-        """Send every request (until stopped); returns when none is left in the system."""
+    async def run(self, requests: Iterable[Request] | AsyncIterable[Request]) -> None:
+        """Send every request (until stopped); returns when none is left in the system. An async
+        producer may hand the loop back while it prepares the next requests."""
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
         try:
-            for request in requests:
+            async for request in _each(requests):
                 if self.stop_reason:
                     break
                 await self._slots.acquire()
@@ -274,3 +275,12 @@ class Pool:
             self._finish(job)
         else:
             self._queue.put_nowait(job)
+
+
+async def _each(requests: Iterable[Request] | AsyncIterable[Request]) -> AsyncIterator[Request]:
+    if isinstance(requests, AsyncIterable):
+        async for r in requests:
+            yield r
+    else:
+        for r in requests:
+            yield r

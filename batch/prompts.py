@@ -6,8 +6,14 @@ A null in a column the templates use fails that row (it is never sent as "None" 
 
 The body is serialised here, once, with a fixed key order; the fingerprint is the SHA-256 of exactly
 those bytes, so it changes when anything sent changes (model, messages, any parameter) and only then.
+A chunk is rendered in `Group`s: a run of rows with each row's fingerprint (or why it failed) and
+each request on demand. Plain-text rows render a whole chunk at once (`columnar`); rows with images
+or a chat history one by one, in groups bounded in bytes, so a chunk of large images is never held
+rendered whole.
+
 The one addition left out of it is `max_tokens` for servers that are not Groq: a copy of
 `max_completion_tokens` under its older name, appended last, which changes nothing about the answer.
+
 `top_k` is never sent: Groq has no such parameter and rejects requests that carry it. Groq's extras
 (stop, reasoning, service tier, response format) follow the original parameters, so a job that sets
 none of them keeps the fingerprints it had before they existed.
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +51,41 @@ class RowFailure:
 
 Rendered = Request | RowFailure
 
+# A group of rows rendered one by one ends at this many bytes of request bodies or this many rows,
+# whichever comes first: what pass 1 holds rendered besides the requests in flight.
+GROUP_BYTES = 8 << 20
+GROUP_ROWS = 1024
+
+
+class Group:
+    """Consecutive rows rendered: each row's fingerprint (None where the row failed, with its
+    message in `errors`), and each row's request, built on demand (`request(i)`)."""
+
+    __slots__ = ("_request", "errors", "fingerprints", "first_row")
+
+    def __init__(self, first_row: int, fingerprints: list[str | None], errors: list[str | None],
+                 request: Callable[[int], Request]) -> None:
+        self.first_row, self.fingerprints, self.errors = first_row, fingerprints, errors
+        self._request = request
+
+    def __len__(self) -> int:
+        return len(self.fingerprints)
+
+    def request(self, i: int) -> Request:
+        """The request of the group's row `i` (0-based within the group); only for rows that did not fail."""
+        return self._request(i)
+
+    @classmethod
+    def of(cls, first_row: int, rendered: list[Rendered]) -> Group:
+        fps = [r.fingerprint if isinstance(r, Request) else None for r in rendered]
+        errors = [r.error if isinstance(r, RowFailure) else None for r in rendered]
+
+        def request(i: int) -> Request:
+            r = rendered[i]
+            assert isinstance(r, Request), "a failed row has no request"
+            return r
+        return cls(first_row, fps, errors, request)
+
 
 def as_text(value: Any) -> str:
     """A cell as prompt text: strings unchanged, numbers as written, nested values as JSON."""
@@ -68,7 +109,6 @@ class Renderer:
         self.model = task.model
         self.key = key  # a column that names a row in messages
         self.prompt = Template(task.prompt)
-        # `system-message = ""` sends none; the default keeps the bytes (and fingerprints) it always had.
         self.system = Template(task.system_message) if task.system_message else None
         # Template columns must hold a value; history and image columns may be null (none).
         self.template_columns = list(dict.fromkeys(
@@ -84,7 +124,7 @@ class Renderer:
             "max_completion_tokens": task.max_new_tokens,
             "seed": task.seed,
             "user": task.user,
-            # Groq's extras, after the parameters every job has: a job that sets none of them
+            # Groq's extras, after the original component's parameters: a job that sets none of them
             # sends (and fingerprints) exactly what it sent before they existed.
             "stop": list(task.stop) if isinstance(task.stop, tuple) else task.stop,
             "reasoning_effort": task.reasoning_effort,
@@ -95,27 +135,51 @@ class Renderer:
         }
         self.params = {k: v for k, v in params.items() if v is not None}
         self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
+        self._columnar: Any = None  # columnar.ColumnarRenderer, or False: row by row (made when first used)
         # The budget again under its older name, for servers that know only that one
         # (`endpoint.sends_max_tokens`); never for Groq. It repeats max_completion_tokens, so it is
         # appended after the fingerprint is taken: answers do not depend on which name a server reads.
-        self._alias = b',"max_tokens":%d}' % task.max_new_tokens if max_tokens and task.max_new_tokens \
+        self.alias = b',"max_tokens":%d}' % task.max_new_tokens if max_tokens and task.max_new_tokens \
             else None
 
+    def groups(self, chunk: pa.RecordBatch, first_row: int) -> Iterator[Group]:
+        """The chunk's rows, rendered, in groups: plain-text rows all at once, others row by row in
+        groups of at most `GROUP_BYTES` of bodies (plus one row) or `GROUP_ROWS` rows."""
+        if self._columnar is None:
+            from .columnar import ColumnarRenderer
+            self._columnar = ColumnarRenderer.for_renderer(self)
+        if self._columnar and (group := self._columnar.render(chunk, first_row)) is not None:
+            yield group
+            return
+        start, size, rendered = first_row, 0, []
+        for r in self._rows(chunk, first_row):
+            rendered.append(r)
+            size += len(r.body) if isinstance(r, Request) else 0
+            if size >= GROUP_BYTES or len(rendered) >= GROUP_ROWS:
+                yield Group.of(start, rendered)
+                start, size, rendered = r.row + 1, 0, []
+        if rendered:
+            yield Group.of(start, rendered)
+
     def render_chunk(self, chunk: pa.RecordBatch, first_row: int) -> list[Rendered]:
+        """Every row of the chunk, rendered one by one (the reference the columnar path must equal)."""
+        return list(self._rows(chunk, first_row))
+
+    def _rows(self, chunk: pa.RecordBatch, first_row: int) -> Iterator[Rendered]:
         cols = {name: chunk.column(name).to_pylist() for name in self.columns}
-        out: list[Rendered] = []
         for i in range(chunk.num_rows):
-            row = first_row + i
-            nulls = [name for name in self.template_columns if cols[name][i] is None]
-            if nulls:
-                out.append(RowFailure(row, f"{self._where(row, cols, i)}: column {_names(nulls)} is empty "
-                                           "(null); the prompt needs a value there"))
-                continue
-            try:
-                out.append(self.request(row, {name: cols[name][i] for name in self.columns}))
-            except RowProblem as exc:
-                out.append(RowFailure(row, f"{self._where(row, cols, i)}: {exc}"))
-        return out
+            yield self.row(first_row + i, cols, i)
+
+    def row(self, row: int, cols: dict[str, list[Any]], i: int) -> Rendered:
+        """Row `i` of columns `cols` (input row `row`), as a request or the reason it cannot be one."""
+        nulls = [name for name in self.template_columns if cols[name][i] is None]
+        if nulls:
+            return RowFailure(row, f"{self._where(row, cols, i)}: column {_names(nulls)} is empty "
+                                   "(null); the prompt needs a value there")
+        try:
+            return self.request(row, {name: cols[name][i] for name in self.columns})
+        except RowProblem as exc:
+            return RowFailure(row, f"{self._where(row, cols, i)}: {exc}")
 
     def _where(self, row: int, cols: dict[str, list[Any]], i: int) -> str:
         """How an error names a row: built only for a row that fails (it is on every row's path)."""
@@ -128,7 +192,7 @@ class Renderer:
         past = messages.history(cells[hist], hist) if hist else []
         pictures = messages.images(cells[imgs], imgs, self.image_dir) if imgs else []
         chat: list[dict[str, Any]] = []
-        if self.system is not None and not past:  # a chat history replaces the system message
+        if self.system is not None and not past:  # the component's rule: a history replaces it
             chat.append({"role": "system", "content": self.system.render(values)})
         chat.extend(past)
         text = self.prompt.render(values)
@@ -149,14 +213,14 @@ class Renderer:
         # Inline image bytes are not text tokens: leave them out of the estimate.
         est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * count
         fp = fingerprint(body)
-        if self._alias is not None:
-            body = body[:-1] + self._alias
+        if self.alias is not None:
+            body = body[:-1] + self.alias
         return Request(fingerprint=fp, body=body, row=row, est_tokens=est + self.completion_budget)
 
 
 # One encoder for every row (json.dumps builds a new one per call); the same bytes as
 # json.dumps(..., ensure_ascii=False, separators=(",", ":")), so fingerprints do not change.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+JSON = _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def fingerprint(body: bytes) -> str:

@@ -11,10 +11,13 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from .config import Job
 from .endpoint import Endpoint
-from .sim import SimConfig, Simulator
+
+if TYPE_CHECKING:  # the simulator (aiohttp's server) is imported only when one is started
+    from .sim import SimConfig
 
 log = logging.getLogger("batch")
 
@@ -23,6 +26,7 @@ RPM, TPM = 6000, 2_000_000
 
 
 def demo_config() -> SimConfig:
+    from .sim import SimConfig
     return SimConfig(rpm=RPM, tpm=TPM, rpd=1_000_000, tpd=10**9, latency_ms=40, jitter_ms=40,
                      fault_rate=0.03, faults=("500", "502", "503", "drop", "malformed"), seed=2)
 
@@ -30,6 +34,7 @@ def demo_config() -> SimConfig:
 @contextlib.asynccontextmanager
 async def simulated(config: SimConfig | None = None) -> AsyncIterator[Endpoint]:
     """The simulator, serving on a free loopback port for as long as the block runs."""
+    from .sim import Simulator
     sim = Simulator(config or demo_config())
     url = await sim.start()
     log.info("simulate: using the built-in Groq simulator at %s (no key, no network)", url)

@@ -91,6 +91,16 @@ class OutputWriter:
         self._writer.write_batch(out)
         self.rows += chunk.num_rows
 
+    def write_columns(self, chunk: pa.RecordBatch, text: pa.Array, answers: Mapping[str, pa.Array],
+                      cells: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """One output chunk from ready columns: the text and each answer column by name (cast to its
+        type), as `write` builds them from answers one by one."""
+        cols = [text.cast(pa.string()), *(answers[name].cast(typ) for name, typ in _ANSWER_FIELDS)]
+        rows = cells or [{}] * chunk.num_rows
+        cols += [pa.array([c.get(name) for c in rows], _KIND_TYPES[kind]) for name, kind in self.properties]
+        self._writer.write_batch(pa.RecordBatch.from_arrays([*chunk.columns, *cols], schema=self.schema))
+        self.rows += chunk.num_rows
+
     def commit(self) -> None:
         """Close the temporary file, make it durable, and move it into place."""
         self._writer.close()

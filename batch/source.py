@@ -11,7 +11,9 @@ before any request is sent; `chunks()` then streams it again as often as the run
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +25,34 @@ import pyarrow.parquet as pq
 from .errors import InputError
 
 CHUNK_ROWS = 4096
-_CSV_BLOCK = 1 << 20  # bytes per CSV block: bounds memory whatever the file size
+CHUNK_BYTES = 16 << 20  # and at most about this much data: a chunk of long texts has fewer rows
+_CSV_BLOCK = 1 << 18  # bytes per CSV block: bounds memory whatever the file size (1 MB held 13 MB more)
+
+
+@contextlib.contextmanager
+def arrow_without_pandas() -> Iterator[None]:
+    """For a process that never hands Arrow data to pandas (the command line's run): while this holds,
+    `import pandas` fails. pyarrow imports pandas the first time it builds an array, only to see whether
+    it is there (and tries again on every array while it is not found), which costs about 35 MB and
+    0.1 s for nothing. A door that works with pandas (the Python API, the cluster runner) must not use
+    this."""
+    if "pandas" in sys.modules:
+        yield
+        return
+    blocker = _NoPandas()
+    sys.meta_path.insert(0, blocker)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(blocker)
+
+
+class _NoPandas:
+    """An import finder under which `import pandas` fails."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not wanted here")
 
 
 class Rows(Protocol):
@@ -79,20 +108,23 @@ class Source:
     def chunks(self, limit: int | None = None) -> Iterator[pa.RecordBatch]:
         """The rows in order, in chunks; at most `limit` rows when given."""
         if self.format == "parquet":
-            it: Iterator[pa.RecordBatch] = pq.ParquetFile(self.path).iter_batches(batch_size=CHUNK_ROWS)
+            # Read a row group's columns a megabyte at a time, not whole: memory stays flat in its size.
+            pf = pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
+            it: Iterator[pa.RecordBatch] = pf.iter_batches(batch_size=_parquet_rows(pf))
         elif self.format == "csv":
             it = self._csv_chunks()
         else:
             it = _jsonl_chunks(self.path, self.schema)
         left = self.num_rows if limit is None else limit
-        for chunk in it:
-            if left <= 0:
-                return
-            if chunk.num_rows > left:
-                chunk = chunk.slice(0, left)
-            left -= chunk.num_rows
-            if chunk.num_rows:
-                yield chunk
+        for whole in it:
+            for chunk in _bounded(whole):
+                if left <= 0:
+                    return
+                if chunk.num_rows > left:
+                    chunk = chunk.slice(0, left)
+                left -= chunk.num_rows
+                if chunk.num_rows:
+                    yield chunk
 
     def numbered(self, limit: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
         """`chunks()` with the 0-based number of each chunk's first row."""
@@ -112,6 +144,25 @@ class Source:
             yield from reader
         except pa.ArrowInvalid as exc:
             raise InputError(f"{self.path}: malformed CSV: {exc}") from exc
+
+
+def _parquet_rows(pf: pq.ParquetFile) -> int:
+    """Rows per chunk for this file: CHUNK_ROWS, fewer when its rows are large."""
+    meta = pf.metadata
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    per_row = size / max(meta.num_rows, 1)
+    return max(1, min(CHUNK_ROWS, int(CHUNK_BYTES / max(per_row, 1.0))))
+
+
+def _bounded(chunk: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+    """The chunk in slices of at most about CHUNK_BYTES (a slice shares the chunk's memory)."""
+    size = chunk.nbytes
+    if size <= CHUNK_BYTES or chunk.num_rows <= 1:
+        yield chunk
+        return
+    step = max(1, chunk.num_rows * CHUNK_BYTES // size)
+    for start in range(0, chunk.num_rows, step):
+        yield chunk.slice(start, step)
 
 
 def _csv_schema(path: Path) -> pa.Schema:

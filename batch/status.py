@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from .batchapi.ledger import Ledger
 from .config import Job
 from .preflight import check_job
-from .prompts import Renderer, RowFailure
-from .records import Request
+from .prompts import Renderer
 from .store import Store
 
 
@@ -25,22 +24,22 @@ def status(job: Job) -> dict[str, object]:
     store = Store(job.state.path, readonly=True)
     try:
         for row0, chunk in source.numbered(None):
-            rendered = renderer.render_chunk(chunk, row0)
-            fps = [r.fingerprint for r in rendered if isinstance(r, Request)]
-            answers = store.get_many(fps)
-            held = Ledger(store).held(fps)
-            for r in rendered:
-                counts["rows"] += 1
-                found = answers.get(r.fingerprint) if isinstance(r, Request) else None
-                if isinstance(r, RowFailure):
-                    counts["invalid_rows"] += 1
-                elif found is None:
-                    counts["pending"] += 1
-                    counts["in_batches"] += r.fingerprint in held  # pending, and already paid for
-                elif found[0].ok:
-                    counts["answered"] += 1
-                else:
-                    counts["failed_permanent" if found[0].permanent else "failed_retryable"] += 1
+            for group in renderer.groups(chunk, row0):  # never a whole chunk of images at once
+                fps = [fp for fp in group.fingerprints if fp is not None]
+                answers = store.get_many(fps)
+                held = Ledger(store).held(fps)
+                for fp in group.fingerprints:
+                    counts["rows"] += 1
+                    found = answers.get(fp) if fp is not None else None
+                    if fp is None:
+                        counts["invalid_rows"] += 1
+                    elif found is None:
+                        counts["pending"] += 1
+                        counts["in_batches"] += fp in held  # pending, and already paid for
+                    elif found[0].ok:
+                        counts["answered"] += 1
+                    else:
+                        counts["failed_permanent" if found[0].permanent else "failed_retryable"] += 1
         last = store.last_summary()
         return {**counts, "state": str(job.state.path), "state_bytes": store.size_bytes(),
                 "last_run": json.loads(last) if last else None, "batches": _batches(store)}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import operator
 import os
 import sqlite3
@@ -51,7 +52,6 @@ CREATE TABLE IF NOT EXISTS run_figures (run INTEGER PRIMARY KEY, summary TEXT NO
                                         figures TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
-_CHUNK = 500  # fingerprints per IN (...) query; well under SQLite's variable limit
 
 
 class StoreError(JobError):
@@ -84,10 +84,11 @@ class Store:
         try:
             if readonly:
                 self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                           isolation_level=None)
+                                           isolation_level=None, check_same_thread=False)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+                # Used by one thread at a time; the output pass runs in a worker thread.
+                self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: kill -9 loses nothing committed
                 self._db.executescript(_SCHEMA)
@@ -104,6 +105,7 @@ class Store:
                              "(its answers would then be requested again).") from exc
         # A read-only look at an older store reads a column it lacks as NULL.
         self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
+        self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in _COLUMNS)
         if row is None or row[0] != str(SCHEMA_VERSION):
             self.close()
             raise StoreError(f"state file {path} was written by another version of batch "
@@ -173,11 +175,18 @@ class Store:
         if len(self._buffer) >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_s:
             self.flush()
 
+    def put_many(self, answers: Iterable[Answer]) -> None:
+        """Many answers (a Batch API result file) in one transaction: one commit, not one per 500."""
+        for answer in answers:
+            self._buffer[answer.fingerprint] = answer
+        self.flush()
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
-        rows = [(*_values(a), self.run_id) for a in self._buffer.values()]
+        # In key order: each page of the primary key is written once per transaction, not revisited.
+        rows = [(*_values(a), self.run_id) for _, a in sorted(self._buffer.items())]
         marks = ",".join("?" * (len(_COLUMNS) + 1))
         with self.writing():  # on failure the buffer is kept: nothing received is dropped here
             self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock with a writer
@@ -189,29 +198,33 @@ class Store:
     def missing(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> set[str]:
         """The fingerprints with no usable answer: never asked, or failed transiently in an earlier
         run (or permanently, with `retry_failed`). A failure from this run counts as answered."""
-        wanted = set(fingerprints)
-        done = {fp for fp in wanted if fp in self._buffer}
-        todo = list(wanted - done)
+        # Sorted: consecutive lookups then walk the primary key's pages in order (fewer page reads).
+        todo = sorted(fp for fp in set(fingerprints) if fp not in self._buffer)
+        if not todo:
+            return set()
+        # One query per call: the fingerprints travel as one JSON array and SQLite answers with the
+        # missing ones only, so a resume over answered rows builds no Python object per row.
         cond = "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
-        for i in range(0, len(todo), _CHUNK):
-            chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT fingerprint FROM answers WHERE fingerprint IN ({','.join('?' * len(chunk))}) "
-                 f"AND ({cond})")
-            done.update(r[0] for r in self._db.execute(q, (*chunk, self.run_id)))
-        return wanted - done
+        q = ("SELECT j.value FROM json_each(?) j WHERE NOT EXISTS "
+             f"(SELECT 1 FROM answers a WHERE a.fingerprint = j.value AND ({cond}))")
+        return {r[0] for r in self._db.execute(q, (json.dumps(todo), self.run_id))}
 
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
+        return {r[0]: (_answer(r[:-1]), r[-1] != self.run_id) for r in self.answer_rows(fingerprints)}
+
+    ANSWER_ROW = (*_COLUMNS, "run")  # the fields of `answer_rows`' tuples
+
+    def answer_rows(self, fingerprints: Iterable[str]) -> list[tuple[Any, ...]]:
+        """The stored answers of these fingerprints as plain tuples (fields `ANSWER_ROW`), in one query:
+        what the output is assembled from, column-wise, without an object per row."""
         self.flush()
-        todo = list(set(fingerprints))
-        out: dict[str, tuple[Answer, bool]] = {}
-        for i in range(0, len(todo), _CHUNK):
-            chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT {self._select}, run FROM answers "
-                 f"WHERE fingerprint IN ({','.join('?' * len(chunk))})")
-            for r in self._db.execute(q, chunk):
-                out[r[0]] = (_answer(r[:-1]), r[-1] != self.run_id)
-        return out
+        todo = sorted(set(fingerprints))  # in key order, as in `missing`
+        if not todo:
+            return []
+        q = (f"SELECT {self._select_a}, a.run FROM json_each(?) j "
+             "JOIN answers a ON a.fingerprint = j.value")
+        return self._db.execute(q, (json.dumps(todo),)).fetchall()
 
     def counts(self) -> dict[str, int]:
         self.flush()

@@ -5,7 +5,10 @@
 Builds an input of N rows, answers every row straight into the store (as a finished run would have
 left it), then times `python -m batch run` on that job: a resume that finds every answer, sends
 nothing (the base URL points at a closed loopback port, so any request would fail the run) and
-rewrites the output. Prints a table; record results in bench/RESULTS.md.
+rewrites the output. Then times the floor: a fresh Python that does with pyarrow alone what the
+resume must at least do — read the input in chunks and write the same output (its answer columns
+read, chunk by chunk, from the output the resume wrote, as the resume reads them from the store).
+Prints a table with the ratio; record results in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -74,9 +77,36 @@ def fill_store(job_file: Path) -> float:
     return time.perf_counter() - t0
 
 
+FLOOR = """
+import sys, pyarrow as pa, pyarrow.parquet as pq
+src, answers, out = sys.argv[1:4]
+ans = pq.ParquetFile(answers)
+names = ans.schema_arrow.names[len(pq.ParquetFile(src).schema_arrow.names):]
+w = None
+it = ans.iter_batches(batch_size=4096, columns=names)
+for chunk in pq.ParquetFile(src).iter_batches(batch_size=4096):
+    extra = next(it)
+    table = pa.RecordBatch.from_arrays([*chunk.columns, *extra.columns],
+                                       names=[*chunk.schema.names, *extra.schema.names])
+    w = w or pq.ParquetWriter(out, table.schema, compression="zstd")
+    w.write_batch(table)
+w.close()
+"""
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """Wall and CPU seconds of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, proc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--row-group", type=int, default=1 << 20,
                     help="rows per Parquet row group of the input (pyarrow's default: 1Mi)")
     args = ap.parse_args()
@@ -87,25 +117,26 @@ def main() -> None:
         fill_s = fill_store(d / "job.toml")
         size = sum(p.stat().st_size for p in d.glob("out.parquet.state.sqlite*"))
         env = {**os.environ, "GROQ_API_KEY": "unused"}
-        t0 = time.perf_counter()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         argv = [sys.executable, "-m", "batch", "run", str(d / "job.toml"), "-q",
                 "--base-url", "http://127.0.0.1:9/v1"]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-        resume_s = time.perf_counter() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        resume_s, resume_cpu, proc = timed(argv, env)
         if proc.returncode != 0:
             sys.exit(f"resume failed ({proc.returncode}):\n{proc.stderr}")
+        floor_s, _, floor = timed([sys.executable, "-c", FLOOR, str(d / "in.parquet"), str(d / "out.parquet"),
+                                   str(d / "floor.parquet")], env)
+        if floor.returncode != 0:
+            sys.exit(f"floor failed:\n{floor.stderr}")
         out_rows = pq.ParquetFile(d / "out.parquet").metadata.num_rows
         assert out_rows == args.rows, out_rows
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
               f"input row groups of {args.row_group:,} rows")
         print("| rows | store bytes | bytes/row | fill store s | resume s (0 requests) | resume CPU s "
-              "| resume peak RSS MB |")
-        print("|---|---|---|---|---|---|---|")
-        print(f"| {args.rows:,} | {size:,} | {size / args.rows:.0f} | {fill_s:.1f} | {resume_s:.1f} "
-              f"| {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.1f} "
-              f"| {json.loads((d / 'out.parquet.report.json').read_text())['peak_rss_mb']:.0f} |")
+              "| resume peak RSS MB | pyarrow floor s | resume / floor |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| {args.rows:,} | {size:,} | {size / args.rows:.0f} | {fill_s:.1f} | {resume_s:.2f} "
+              f"| {resume_cpu:.2f} "
+              f"| {json.loads((d / 'out.parquet.report.json').read_text())['peak_rss_mb']:.0f} "
+              f"| {floor_s:.2f} | {resume_s / floor_s:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -233,3 +233,26 @@ def test_a_low_remaining_tokens_header_slows_the_run_down() -> None:
 
     assert run_virtual(scenario(None)) < 0.01  # the burst covers it at once
     assert 0.99 <= run_virtual(scenario(0)) <= 1.01  # the server has none left: wait 1 s for 100 tokens
+
+
+def test_the_first_remaining_tokens_count_fills_the_bucket_instead_of_waiting() -> None:
+    from batch.records import RateInfo
+
+    async def times(remaining: int | None) -> list[float]:
+        pacer = Pacer(UNLIMITED_RPM, 6_000)  # 100 tokens/s, a 2 s burst of 200
+        out = []
+        for i in range(3):
+            assert await pacer.acquire(100)
+            out.append(now())
+            if i == 0:  # the first answer: it used its 100 tokens; the server tells what is left
+                pacer.settle(100, 100)
+                pacer.observe(RateInfo(tokens_remaining_minute=remaining))
+        return out
+
+    told = run_virtual(times(5_000))
+    assert told == pytest.approx([0.0, 0.0, 0.0], abs=1e-3)  # the server said the minute is nearly free
+    slow = run_virtual(times(None))
+    assert slow[0] == pytest.approx(0.0, abs=1e-3)  # the first request never waits (it borrows)
+    assert slow[1] >= 1.9  # without the count: the debt and an empty bucket pace the next ones
+    tight = run_virtual(times(50))
+    assert tight[1] >= 0.45  # the server has less than a request left: never raised past it

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ApiError, FatalApiError
 from ..progress import BatchProgress
+from ..prompts import Group
 from ..records import Answer, Request
 from ..report import RunStats
 from ..spendcap import SpendCap
@@ -80,7 +81,7 @@ class BatchMode:
         self._stopped = True
         self._wake.set()
 
-    async def run(self, batches: Callable[[], Iterator[list[Request]]]) -> Collected:
+    async def run(self, batches: Callable[[], Iterator[Group]]) -> Collected:
         """Recover what an earlier run left half-done, submit what is missing, wait, merge."""
         outcome = Collected()
         await self._recover()
@@ -94,15 +95,15 @@ class BatchMode:
         return outcome
 
     # -- what to send -------------------------------------------------------------------------------
-    def _missing(self, batches: Iterator[list[Request]]) -> Iterator[Request]:
-        for requests in batches:
-            fps = {r.fingerprint for r in requests}
-            todo = (self._store.missing(fps, retry_failed=self._retry_failed)
-                    - self._ledger.held(fps) - self._left)
-            for r in requests:
-                if r.fingerprint in todo:
-                    todo.discard(r.fingerprint)  # identical rows share one request
-                    yield r
+    def _missing(self, groups: Iterator[Group]) -> Iterator[Request]:
+        for group in groups:
+            fps = {fp for fp in group.fingerprints if fp is not None}
+            todo = self._store.missing(fps, retry_failed=self._retry_failed)
+            todo = todo - self._ledger.held(todo) - self._left if todo else todo
+            for i, fp in enumerate(group.fingerprints if todo else ()):
+                if fp is not None and fp in todo:
+                    todo.discard(fp)  # identical rows share one request
+                    yield group.request(i)
 
     async def _submit(self, requests: Iterable[Request]) -> int:
         writer = ChunkWriter(self._folder)
@@ -200,13 +201,16 @@ class BatchMode:
                    for kind, key in (("output", "output_file_id"), ("error", "error_file_id"))
                    if isinstance(obj.get(key), str)]
         answered: set[str] = set()
+        merged = []
         for a in (judge(self._shape, a) for results in fetched for a in results.answers):
             if a.fingerprint in expected:
                 if self._budget is not None and a.fingerprint in self._reserved:
                     self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
-                self._store.put(a)
+                merged.append(a)
                 self._stats.record_answer(a, batch=True)
                 answered.add(a.fingerprint)
+        # One transaction for the file, off the loop (nothing else uses the store meanwhile).
+        await asyncio.to_thread(self._store.put_many, merged)
         status = str(obj.get("status"))
         rejected = False
         if status == "failed":

@@ -16,9 +16,9 @@ from ..config import Job
 from ..endpoint import Endpoint
 from ..errors import FatalApiError, JobError, Stopped
 from ..progress import BatchProgress
-from ..prompts import Renderer
-from ..records import Request
+from ..prompts import Group, Renderer
 from ..report import RunStats
+from ..rowkeys import RowKeys
 from ..source import Rows
 from ..spendcap import SpendCap
 from ..store import Store
@@ -41,6 +41,7 @@ class BatchPass:
         self._limit, self._retry_failed, self._wait = limit, retry_failed, wait
         self._mode: BatchMode | None = None
         self.stopped = False
+        self.keys: RowKeys | None = None  # every row's fingerprint, from the first scan, for pass 2
 
     def stop(self) -> None:
         self.stopped = True
@@ -52,9 +53,16 @@ class BatchPass:
         job = self._job
         folder = upload_folder(job.state.path)
 
-        def chunks() -> Iterator[list[Request]]:
+        def chunks() -> Iterator[Group]:
+            # The first scan keeps every row's fingerprint for pass 2; a later round only re-reads.
+            keys = self.keys = RowKeys(self._store.path.parent) if self.keys is None else None
             for row0, chunk in self._rows.numbered(self._limit):
-                yield [r for r in self._renderer.render_chunk(chunk, row0) if isinstance(r, Request)]
+                for group in self._renderer.groups(chunk, row0):
+                    if keys is not None:
+                        keys.add(group)
+                    yield group
+            if keys is not None:
+                keys.finish()
 
         async with Client(endpoint.base_url, endpoint.key, timeout_s=job.limits.request_timeout,
                           connections=4) as client:

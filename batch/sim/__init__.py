@@ -5,29 +5,46 @@ of ``batch`` (tests/test_layout.py checks every import), so it stays an independ
 client rather than a mirror of its assumptions. ``server`` puts the parts together; see its docstring.
 """
 
-from .server import (
-    DECOMMISSIONED,
-    FAULT_KINDS,
-    KNOWN_MODELS,
-    ORG,
-    PREFIX,
-    UPGRADE,
-    LogEntry,
-    ServedModel,
-    SimConfig,
-    Simulator,
-    add_cli_arguments,
-    config_from_args,
-    count_prompt_tokens,
-    count_tokens,
-    go_duration,
-    serve,
-    sim_answer,
-    sim_json_answer,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import (
+        DECOMMISSIONED,
+        FAULT_KINDS,
+        KNOWN_MODELS,
+        ORG,
+        PREFIX,
+        UPGRADE,
+        LogEntry,
+        ServedModel,
+        SimConfig,
+        Simulator,
+        add_cli_arguments,
+        config_from_args,
+        count_prompt_tokens,
+        count_tokens,
+        go_duration,
+        serve,
+        sim_answer,
+        sim_json_answer,
+    )
 
 __all__ = [
     "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PREFIX", "UPGRADE", "LogEntry", "ServedModel",
     "SimConfig", "Simulator", "add_cli_arguments", "config_from_args", "count_prompt_tokens", "count_tokens",
     "go_duration", "serve", "sim_answer", "sim_json_answer",
 ]
+
+
+# Imported on first use, so that a run that does not simulate never loads the server (aiohttp.web).
+_FROM_CONFIG = {"SimConfig", "add_cli_arguments", "config_from_args"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(".config" if name in _FROM_CONFIG else ".server", __name__)
+    return getattr(module, name)
