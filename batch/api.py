@@ -30,7 +30,7 @@ from . import endpoint as endpoints
 from . import frames
 from .config import Job
 from .engine import Run, RunOptions
-from .errors import JobError, Stopped
+from .errors import FatalApiError, JobError, Stopped
 from .estimate import Plan, make_plan
 from .options import build_job
 from .output import write_output
@@ -149,8 +149,16 @@ def _prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any],
 async def _execute(p: _Prepared, opts: RunOptions, *, simulate: bool, env: Mapping[str, str]) -> Any:
     if simulate:
         async with simulated() as ep:
-            return await Run(p.job, p.rows, ep, opts).execute()
-    return await Run(p.job, p.rows, endpoints.resolve(p.job, None, env), opts).execute()
+            return await _reported(Run(p.job, p.rows, ep, opts))
+    return await _reported(Run(p.job, p.rows, endpoints.resolve(p.job, None, env), opts))
+
+
+async def _reported(run: Run) -> Any:
+    try:
+        return await run.execute()
+    except (Stopped, FatalApiError) as exc:
+        run.report_stop(exc)  # beside output= when given: what the run did before it stopped
+        raise
 
 
 def _partial(p: _Prepared, data: Any) -> Any:

@@ -24,7 +24,6 @@ from .keycheck import valid_cluster
 from .parts import PartitionedRun
 from .preflight import check_job
 from .report import Summary
-from .runreport import report_path, write_reports
 from .simulated import kept_apart
 from .source import arrow_without_pandas
 
@@ -223,7 +222,9 @@ def _run_job(args: argparse.Namespace) -> int:
         return asyncio.run(main_task())
     except BatchError as exc:
         if holder and isinstance(holder[0], Run):
-            _report_stop(holder[0], exc)
+            ended = holder[0].report_stop(exc)
+            if ended is not None:
+                print(ended.human(), file=sys.stderr)
         elif holder and holder[0].summary is not None:  # a partitioned run wrote its report already
             print(holder[0].summary.human(), file=sys.stderr)
         return _fail(exc)
@@ -237,21 +238,3 @@ class Runner(Protocol):
     def interrupt(self) -> None: ...
 
     async def execute(self) -> Summary: ...
-
-
-def _report_stop(run: Run, exc: BatchError) -> None:
-    """A run that ended early still tells what it did, on stderr and in the report file."""
-    stats = run.stats
-    if not isinstance(exc, Stopped | FatalApiError) or not (stats.requests or stats.batches
-                                                            or stats.batch_results):
-        return
-    status = "stopped" if isinstance(exc, Stopped) else "fatal"
-    summary = Summary.build(run.stats, status=status, model=run.job.task.model, rows=0,
-                            rows_ok=run.stats.answered, rows_failed=run.stats.failed, rows_from_store=0,
-                            output=None, message=str(exc), mode=run.mode,
-                            max_cost_usd=run.job.limits.max_cost_usd)
-    print(summary.human(), file=sys.stderr)
-    try:
-        write_reports(run.job, summary, run.stats)  # the JSON, then the HTML beside it
-    except OSError as err:
-        log.warning("could not write %s: %s", report_path(run.job), err)

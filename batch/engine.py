@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from .batchapi.run import BatchPass, refuse_open_batches
 from .config import Job
 from .endpoint import Endpoint, sends_max_tokens
-from .errors import QuotaReached, Stopped
+from .errors import FatalApiError, QuotaReached, Stopped
 from .online import OnlinePass, PacerFactory, local_pacer
 from .output import write_output
 from .preflight import check_job, check_model
@@ -73,6 +73,23 @@ class Run:
         self.interrupted = True
         if self._stage is not None:
             self._stage.stop()
+
+    def report_stop(self, exc: BaseException) -> Summary | None:
+        """A run that ended early (Stopped, FatalApiError) after sending something still tells what it
+        did: its summary, written beside the output as JSON and HTML (a warning if it cannot be)."""
+        stats = self.stats
+        if not isinstance(exc, Stopped | FatalApiError) or not (stats.requests or stats.batches
+                                                                or stats.batch_results):
+            return None
+        summary = Summary.build(stats, status="stopped" if isinstance(exc, Stopped) else "fatal",
+                                model=self.job.task.model, rows=0, rows_ok=stats.answered,
+                                rows_failed=stats.failed, rows_from_store=0, output=None, message=str(exc),
+                                mode=self.mode, max_cost_usd=self.job.limits.max_cost_usd)
+        try:
+            write_reports(self.job, summary, stats)  # the JSON, then the HTML beside it
+        except OSError as err:
+            log.warning("could not write %s: %s", report_path(self.job), err)
+        return summary
 
     async def execute(self) -> Summary:
         job, endpoint, opts = self.job, self.endpoint, self.opts

@@ -28,7 +28,8 @@ from .retry import RetryPolicy
 from .rowkeys import RowKeys
 from .source import Rows
 from .spendcap import SpendCap
-from .store import Store, StoreWriteError
+from .store import Store
+from .storefile import StoreWriteError
 from .structured import Shape, judge
 
 # Builds the pacer of a run from its endpoint and limits; `local_pacer` unless a door brings its own

@@ -31,20 +31,11 @@ from .records import Answer, Completion, Request
 from .report import RunStats
 from .retry import Action, RetryPolicy
 from .spendcap import SpendCap
+from .stops import Breaker, Quota, daily_budget
 
 log = logging.getLogger("batch.pool")
 
 Send = Callable[[bytes], Awaitable[Completion]]
-REJECTIONS_TO_STOP = 10  # identical permanent rejections, before any success, that end the run
-SHORT_RESET_S = 900.0  # a spent request budget that resets sooner than this is waited out, not quit
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """A daily quota ran out: which one ("rpd", "tpd") and, when known, seconds until it resets."""
-
-    limit: str
-    reset_s: float | None
 
 
 @dataclass(slots=True)
@@ -74,9 +65,7 @@ class Pool:
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
         self.quota: Quota | None = None  # set when a spent daily quota left requests unsent
-        self._successes = 0
-        self._streak: int = 0  # identical permanent rejections in a row, while nothing succeeded
-        self._streak_kind: tuple[int | None, str | None] = (None, None)
+        self._breaker = Breaker()
         self._spent: Quota | None = None  # the daily request budget is used up (from the headers)
         self._crash: Exception | None = None
 
@@ -199,24 +188,14 @@ class Pool:
             answer = replace(answer, permanent=True, error=(
                 f"the model returned no text (finish_reason {completion.finish_reason!r}); with "
                 "finish_reason 'length' the completion budget ran out first: raise max-new-tokens"))
-        self._successes += answer.ok
+        self._breaker.succeeded(answer.ok)
         self._answer(job, answer)
-        self._budget_spent(completion.rate.requests_remaining_day, completion.rate.requests_reset_s)
+        self._spent = self._spent or daily_budget(completion.rate.requests_remaining_day,
+                                                  completion.rate.requests_reset_s, self._pacer)
 
     def _refund(self, cost: float) -> None:
         if self.budget is not None:
             self.budget.release(cost)
-
-    def _budget_spent(self, remaining: int | None, reset_s: float | None) -> None:
-        """Groq's `-requests` headers count the DAY's budget: when none is left, stop cleanly rather
-        than collect 429s. A budget that refills within minutes (as OpenAI-style servers, whose same
-        headers count per minute) is waited out instead."""
-        if remaining != 0:
-            return
-        if reset_s is not None and reset_s <= SHORT_RESET_S:
-            self._pacer.cool_down(reset_s)
-        else:  # stop when the next request would need the budget; if none does, the run completes
-            self._spent = self._spent or Quota("rpd", reset_s)
 
     def _failed(self, job: _Job, exc: ApiError) -> None:
         req = job.request
@@ -240,8 +219,9 @@ class Pool:
             log.debug("give up row=%d after %d attempts: %s", req.row + 1, job.attempts, exc.describe())
             self._answer(job, Answer.failure(req.fingerprint, exc.describe(), permanent=decision.permanent,
                                              attempts=job.attempts, request_id=exc.request_id))
-            if decision.permanent:
-                self._rejected(exc)
+            if decision.permanent and (fatal := self._breaker.rejected(exc)) and self.fatal is None:
+                self.fatal = fatal
+                self.stop("every request is rejected")
         elif decision.action is Action.QUOTA:
             assert isinstance(exc, RateLimited)
             self.quota = self.quota or Quota(exc.limit or "daily", exc.retry_after)
@@ -252,22 +232,6 @@ class Pool:
             self.fatal = self.fatal or exc
             self._finish(job)
             self.stop("fatal API error")
-
-    def _rejected(self, exc: ApiError) -> None:
-        """Until a first success, the same permanent rejection again and again means the job, not its
-        rows, is wrong for this server (say, max-new-tokens above the model's maximum): end the run
-        instead of failing every row, one paid request at a time."""
-        if self._successes:
-            return
-        kind = (exc.status, exc.code)
-        self._streak = self._streak + 1 if kind == self._streak_kind else 1
-        self._streak_kind = kind
-        if self._streak >= REJECTIONS_TO_STOP and self.fatal is None:
-            self.fatal = FatalApiError(
-                f"the first {self._streak} requests were all rejected the same way, so the job's settings "
-                f"are likely wrong for this server (last: {exc.describe()})",
-                status=exc.status, code=exc.code)
-            self.stop("every request is rejected")
 
     def _requeue(self, job: _Job) -> None:
         self._timers.pop(id(job), None)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import runlog
 from .batchapi.ledger import Ledger
 from .config import Job
 from .errors import JobError
@@ -61,7 +62,7 @@ def write_reports(job: Job, summary: Summary, stats: RunStats, store: Store | No
             store = Store(job.state.path)
         assert store is not None
         try:
-            store.save_figures(summary.to_json(), json.dumps(figs, separators=(",", ":")))
+            runlog.save_figures(store, summary.to_json(), json.dumps(figs, separators=(",", ":")))
             data = report_data(job, store)
         finally:
             if own:
@@ -95,7 +96,7 @@ def report_path_for(html: Path) -> Path:
 
 def report_data(job: Job, store: Store) -> dict[str, Any]:
     """Everything the HTML shows, for the store's last run (raises JobError if none was recorded)."""
-    history = store.run_history(HISTORY)
+    history = runlog.run_history(store, HISTORY)
     if not history:
         raise JobError(f"{job.file}: no run of this job has been recorded in {job.state.path} yet; "
                        f"run it first (python -m batch run {job.file.name})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from . import runlog
 from .batchapi.ledger import Ledger
 from .config import Job
 from .preflight import check_job
@@ -40,7 +41,7 @@ def status(job: Job) -> dict[str, object]:
                         counts["answered"] += 1
                     else:
                         counts["failed_permanent" if found[0].permanent else "failed_retryable"] += 1
-        last = store.last_summary()
+        last = runlog.last_summary(store)
         return {**counts, "state": str(job.state.path), "state_bytes": store.size_bytes(),
                 "last_run": json.loads(last) if last else None, "batches": _batches(store)}
     finally:

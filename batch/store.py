@@ -19,7 +19,6 @@ later runs; transient ones (retries exhausted) are, by the next run.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import operator
 import os
@@ -30,8 +29,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .errors import JobError, Stopped
 from .records import Answer
+from .storefile import StoreError, StoreWriteError, lock_exclusive, lock_opening
 
 SCHEMA_VERSION = 1
 _COLUMNS = [f.name for f in fields(Answer)]
@@ -54,21 +53,6 @@ INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
 
-class StoreError(JobError):
-    """The state file is unusable or busy; the message says what to do."""
-
-
-class StoreWriteError(Stopped):
-    """Answers could not be committed (disk full, file too large, read-only): the run stops (exit 3).
-    Every answer committed before is kept, and the uncommitted ones stay buffered, so a later flush
-    (after space was freed) or the next run can still save or re-ask them."""
-
-    def __init__(self, path: Path, exc: Exception) -> None:
-        super().__init__(f"could not save answers to the state {path} ({exc}); every answer committed "
-                         "before is kept. Free space (or make it writable), then run the same command: it "
-                         "sends only what has no answer yet.")
-
-
 class Store:
     def __init__(self, path: Path, *, flush_rows: int = 500, flush_s: float = 1.0,
                  readonly: bool = False, shared: bool = False) -> None:
@@ -80,7 +64,10 @@ class Store:
         self._buffer: dict[str, Answer] = {}
         self._last_flush = time.monotonic()
         self.run_id = 0
-        self._lock_fd = -1 if readonly or shared else _lock(path)
+        self._lock_fd = -1 if readonly or shared else lock_exclusive(path)
+        # Processes sharing a store open it one at a time: switching a new file to WAL is refused
+        # (SQLITE_BUSY, no busy wait) while another connection holds it.
+        opening = lock_opening(path) if shared else -1
         try:
             if readonly:
                 self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
@@ -103,6 +90,9 @@ class Store:
             self._release()
             raise StoreError(f"state file {path} is unreadable ({exc}). Move it aside to start over "
                              "(its answers would then be requested again).") from exc
+        finally:
+            if opening >= 0:
+                os.close(opening)  # closing the descriptor releases its lock
         # A read-only look at an older store reads a column it lacks as NULL.
         self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
         self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in _COLUMNS)
@@ -141,33 +131,6 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
             raise StoreWriteError(self.path, exc) from exc
-
-    def last_summary(self) -> str | None:
-        row = self._db.execute("SELECT summary FROM runs WHERE summary IS NOT NULL "
-                               "ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else str(row[0])
-
-    def save_figures(self, summary_json: str, figures_json: str) -> None:
-        """What the run report plots (kilobytes, whatever the rows), for `report` to draw again; kept
-        for this store's run, or if it began none (a store opened after a stopped run) the last one."""
-        self._db.execute("INSERT OR REPLACE INTO run_figures SELECT COALESCE(NULLIF(?, 0), MAX(id)), ?, ? "
-                         "FROM runs", (self.run_id, summary_json, figures_json))
-
-    def run_history(self, n: int) -> list[tuple[int, float, str, str | None]]:
-        """The last `n` runs that left a summary, newest first: (id, started, summary, figures).
-        A stopped run's summary is in `run_figures` only; a store older than that table has none."""
-        if not self._has("run_figures"):
-            return [(r[0], r[1], r[2], None) for r in self._db.execute(
-                "SELECT id, started, summary FROM runs WHERE summary IS NOT NULL ORDER BY id DESC LIMIT ?",
-                (n,))]
-        rows = self._db.execute(
-            "SELECT r.id, r.started, COALESCE(f.summary, r.summary), f.figures FROM runs r "
-            "LEFT JOIN run_figures f ON f.run = r.id WHERE COALESCE(f.summary, r.summary) IS NOT NULL "
-            "ORDER BY r.id DESC LIMIT ?", (n,))
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
-
-    def _has(self, table: str) -> bool:
-        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (table,)).fetchone() is not None
 
     # -- answers ----------------------------------------------------------------------------------
     def put(self, answer: Answer) -> None:
@@ -272,15 +235,3 @@ def _answer(row: tuple[Any, ...]) -> Answer:
     values = list(row)
     values[_PERMANENT] = bool(values[_PERMANENT])  # SQLite hands it back as 0/1
     return Answer(*values)
-
-
-def _lock(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreError(f"another run is using {path} right now (lock {path}.lock is held); "
-                         "wait for it to finish, or stop it first") from None
-    return fd

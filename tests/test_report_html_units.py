@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from batch import runlog
 from batch.batchapi.ledger import Ledger
 from batch.errors import RateLimited, ServerError
 from batch.records import Answer
@@ -128,17 +129,21 @@ def _summary(status: str, cost: float) -> str:
 
 def test_the_store_keeps_each_runs_figures_and_the_history_includes_stopped_runs(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
-    with_store(path, lambda s: (s.begin_run(), s.finish_run(_summary("complete", 0.5)),
-                                s.save_figures(_summary("complete", 0.5), '{"a": 1}')))
+    def finished_run(s: Store) -> None:
+        s.begin_run()
+        s.finish_run(_summary("complete", 0.5))
+        runlog.save_figures(s, _summary("complete", 0.5), '{"a": 1}')
+
+    with_store(path, finished_run)
     with_store(path, lambda s: s.begin_run())  # stopped: no summary in runs ...
-    with_store(path, lambda s: s.save_figures(_summary("stopped", 0.25), '{"b": 2}'))  # ... but here
+    with_store(path, lambda s: runlog.save_figures(s, _summary("stopped", 0.25), '{"b": 2}'))  # ... but here
 
     store = Store(path, readonly=True)
     try:
-        history = store.run_history(5)
+        history = runlog.run_history(store, 5)
         assert [(r[0], json.loads(r[2])["status"], r[3]) for r in history] == [
             (2, "stopped", '{"b": 2}'), (1, "complete", '{"a": 1}')]
-        assert store.last_summary() == _summary("complete", 0.5)  # `status` still sees finished runs
+        assert runlog.last_summary(store) == _summary("complete", 0.5)  # `status` still sees finished runs
     finally:
         store.close()
 
@@ -153,10 +158,10 @@ def test_a_store_from_before_the_report_still_gives_its_history(tmp_path: Path) 
 
     old = Store(path, readonly=True)
     try:
-        assert [(r[0], r[3]) for r in old.run_history(5)] == [(1, None)]
+        assert [(r[0], r[3]) for r in runlog.run_history(old, 5)] == [(1, None)]
     finally:
         old.close()
-    with_store(path, lambda s: s.save_figures(_summary("complete", 1.0), "{}"))  # created on open
+    with_store(path, lambda s: runlog.save_figures(s, _summary("complete", 1.0), "{}"))  # created on open
 
 
 def test_the_ledger_stamps_each_status_once_and_prefers_groqs_times(tmp_path: Path) -> None:

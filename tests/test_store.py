@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from batch import runlog
 from batch.records import Answer
 from batch.sim import Simulator
-from batch.store import Store, StoreError
+from batch.store import Store
+from batch.storefile import StoreError
 
 FULL = Answer(
     fingerprint="fp-full", text="Hello \u00e9\u5c71 \U0001f600\n\"quoted\"", input_tokens=80,
@@ -200,7 +202,7 @@ def test_runs_and_summary(path: Path) -> None:
     s = Store(path)
     try:
         assert s.begin_run() > first
-        assert s.last_summary() == '{"ok": 1}'
+        assert runlog.last_summary(s) == '{"ok": 1}'
         assert s.counts() == {"answers": 1, "ok": 1, "failed_permanent": 0, "failed_retryable": 0}
     finally:
         s.close()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import ApiError
 from ..report import RunStats
-from ..store import Store, StoreError
+from ..store import Store
+from ..storefile import StoreError
 from .endpoints import BatchApi
 from .files import upload_folder
 from .ledger import Ledger, Upload

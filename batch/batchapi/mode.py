@@ -2,15 +2,11 @@
 
     pending requests ─► JSONL files (≤ 50,000 lines, ≤ 100 MB) ─► upload ─► batch ─► poll ─► merge ─► store
 
-Every step is written to the store the moment Groq confirms it (`ledger.Upload`), before the next step
-is tried, so a run that dies anywhere is continued by the same command and nothing is paid twice: a
-file without a submitted batch is taken on by `batchsubmit` (which asks Groq what an earlier try left),
-a submitted batch is polled until it ends, then its results are merged.
-
-A request held by a batch that is not merged yet is never sent again. Results merge into the store as
-answers; requests a batch left unanswered (expired, cancelled) stay pending, for the next run or the
-online fallback. A batch that fails validation fails the lines Groq names (permanent row errors), and
-the other lines are submitted again in a new batch.
+Every step is written to the ledger the moment Groq confirms it, before the next is tried, so a run
+that dies anywhere is continued by the same command and nothing is paid twice (`submit` asks Groq
+what an earlier try left). A request held by a batch not merged yet is never sent again; requests a
+batch left unanswered (expired, cancelled) stay pending. A batch that fails validation fails the lines
+Groq names (permanent row errors), and its other lines are submitted again in a new batch.
 """
 
 from __future__ import annotations
