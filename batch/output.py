@@ -10,6 +10,7 @@ store keeps what Groq answered, and the row fails (with its raw text) only in th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import structured
+from .errors import Stopped
 from .prompts import Renderer
 from .rowkeys import KeysReader, RowKeys
 from .sink import OutputWriter
@@ -47,13 +49,16 @@ class Written:
 
 def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fmt: str, text_column: str,
                  response_format: Mapping[str, Any] | None, limit: int | None,
-                 keys: RowKeys | None = None) -> Written:
-    """`keys`: pass 1's fingerprints of every row, when it kept them (else rows are rendered here)."""
+                 keys: RowKeys | None = None, halt: threading.Event | None = None) -> Written:
+    """`keys`: pass 1's fingerprints of every row, when it kept them (else rows are rendered here).
+    `halt`, once set, stops the writing after the current chunk (the output is left as it was)."""
     ok = failed = from_store = 0
     shape = structured.shape_of(response_format)
     reader: KeysReader | None = keys.reader() if keys is not None and keys.complete else None
     with OutputWriter(path, fmt, rows.schema, text_column, shape) as out:
         for row0, chunk in rows.numbered(limit):
+            if halt is not None and halt.is_set():
+                raise Stopped("stopped while writing the output; the previous output is unchanged")
             fps, errors = reader.take(chunk.num_rows) if reader else _render(renderer, chunk, row0)
             cols, earlier = _answers(store, fps, errors)
             cells = None
