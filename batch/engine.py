@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -124,8 +125,7 @@ class Run:
                          job.limits.concurrency)
             if self.mode == "online" or expired:
                 await self._online(renderer, store)
-            # Pass 2 off the loop, so that a signal is still heard at once.
-            return await asyncio.to_thread(self._finish, renderer, store)
+            return await self._finish_off_loop(renderer, store)
         finally:
             for keys in self._keys:
                 keys.close()
@@ -174,7 +174,20 @@ class Run:
             raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
                           "(it sends only the rows that have no answer yet).")
 
-    def _finish(self, renderer: Renderer, store: Store) -> Summary:
+    async def _finish_off_loop(self, renderer: Renderer, store: Store) -> Summary:
+        """Pass 2 in a worker thread, so that a signal is still heard at once. Cancelled (a second
+        signal), it tells the thread to stop after its chunk and waits for that, so the store is not
+        closed under it; the output is then left as it was."""
+        halt = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(self._finish, renderer, store, halt))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            halt.set()
+            await asyncio.wait([work])
+            raise
+
+    def _finish(self, renderer: Renderer, store: Store, halt: threading.Event | None = None) -> Summary:
         job = self.job
         self.stats.failures = Failures()  # from here on, the report's failed rows are the output's
         try:
@@ -182,7 +195,7 @@ class Run:
                                    text_column=job.output.text_column,
                                    response_format=job.task.response_format, limit=self.opts.limit,
                                    failures=self.stats.failures,
-                                   keys=self._keys[-1] if self._keys else None)
+                                   keys=self._keys[-1] if self._keys else None, halt=halt)
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
             raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved "
                           "and the previous output is as it was; free space (or make the folder writable), "

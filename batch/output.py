@@ -12,6 +12,7 @@ Failed rows are noted for the run report (`timeline.Failures`: the first few, an
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import structured
+from .errors import Stopped
 from .prompts import Renderer
 from .rowkeys import KeysReader, RowKeys
 from .sink import OutputWriter
@@ -50,14 +52,18 @@ class Written:
 
 def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fmt: str, text_column: str,
                  response_format: Mapping[str, Any] | None, limit: int | None,
-                 keys: RowKeys | None = None, failures: Failures | None = None) -> Written:
+                 keys: RowKeys | None = None, failures: Failures | None = None,
+                 halt: threading.Event | None = None) -> Written:
     """`keys`: pass 1's fingerprints of every row, when it kept them (else rows are rendered here).
-    `failures`, when given, collects the failed rows (the first few, and their kinds) for the report."""
+    `failures`, when given, collects the failed rows (the first few, and their kinds) for the report.
+    `halt`, once set, stops the writing after the current chunk (the output is left as it was)."""
     ok = failed = from_store = 0
     shape = structured.shape_of(response_format)
     reader: KeysReader | None = keys.reader() if keys is not None and keys.complete else None
     with OutputWriter(path, fmt, rows.schema, text_column, shape) as out:
         for row0, chunk in rows.numbered(limit):
+            if halt is not None and halt.is_set():
+                raise Stopped("stopped while writing the output; the previous output is unchanged")
             fps, errors = reader.take(chunk.num_rows) if reader else _render(renderer, chunk, row0)
             cols, earlier = _answers(store, fps, errors)
             cells, stored = None, cols["error"]

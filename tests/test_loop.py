@@ -17,8 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from batch.config import load_job
+from batch.config import Job, load_job
 from batch.endpoint import Endpoint
 from batch.engine import Run, RunOptions
 from batch.prompts import Renderer
@@ -31,9 +32,8 @@ ROWS = 60_000
 SENT = 300  # rows left unanswered, so that the run also sends while it scans
 
 
-def test_a_long_scan_never_holds_the_loop(tmp_path: Path, simulator: tuple[str, Simulator],
-                                          write_job: Callable[..., Path]) -> None:
-    url, sim = simulator
+def answered_job(tmp_path: Path, write_job: Callable[..., Path]) -> tuple[Job, Source]:
+    """A job of ROWS rows, all but the last SENT answered in its store by an earlier run."""
     text = [f"ticket {i}: the export fails after {i % 97} minutes on the reporting page" for i in range(ROWS)]
     pq.write_table(pa.table({"name": [f"n{i}" for i in range(ROWS)], "experience": text}),
                    tmp_path / "in.parquet", row_group_size=ROWS)
@@ -48,6 +48,13 @@ def test_a_long_scan_never_holds_the_loop(tmp_path: Path, simulator: tuple[str, 
                     r: Request = group.request(i)
                     store.put(Answer(fingerprint=r.fingerprint, text="earlier", attempts=1))
     store.close()
+    return job, source
+
+
+def test_a_long_scan_never_holds_the_loop(tmp_path: Path, simulator: tuple[str, Simulator],
+                                          write_job: Callable[..., Path]) -> None:
+    url, sim = simulator
+    job, source = answered_job(tmp_path, write_job)
 
     gaps: list[float] = []
 
@@ -75,3 +82,32 @@ def test_a_long_scan_never_holds_the_loop(tmp_path: Path, simulator: tuple[str, 
     assert len(sim.log) == SENT
     assert len(gaps) > 10
     assert max(gaps) < 1.0, f"the loop was held for {max(gaps):.2f} s"
+
+
+def test_cancelled_while_writing_the_output_stops_and_leaves_no_output(
+        tmp_path: Path, simulator: tuple[str, Simulator], write_job: Callable[..., Path]) -> None:
+    """A second signal during pass 2 (which runs in a thread) ends the run at once; the thread stops
+    after its chunk, the store is closed after it, and no output file is left."""
+    url, _ = simulator
+    job, source = answered_job(tmp_path, write_job)
+
+    async def main() -> None:
+        endpoint = Endpoint(url, "gsk_loop_test", 6_000_000.0, 1e9, simulated=True)
+        run = asyncio.create_task(Run(job, source, endpoint, RunOptions(progress=False)).execute())
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.parquet.*.tmp")):  # pass 2 has begun writing
+            assert not run.done(), "the run ended before its output pass could be interrupted"
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        # Already gone when the run ends: the thread was waited for, not left writing.
+        assert not list(tmp_path.glob(".out.parquet.*")) and not (tmp_path / "out.parquet").exists()
+
+    asyncio.run(main())
+    again = Store(job.state.path)  # unlocked: the run closed it, after the thread had let go
+    try:
+        assert again.counts()["answers"] == ROWS  # pass 1's answers were all kept
+    finally:
+        again.close()

@@ -55,7 +55,9 @@ class BatchPass:
 
         def chunks() -> Iterator[Group]:
             # The first scan keeps every row's fingerprint for pass 2; a later round only re-reads.
-            keys = self.keys = RowKeys(self._store.path.parent) if self.keys is None else None
+            keys = None
+            if self.keys is None:
+                keys = self.keys = RowKeys(self._store.path.parent)
             for row0, chunk in self._rows.numbered(self._limit):
                 for group in self._renderer.groups(chunk, row0):
                     if keys is not None:
