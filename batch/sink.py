@@ -83,11 +83,7 @@ class OutputWriter:
             cols.append(pa.array(values, typ))
         rows = cells or [{}] * chunk.num_rows
         cols += [pa.array([c.get(name) for c in rows], _KIND_TYPES[kind]) for name, kind in self.properties]
-        inputs = list(chunk.columns)
-        for i in self._as_json:
-            inputs[i] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str)
-                                  for v in inputs[i].to_pylist()], pa.string())
-        out = pa.RecordBatch.from_arrays([*inputs, *cols], schema=self.schema)
+        out = pa.RecordBatch.from_arrays([*self._inputs(chunk), *cols], schema=self.schema)
         self._writer.write_batch(out)
         self.rows += chunk.num_rows
 
@@ -98,8 +94,17 @@ class OutputWriter:
         cols = [text.cast(pa.string()), *(answers[name].cast(typ) for name, typ in _ANSWER_FIELDS)]
         rows = cells or [{}] * chunk.num_rows
         cols += [pa.array([c.get(name) for c in rows], _KIND_TYPES[kind]) for name, kind in self.properties]
-        self._writer.write_batch(pa.RecordBatch.from_arrays([*chunk.columns, *cols], schema=self.schema))
+        out = pa.RecordBatch.from_arrays([*self._inputs(chunk), *cols], schema=self.schema)
+        self._writer.write_batch(out)
         self.rows += chunk.num_rows
+
+    def _inputs(self, chunk: pa.RecordBatch) -> list[pa.Array]:
+        """The input columns as written: those CSV cannot hold (lists, structs, maps) as JSON text."""
+        inputs = list(chunk.columns)
+        for i in self._as_json:
+            inputs[i] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                                  for v in inputs[i].to_pylist()], pa.string())
+        return inputs
 
     def commit(self) -> None:
         """Close the temporary file, make it durable, and move it into place."""
