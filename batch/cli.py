@@ -18,10 +18,10 @@ from typing import Protocol
 
 from . import commands, endpoint, sim
 from .config import Job, load_job
+from .dataset.parts import PartitionedRun
 from .engine import Run, RunOptions
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, JobError, Stopped
 from .keycheck import valid_cluster
-from .parts import PartitionedRun
 from .preflight import check_job
 from .report import Summary
 from .simulated import kept_apart

@@ -19,7 +19,7 @@ from .client import Client
 from .config import load_job
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, JobError
 from .estimate import describe, make_plan
-from .runreport import html_path, report_data, write_html
+from .htmlreport.write import html_path, report_data, write_html
 from .simulated import KEY as SIMULATED_KEY
 from .status import status as job_status
 from .store import Store

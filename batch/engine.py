@@ -23,6 +23,8 @@ from .batchapi.run import BatchPass, refuse_open_batches
 from .config import Job
 from .endpoint import Endpoint, sends_max_tokens
 from .errors import FatalApiError, QuotaReached, Stopped
+from .htmlreport.write import report_path as report_path  # where the doors find the report
+from .htmlreport.write import write_reports
 from .online import OnlinePass, PacerFactory, local_pacer
 from .output import write_output
 from .preflight import check_job, check_model
@@ -30,8 +32,6 @@ from .progress import BatchProgress, Progress
 from .prompts import Renderer
 from .report import RunStats, Summary
 from .rowkeys import RowKeys
-from .runreport import report_path as report_path  # where the doors find the report
-from .runreport import write_reports
 from .source import Rows
 from .spendcap import SpendCap
 from .store import Store

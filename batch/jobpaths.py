@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from batch import partitions
+from batch.dataset import partitions
 
 INPUT_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
                     ".ndjson": "jsonl"}

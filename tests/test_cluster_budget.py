@@ -114,7 +114,7 @@ def test_limits_learned_by_one_worker_hold_for_all() -> None:
 
 
 def test_dask_and_fsspec_load_only_when_asked_for() -> None:
-    code = ("import sys, batch.cli, batch.parts, batch.partitions; "
+    code = ("import sys, batch.cli, batch.dataset.parts, batch.dataset.partitions; "
             "print(sorted(m for m in ('distributed', 'dask', 'fsspec', 's3fs') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -23,7 +23,7 @@ from matplotlib.image import imread
 from nasty import write_csv
 from test_e2e import PROMPT, plain_rows
 
-from batch.runreport import write_html
+from batch.htmlreport.write import write_html
 from batch.sim import Simulator
 
 StartSim = Callable[..., tuple[str, Simulator]]

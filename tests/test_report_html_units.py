@@ -13,9 +13,9 @@ from typing import Any
 from batch import runlog
 from batch.batchapi.ledger import Ledger
 from batch.errors import RateLimited, ServerError
+from batch.htmlreport.write import write_html
 from batch.records import Answer
 from batch.report import RunStats, Summary
-from batch.runreport import write_html
 from batch.store import Store
 from batch.timeline import COLUMNS, Failures, Histogram, Timeline, error_kind
 
@@ -196,7 +196,7 @@ def with_store(path: Path, action: Any) -> Any:
 
 
 def test_a_run_does_not_import_matplotlib_until_it_draws_the_report() -> None:
-    code = ("import sys, batch.cli, batch.engine, batch.commands, batch.runreport; "
+    code = ("import sys, batch.cli, batch.engine, batch.commands, batch.htmlreport.write; "
             "print('matplotlib' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"

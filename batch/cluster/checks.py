@@ -14,10 +14,10 @@ from typing import Any
 
 from distributed import Client
 
-from .. import partitions
 from ..config import Job
+from ..dataset import partitions
+from ..dataset.partitions import Partition
 from ..errors import JobError
-from ..partitions import Partition
 
 WORKERS_TIMEOUT_S = 30.0
 

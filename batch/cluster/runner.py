@@ -23,14 +23,14 @@ from typing import Any
 
 from distributed import Client, LocalCluster, as_completed
 
-from .. import partitions
 from ..config import Job
+from ..dataset import partitions
+from ..dataset.partitions import Partition
+from ..dataset.parts import PartOutcome, already_done, part_job, refuse_limit
+from ..dataset.summary import finish, report_location
 from ..endpoint import Endpoint
 from ..engine import RunOptions
 from ..errors import FatalApiError, JobError, QuotaReached, Stopped
-from ..partitions import Partition
-from ..partreport import finish, report_location
-from ..parts import PartOutcome, already_done, part_job, refuse_limit
 from ..preflight import check_job, check_model
 from ..report import Summary
 from .checks import check_workers

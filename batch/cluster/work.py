@@ -21,12 +21,12 @@ from typing import Any
 from distributed import get_worker
 
 from ..config import Job
+from ..dataset.partitions import Partition
+from ..dataset.parts import PartOutcome, run_part, stopped_outcome
 from ..endpoint import Endpoint
 from ..engine import Run, RunOptions
 from ..errors import BatchError, FatalApiError, QuotaReached, Stopped
 from ..limits import Pacing
-from ..partitions import Partition
-from ..parts import PartOutcome, run_part, stopped_outcome
 from .lease import LeasedPacer
 
 log = logging.getLogger("batch.cluster")

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
+from ..report import Summary
 from . import partitions
-from .report import Summary
 
 if TYPE_CHECKING:
-    from .config import Job
+    from ..config import Job
     from .parts import PartOutcome
 
 _SUMMED = ("rows", "rows_ok", "rows_failed", "rows_from_store", "requests_sent", "retries",

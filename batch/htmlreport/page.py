@@ -13,7 +13,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from . import plotpace, plotruns, plots
+from . import pace, plots, runs
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 CSS = """
@@ -70,7 +70,7 @@ def render(data: dict[str, Any]) -> str:
         parts.append(f'<p class="message">{_e(s["message"])}</p>')
     tl = figs.get("timeline") or {}
     if any(tl.get("requests") or ()):  # a Batch API run that sent nothing online has no pace to show
-        parts.append(_section("Pace against the limits", "pace", plotpace.pace(tl, figs.get("limits") or {}),
+        parts.append(_section("Pace against the limits", "pace", pace.pace(tl, figs.get("limits") or {}),
                               "Requests and tokens sent per minute (solid) against the limits the run "
                               "paced itself to at the time (dashed: the job's own, or learned from "
                               "Groq's headers and 429s). Red ticks on the time axis mark 429 answers; "
@@ -164,7 +164,7 @@ def _rows(s: dict[str, Any], failures: dict[str, Any]) -> str:
     if not any(n for _, n in bars):
         return ('<section><h2>Rows</h2><p class="note">No row was answered or failed by this run.</p>'
                 f"{table}</section>")
-    return _section("Rows", "rows", plotruns.rows(bars), what + ".", table)
+    return _section("Rows", "rows", runs.rows(bars), what + ".", table)
 
 
 def _cost(history: list[dict[str, Any]], current: int | None, cap: float | None) -> str:
@@ -179,7 +179,7 @@ def _cost(history: list[dict[str, Any]], current: int | None, cap: float | None)
              '<th class="n">tokens out</th><th class="n">cost</th></tr>'
              f"{body}</table>")
     note = "" if cap is None else f" The dashed line is the spend cap, [limits] max-cost-usd = {cap:g}."
-    return _section("Cost across the last runs", "cost", plotruns.cost(history, current, cap),
+    return _section("Cost across the last runs", "cost", runs.cost(history, current, cap),
                     "Estimated cost of each of this job's last runs, at the catalog's prices (Batch API "
                     f"requests at half price); this run is the darker bar.{note}", table)
 
@@ -199,7 +199,7 @@ def _batches(items: list[dict[str, Any]]) -> str:
              f'<th class="n">completed</th><th class="n">failed</th></tr>{"".join(rows)}</table>')
     more = (f" The last {len(shown)} of the job's {len(items)} submissions are shown."
             if len(shown) < len(items) else "")
-    return _section("Batch API", "batches", plotruns.batches(shown),
+    return _section("Batch API", "batches", runs.batches(shown),
                     "Each submission from the moment its file was written: validating, in progress, "
                     "finalizing, then how it ended and when its results were merged into the store "
                     f"(Groq's own times where its batch object gives them, else when a poll first saw "

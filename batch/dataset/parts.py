@@ -21,17 +21,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..config import Job, StateSpec
+from ..endpoint import Endpoint
+from ..engine import Run, RunOptions
+from ..errors import BatchError, FatalApiError, JobError, Stopped
+from ..limits import Pacing
+from ..online import local_pacer
+from ..preflight import check_job, check_model
+from ..report import Summary
 from . import partitions
-from .config import Job, StateSpec
-from .endpoint import Endpoint
-from .engine import Run, RunOptions
-from .errors import BatchError, FatalApiError, JobError, Stopped
-from .limits import Pacing
-from .online import local_pacer
 from .partitions import Partition
-from .partreport import finish
-from .preflight import check_job, check_model
-from .report import Summary
+from .summary import finish
 
 log = logging.getLogger("batch")
 

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import runlog
-from .batchapi.ledger import Ledger
-from .config import Job
-from .errors import JobError
-from .report import RunStats, Summary
-from .store import Store
+from .. import runlog
+from ..batchapi.ledger import Ledger
+from ..config import Job
+from ..errors import JobError
+from ..report import RunStats, Summary
+from ..store import Store
 
 log = logging.getLogger("batch")
 
@@ -78,7 +78,7 @@ def write_reports(job: Job, summary: Summary, stats: RunStats, store: Store | No
 def write_html(data: dict[str, Any], path: Path) -> bool:
     """Draw the HTML report; False (with a warning) if it could not be drawn or written."""
     try:
-        from .htmlreport import render  # matplotlib, only now
+        from .page import render  # matplotlib, only now
         page = render(data)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(page, encoding="utf-8")

@@ -1,0 +1,8 @@
+"""A partitioned input (a folder, glob or URL of files) run part by part, on one machine or a cluster.
+
+    partitions  finding a dataset's files through fsspec, fetching remote ones, publishing each part
+    parts       the engine once per partition, with a journal and a done marker each
+    summary     the parts' reports added up into one, beside the output folder
+
+The Dask runner (`batch.cluster`) hands these same parts to its workers.
+"""
