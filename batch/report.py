@@ -3,7 +3,7 @@
 `RunStats` only counts; `Summary` turns counts into the report. Progress display lives in
 `progress`, prices in `catalog`. Latency percentiles come from a log-spaced histogram (buckets 2%
 apart), and the counters over time from a coarsening `Timeline`, so memory stays constant however
-many requests a run makes; the run report (`runreport`) plots both.
+many requests a run makes; the run report (`batch.htmlreport`) plots both.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The page carries a Content-Security-Policy that forbids every load (no script, font, image or style
 from anywhere but the page itself), so it reads the same offline, from a mail attachment or a CI
 artifact. Every figure the JSON report has is in the page with its exact value (`data-key`,
-`data-value`), next to the plots (`plots`, `plotruns`) that show the same run over time.
+`data-value`), next to the plots (`plots`, `pace`, `runs`) that show the same run over time.
 """
 
 from __future__ import annotations

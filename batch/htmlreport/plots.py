@@ -1,6 +1,6 @@
 """The run report's plots, drawn with matplotlib to inline SVG: their style, the SVG clean-up, latency.
 
-With `plotpace` (the pace against the limits) and `plotruns` (rows, cost, Batch API timelines), the
+With `pace` (the pace against the limits) and `runs` (rows, cost, Batch API timelines), the
 only modules that import matplotlib, and only when a report is drawn.
 
 Each function takes the report's plain figures and returns one `<svg>` element ready to paste into
