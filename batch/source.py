@@ -50,9 +50,7 @@ def arrow_without_pandas() -> Iterator[None]:
         sys.meta_path.remove(blocker)
 
 
-class _NoPandas:
-    """An import finder under which `import pandas` fails."""
-
+class _NoPandas:  # an import finder under which `import pandas` fails
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
         if name == "pandas" or name.startswith("pandas."):
             raise ImportError("pandas is not wanted here")
