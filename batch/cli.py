@@ -67,6 +67,7 @@ def _parser(simulate_options: bool = True) -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="how far a job is: answered, failed, pending (sends nothing)")
     st.add_argument("job", type=Path, help="the job file (TOML)")
     st.add_argument("--json", action="store_true", help="print JSON instead of text")
+    st.add_argument("--simulate", action="store_true", help="the answers of --simulate runs (kept apart)")
     _verbosity(st)
 
     rp = sub.add_parser("report", help="write the HTML report of the job's last run again (sends nothing)")
@@ -74,6 +75,7 @@ def _parser(simulate_options: bool = True) -> argparse.ArgumentParser:
     rp.add_argument("--html", type=Path, metavar="PATH",
                     help="where to write it (default: beside the output, <output>.report.html)")
     rp.add_argument("--json", action="store_true", help="also print the report's figures as JSON")
+    rp.add_argument("--simulate", action="store_true", help="the last --simulate run's report")
     _verbosity(rp)
 
     simp = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
@@ -132,11 +134,11 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "simulate":
             return commands.simulate(args)
         if args.command == "status":
-            return commands.status(args.job, as_json=args.json)
+            return commands.status(args.job, as_json=args.json, simulate=args.simulate)
         if args.command == "plan":
             return commands.plan(args.job, limit=args.limit, mode=args.mode, as_json=args.json)
         if args.command == "report":
-            return commands.report(args.job, html=args.html, as_json=args.json)
+            return commands.report(args.job, html=args.html, as_json=args.json, simulate=args.simulate)
         if args.command == "cancel":
             return asyncio.run(commands.cancel(args.job, args.base_url))
         return asyncio.run(commands.models(args.base_url, simulate=args.simulate))

@@ -16,11 +16,12 @@ from . import endpoint, sim
 from .batchapi.cancel import cancel as cancel_batches
 from .batchapi.endpoints import BatchApi
 from .client import Client
-from .config import load_job
+from .config import Job, load_job
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, JobError
 from .estimate import describe, make_plan
 from .htmlreport.write import html_path, report_data, write_html
 from .simulated import KEY as SIMULATED_KEY
+from .simulated import kept_apart
 from .status import status as job_status
 from .store import Store
 
@@ -34,8 +35,23 @@ def plan(path: Path, *, limit: int | None, mode: str | None, as_json: bool) -> i
     return EXIT_OK
 
 
-def status(path: Path, *, as_json: bool) -> int:
-    info = job_status(load_job(path))
+def _job(path: Path, simulate: bool) -> Job:
+    """The job file's job; with `simulate`, the store that --simulate runs keep apart."""
+    job = load_job(path)
+    return kept_apart(job) if simulate else job
+
+
+def _hint(job: Job, simulate: bool) -> str:
+    """When only a simulated run has answers, say where they are (a new user's first run is one)."""
+    apart = kept_apart(job).state.path
+    if simulate or job.state.path.exists() or not apart.exists():
+        return ""
+    return f" (a --simulate run's answers are kept apart, in {apart}: add --simulate to see them)"
+
+
+def status(path: Path, *, as_json: bool, simulate: bool = False) -> int:
+    job = _job(path, simulate)
+    info = job_status(job)
     if as_json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
@@ -45,6 +61,8 @@ def status(path: Path, *, as_json: bool) -> int:
           + (f" ({info['in_batches']} of them in Batch API batches not collected yet)" if info["in_batches"]
              else ""))
     print(f"state: {info['state']} ({int(str(info['state_bytes'])) / 1e6:.2f} MB)")
+    if hint := _hint(job, simulate):
+        print(hint.strip(" ()"))
     last = info["last_run"]
     if isinstance(last, dict):
         print(f"last run: {last.get('status')}, {last.get('rows_ok')} ok / {last.get('rows_failed')} failed, "
@@ -64,11 +82,12 @@ def status(path: Path, *, as_json: bool) -> int:
     return EXIT_OK
 
 
-def report(path: Path, *, html: Path | None, as_json: bool) -> int:
+def report(path: Path, *, html: Path | None, as_json: bool, simulate: bool = False) -> int:
     """The HTML report of the job's last run, drawn again from its store; its path, or the figures."""
-    job = load_job(path)
+    job = _job(path, simulate)
     if not job.state.path.exists():
-        raise JobError(f"{path}: this job has not run yet (no state at {job.state.path}); nothing to report")
+        raise JobError(f"{path}: this job has not run yet (no state at {job.state.path}); nothing to "
+                       f"report{_hint(job, simulate)}")
     store = Store(job.state.path, readonly=True)
     try:
         data = report_data(job, store)
