@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from nasty import nasty_rows, write_csv
 
 from batch.errors import InputError
 from batch.source import Source
@@ -236,3 +237,13 @@ def test_jsonl_lone_surrogate_is_refused_up_front_or_replaced(tmp_path: Path) ->
     got = rows(src)
     assert got[0]["t"] == "ok \U0001f600"
     assert got[1]["t"].startswith("half ")
+
+
+def test_a_quoted_crlf_cut_by_a_block_boundary_is_read_whole(tmp_path: Path) -> None:
+    # 20,000 hostile rows (seed 11) put a quoted "\r\n" across a 256 KB block boundary, where pyarrow's
+    # streaming reader dropped the "\n": every value must come back exactly as written.
+    rows = nasty_rows(20_000, seed=11)
+    path = tmp_path / "in.csv"
+    write_csv(rows, path)
+    got = [v for _, chunk in Source(path, "csv").numbered() for v in chunk.column("experience").to_pylist()]
+    assert got == [r["experience"] for r in rows]
