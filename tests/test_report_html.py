@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from chromium import dump_dom, screenshot
+import pytest
+from chromium import dump_dom, executable, screenshot
 from conftest import cli_env
 from matplotlib.image import imread
 from nasty import write_csv
@@ -25,6 +26,10 @@ from test_e2e import PROMPT, plain_rows
 
 from batch.htmlreport.write import write_html
 from batch.sim import Simulator
+
+# CI installs Debian's chromium (.ci/run); elsewhere these tests say what is missing instead of failing.
+pytestmark = pytest.mark.skipif(executable() is None,
+                                reason="needs a headless browser: apt-get install chromium")
 
 StartSim = Callable[..., tuple[str, Simulator]]
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
