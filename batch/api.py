@@ -28,16 +28,17 @@ from typing import Any
 
 from . import endpoint as endpoints
 from . import frames
-from .config import Job
+from .config import Job, with_state
 from .engine import Run, RunOptions
 from .errors import FatalApiError, JobError, Stopped
 from .estimate import Plan, make_plan
 from .options import build_job
 from .output import write_output
 from .preflight import check_job
+from .progress import stderr_handler
 from .prompts import Renderer
 from .simulated import kept_apart, simulated
-from .source import Rows, Source
+from .source import Rows
 from .store import Store
 
 log = logging.getLogger("batch")
@@ -140,7 +141,7 @@ def _prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any],
                        "(python -m batch run JOB.toml --cluster ...); from Python, leave cluster out")
     if not door.get("state"):
         server = "simulated" if door.get("simulate") else endpoints.resolve_base_url(None, job, os.environ)
-        job = _with_state(job, _cache_path(job, server))
+        job = with_state(job, _cache_path(job, server))
     elif door.get("simulate"):
         job = kept_apart(job)
     return _Prepared(job, check_job(job, rows), kind, tmp)
@@ -198,12 +199,6 @@ def _cached(job: Job) -> bool:
     return job.state.path.parent == cache_dir()
 
 
-def _with_state(job: Job, path: Path) -> Job:
-    from dataclasses import replace
-
-    return replace(job, state=replace(job.state, path=path))
-
-
 def _interactive() -> bool:
     return sys.stderr.isatty() or _in_notebook()
 
@@ -218,10 +213,8 @@ def _show_progress_lines() -> None:
     """Log lines reach the caller when nothing else was set up to show them (a plain script)."""
     logger = logging.getLogger("batch")
     if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s batch %(levelname)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
+        logger.addHandler(stderr_handler())
         logger.setLevel(logging.INFO)
 
 
-__all__ = ["Source", "arun", "cache_dir", "plan", "run"]
+__all__ = ["arun", "cache_dir", "plan", "run"]

@@ -23,6 +23,7 @@ from .engine import Run, RunOptions
 from .errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, JobError, Stopped
 from .keycheck import valid_cluster
 from .preflight import check_job
+from .progress import stderr_handler
 from .report import Summary
 from .simulated import kept_apart
 from .source import arrow_without_pandas
@@ -108,10 +109,8 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
 
 def _logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s batch %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("batch")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [stderr_handler()]
     root.setLevel(level)
     root.propagate = False
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,11 @@ def load_job(path: Path) -> Job:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read the job file: {exc}"]) from exc
     return parse_job(text, path)
+
+
+def with_state(job: Job, path: Path) -> Job:
+    """The same job with its store at `path` (a door's own choice: a cache, a simulated run's)."""
+    return replace(job, state=replace(job.state, path=path))
 
 
 def output_columns(job: Job) -> tuple[str, ...]:

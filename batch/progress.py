@@ -6,6 +6,7 @@ It only displays; the numbers come from `RunStats`.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Never
 
@@ -14,6 +15,13 @@ from tqdm import tqdm
 from .report import RunStats
 
 log = logging.getLogger("batch")
+
+
+def stderr_handler() -> logging.Handler:
+    """Compact, greppable log lines on stderr: `12:03:04 batch INFO ...` (every door's)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s batch %(levelname)s %(message)s", "%H:%M:%S"))
+    return handler
 
 
 class Progress:

@@ -8,12 +8,11 @@ its endpoint like any other.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from .config import Job
+from .config import Job, with_state
 from .endpoint import Endpoint
 
 if TYPE_CHECKING:  # the simulator (aiohttp's server) is imported only when one is started
@@ -48,5 +47,4 @@ def kept_apart(job: Job) -> Job:
     """The job with a store of its own for simulated answers (`<state>.simulated.sqlite` beside the
     state), so that a later run against Groq never takes the simulator's answers for the model's."""
     path = job.state.path
-    return dataclasses.replace(job, state=dataclasses.replace(
-        job.state, path=path.with_name(f"{path.stem}.simulated{path.suffix or '.sqlite'}")))
+    return with_state(job, path.with_name(f"{path.stem}.simulated{path.suffix or '.sqlite'}"))
