@@ -18,18 +18,19 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
-
-import aiohttp
 
 from .endpoint import check_base_url, is_loopback
 from .errors import ApiError, FatalApiError, TransportError
 from .records import Completion
 from .responses import error_from_response, parse_completion
 
+if TYPE_CHECKING:
+    import aiohttp
+
 # Uploads and downloads of batch files may be 100 MB: bound the wait for each read, not the whole.
-LONG = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=300)
+LONG_READ_S = 300.0
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 MIN_SECRET = 8  # characters: a shorter key is a placeholder (local servers take any), not a secret
@@ -52,15 +53,27 @@ class Client:
         # A key short enough to be a word ("x", for a local server that takes any) is no secret, and
         # blotting it out of messages would mangle them ("'te***t'"); a real key is blotted wherever it is.
         self._secret = api_key.encode() if api_key and len(api_key) >= MIN_SECRET else b""
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._connections = connections
+        self._entered = False
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
+        self._entered = True  # the session opens with the first request (`_open`)
+        return self
+
+    def _open(self) -> aiohttp.ClientSession:
+        # aiohttp is loaded here, not when batch starts: a run whose every row is answered already
+        # sends nothing and never pays for it (about 0.1 s, most of it building TLS contexts).
+        import aiohttp
+
+        self._short = aiohttp.ClientTimeout(total=self._timeout_s)
+        self._long = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=LONG_READ_S)
+        self._client_error = aiohttp.ClientError
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections)
         self._session = aiohttp.ClientSession(connector=connector, headers={"Accept": "application/json"},
-                                              timeout=self._timeout, raise_for_status=False)
-        return self
+                                              timeout=self._short, raise_for_status=False)
+        return self._session
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -72,16 +85,17 @@ class Client:
                     ) -> tuple[Any, Mapping[str, str]]:
         """One request; the JSON answer (or, with `into`, the body streamed to that file) and the
         headers. Every failure leaves here as one ApiError."""
-        assert self._session is not None, "use Client as an async context manager"
+        assert self._entered, "use Client as an async context manager"
+        session = self._session or self._open()
         url = f"{self.base_url}{path}"
         content = {"Content-Type": "application/json"} if json_body and body is not None else {}
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 # Redirects are followed here, not by aiohttp, so that the key never follows one to
                 # another origin, and a request that carries data is never silently re-sent elsewhere.
-                async with self._session.request(method, url, data=body, headers={
+                async with session.request(method, url, data=body, headers={
                         **content, **self._headers_for(url)}, allow_redirects=False,
-                        timeout=LONG if long else self._timeout) as resp:
+                        timeout=self._long if long else self._short) as resp:
                     headers_in = {k.lower(): v for k, v in resp.headers.items()}
                     if resp.status in REDIRECTS:
                         url = self._redirect(method, url, resp.status, headers_in.get("location"))
@@ -102,9 +116,9 @@ class Client:
         except ApiError:
             raise
         except TimeoutError as exc:
-            limit = (LONG if long else self._timeout).total
+            limit = LONG_READ_S if long else self._timeout_s
             raise TransportError(f"no answer within {limit:g}s (timed out)") from exc
-        except aiohttp.ClientError as exc:
+        except self._client_error as exc:
             # str(exc) of aiohttp's errors names the URL and the OS error, never request headers.
             raise TransportError(f"connection failed: {type(exc).__name__}: {exc}") from exc
         try:
@@ -142,6 +156,8 @@ class Client:
 
     async def upload(self, path: str, fields: Mapping[str, str], name: str, file: Path) -> Any:
         """POST a multipart form: `fields`, then `file` under the form name "file" as `name`."""
+        import aiohttp
+
         form = aiohttp.FormData()
         for k, v in fields.items():
             form.add_field(k, v)

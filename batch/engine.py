@@ -14,8 +14,10 @@ same call resumes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -95,9 +97,15 @@ class Run:
     async def execute(self) -> Summary:
         job, endpoint, opts = self.job, self.endpoint, self.opts
         check_job(job, self.rows)
-        # The built-in simulator serves every model batch knows; a door may have asked already.
+        # The built-in simulator serves every model batch knows; a door may have asked already. Online,
+        # the model list is asked just before the first chat request: a re-run with every answer in the
+        # store then asks the server nothing.
+        check = None
         if not endpoint.simulated and not self.opts.model_checked:
-            await check_model(job, endpoint.base_url, endpoint.key)
+            check = functools.partial(check_model, job, endpoint.base_url, endpoint.key)
+            if self.mode == "batch":
+                await check()
+                check = None
         store = Store(job.state.path, shared=opts.shared_store)
         try:
             store.begin_run()
@@ -124,7 +132,7 @@ class Run:
                          job.task.model, endpoint.base_url, endpoint.rpm, endpoint.tpm,
                          job.limits.concurrency)
             if self.mode == "online" or expired:
-                await self._online(renderer, store)
+                await self._online(renderer, store, check)
             return await self._finish_off_loop(renderer, store)
         finally:
             for keys in self._keys:
@@ -149,12 +157,14 @@ class Run:
             self._keys += [stage.keys] if stage.keys else []
             progress.close()
 
-    async def _online(self, renderer: Renderer, store: Store) -> None:
+    async def _online(self, renderer: Renderer, store: Store,
+                      check: Callable[[], Awaitable[None]] | None) -> None:
         job, opts = self.job, self.opts
         total = self.rows.num_rows if opts.limit is None else min(opts.limit, self.rows.num_rows)
         stage = OnlinePass(self.rows, renderer, store, self.stats, limits=job.limits, limit=opts.limit,
                            retry_failed=opts.retry_failed, pacer=opts.pacer,
-                           shape=shape_of(job.task.response_format), budget=self.budget)
+                           shape=shape_of(job.task.response_format), budget=self.budget,
+                           before_first=check)
         self._stage = stage
         if self.interrupted:
             stage.stop()

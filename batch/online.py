@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .client import Client
 from .config import LimitsSpec
@@ -48,8 +48,10 @@ class OnlinePass:
 
     def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
                  limit: int | None, retry_failed: bool, pacer: PacerFactory = local_pacer,
-                 shape: Shape | None = None, budget: SpendCap | None = None) -> None:
+                 shape: Shape | None = None, budget: SpendCap | None = None,
+                 before_first: Callable[[], Awaitable[None]] | None = None) -> None:
         self._budget = budget  # the run's spend cap ([limits] max-cost-usd)
+        self._before_first = before_first  # awaited before the first request leaves (the model check)
         self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
         self._pacer = pacer
         self._shape = shape  # a json_schema response format: answers are judged as they arrive
@@ -128,6 +130,9 @@ class OnlinePass:
                 for i, fp in enumerate(group.fingerprints if missing else ()):
                     if fp is not None and fp in missing and fp not in pool.outstanding:
                         missing.discard(fp)  # later rows with the same request share its answer
+                        if self._before_first is not None:
+                            check, self._before_first = self._before_first, None
+                            await check()  # raises (nothing sent) if the server refuses the job
                         yield group.request(i)
                     else:
                         progress.advance()

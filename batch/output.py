@@ -39,7 +39,10 @@ _FIELDS: dict[str, pa.DataType] = {
     "latency_s": pa.float64(), "queue_time": pa.float64(), "total_time": pa.float64(),
     "reasoning": pa.string(), "attempts": pa.int64(), "error": pa.string(), "run": pa.int64(),
 }
-_POSITION = {name: i for i, name in enumerate(Store.ANSWER_ROW)}
+# A stored answer row as an Arrow struct: a chunk's rows become columns in one pass in C++, instead of
+# one Python list per column (eight times slower at 100,000 rows).
+_ROW = pa.struct([(name, {**_FIELDS, "fingerprint": pa.string(), "permanent": pa.int64()}[name])
+                  for name in Store.ANSWER_ROW])
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,9 @@ def _render(renderer: Renderer, chunk: pa.RecordBatch, row0: int) -> tuple[pa.Ar
 
 def _answers(store: Store, fps: pa.Array, errors: pa.Array) -> tuple[dict[str, pa.Array], int]:
     """Each row's answer columns, and how many rows an earlier run's answer serves."""
-    found = store.answer_rows(pc.unique(fps.drop_null()).to_pylist())
-    values = list(zip(*found, strict=True)) if found else [()] * len(Store.ANSWER_ROW)
-    at = pc.index_in(fps, value_set=pa.array(values[_POSITION["fingerprint"]], pa.string()))
-    cols = {name: pa.array(values[_POSITION[name]], typ).take(at) for name, typ in _FIELDS.items()}
+    found = pa.array(store.answer_rows(pc.unique(fps.drop_null()).to_pylist()), _ROW)
+    at = pc.index_in(fps, value_set=found.field("fingerprint"))
+    cols = {name: found.field(name).take(at) for name in _FIELDS}
     # A row that never became a request has its own message; one with no stored answer says so.
     unanswered = pc.and_(pc.is_null(at), pc.is_null(errors))
     none = pa.scalar(None, pa.string())

@@ -21,12 +21,15 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import jsonschema
-import referencing.exceptions
+from typing import TYPE_CHECKING, Any
 
 from .records import Answer
+
+if TYPE_CHECKING:
+    import jsonschema
+
+# jsonschema (and the referencing and attrs packages under it) is imported by the functions that use
+# it, when a job has a json_schema response format: 40-90 ms of start-up every other run does not need.
 
 # Column kinds: a scalar JSON type gets a typed column, anything else (object, array, a union,
 # no type at all) is written as JSON text.
@@ -58,6 +61,8 @@ def schema_problem(response_format: Mapping[str, Any] | None) -> str | None:
     schema = schema_of(response_format)
     if schema is None:
         return None
+    import jsonschema
+
     try:
         jsonschema.validators.validator_for(schema).check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
@@ -71,6 +76,8 @@ def shape_of(response_format: Mapping[str, Any] | None) -> Shape | None:
     schema = schema_of(response_format)
     if schema is None:
         return None
+    import jsonschema
+
     validator = jsonschema.validators.validator_for(schema)(schema)
     props = schema.get("properties") if schema.get("type") == "object" else None
     properties = []
@@ -97,6 +104,9 @@ def check(shape: Shape, text: str | None) -> tuple[dict[str, Any], str | None]:
         return {}, f"the answer is not valid JSON ({exc}); the raw answer is in the text column"
     if shape.properties and not isinstance(data, dict):
         return {}, f"the answer is JSON but not an object (got {type(data).__name__}); the schema wants one"
+    import jsonschema
+    import referencing.exceptions
+
     try:
         error = jsonschema.exceptions.best_match(shape.validator.iter_errors(data))
     except (jsonschema.SchemaError, referencing.exceptions.Unresolvable) as exc:
