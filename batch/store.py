@@ -1,12 +1,15 @@
-"""The only module that speaks SQLite: one answer per request fingerprint, beside the output.
+"""The store (with `storefile`, which opens it, the only modules that speak SQLite): one answer per
+request fingerprint, beside the output.
 
 The store is the run's journal (a crashed run resumes from it), its cache (an unchanged row is never
 paid for twice) and the place the output is assembled from. Answers are buffered and committed in
-small transactions: the runner commits after every event-loop iteration in which answers arrived
-(the store itself also commits every `flush_rows` answers, every `flush_s` seconds and at close), so
-a `kill -9` loses no answer that was received, only requests still on the wire. WAL mode lets a
-reader (`status`) look while a run writes. An exclusive lock file keeps a second run of the same
-state away, instead of letting two runs pay for the same rows.
+small transactions: an online run hands what arrived to a worker thread that commits it at once,
+one transaction at a time (answers that arrive meanwhile go into the next: a group commit, off the
+event loop); `put` commits by itself every `flush_rows` answers, every `flush_s` seconds and at close.
+So a `kill -9` loses no answer that was received, only requests still on the wire (and at most the
+answers of the transaction being written). WAL mode lets a reader (`status`) look while a run
+writes. An exclusive lock file keeps a second run of the same state away, instead of letting two
+runs pay for the same rows.
 
 Columns added after schema 1 (`reasoning`) are added to an older store when it is opened for a run
 (ALTER TABLE ... ADD COLUMN), and read as NULL from a read-only one, so a store keeps working across
@@ -23,6 +26,7 @@ import json
 import operator
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
@@ -30,27 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from .records import Answer
-from .storefile import StoreError, StoreWriteError, lock_exclusive, lock_opening
+from .storefile import SCHEMA_VERSION, StoreError, StoreWriteError, lock_exclusive, lock_opening, open_db
 
-SCHEMA_VERSION = 1
 _COLUMNS = [f.name for f in fields(Answer)]
 # dataclasses.astuple deep-copies every field: ten times slower than reading them, on every answer.
 _values = operator.attrgetter(*_COLUMNS)
-_ADDED_COLUMNS = {"reasoning": "TEXT"}  # since schema 1: added in place when missing
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS answers (
-    fingerprint TEXT PRIMARY KEY, text TEXT, input_tokens INTEGER, output_tokens INTEGER,
-    total_tokens INTEGER, reasoning_tokens INTEGER, cached_tokens INTEGER, finish_reason TEXT,
-    request_id TEXT, model TEXT, latency_s REAL, queue_time REAL, total_time REAL,
-    attempts INTEGER NOT NULL, error TEXT, permanent INTEGER NOT NULL, run INTEGER NOT NULL, reasoning TEXT
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL,
-                                 summary TEXT);
-CREATE TABLE IF NOT EXISTS run_figures (run INTEGER PRIMARY KEY, summary TEXT NOT NULL,
-                                        figures TEXT NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
-"""
 
 
 class Store:
@@ -62,6 +50,9 @@ class Store:
         self.path, self.readonly = path, readonly
         self._flush_rows, self._flush_s = flush_rows, flush_s
         self._buffer: dict[str, Answer] = {}
+        self._taken: dict[str, Answer] = {}  # handed to a committing thread (`take`), not yet confirmed
+        # One user of the connection at a time: the event loop's thread, or the one committing.
+        self._lock = threading.Lock()
         self._last_flush = time.monotonic()
         self.run_id = 0
         self._lock_fd = -1 if readonly or shared else lock_exclusive(path)
@@ -69,37 +60,20 @@ class Store:
         # (SQLITE_BUSY, no busy wait) while another connection holds it.
         opening = lock_opening(path) if shared else -1
         try:
-            if readonly:
-                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                           isolation_level=None, check_same_thread=False)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # Used by one thread at a time; the output pass runs in a worker thread.
-                self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0, check_same_thread=False)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: kill -9 loses nothing committed
-                self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            present = {r[1] for r in self._db.execute("PRAGMA table_info(answers)")}
-            if not readonly:
-                for name, sql_type in _ADDED_COLUMNS.items():
-                    if name not in present:
-                        self._db.execute(f"ALTER TABLE answers ADD COLUMN {name} {sql_type}")
-                        present.add(name)
-        except sqlite3.DatabaseError as exc:
+            self._db, version, present = open_db(path, readonly=readonly)
+        except StoreError:
             self._release()
-            raise StoreError(f"state file {path} is unreadable ({exc}). Move it aside to start over "
-                             "(its answers would then be requested again).") from exc
+            raise
         finally:
             if opening >= 0:
                 os.close(opening)  # closing the descriptor releases its lock
         # A read-only look at an older store reads a column it lacks as NULL.
         self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
         self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in _COLUMNS)
-        if row is None or row[0] != str(SCHEMA_VERSION):
+        if version != str(SCHEMA_VERSION):
             self.close()
             raise StoreError(f"state file {path} was written by another version of batch "
-                             f"(schema {row[0] if row else '?'}, this one reads {SCHEMA_VERSION}). "
+                             f"(schema {version or '?'}, this one reads {SCHEMA_VERSION}). "
                              "Move it aside to start over, or use the version that wrote it.")
 
     @property
@@ -146,23 +120,47 @@ class Store:
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if not self._buffer:
-            return
+        if self._taken:  # a commit that did not report back (cancelled): written again, harmlessly
+            self._buffer, self._taken = {**self._taken, **self._buffer}, {}
+        if self._buffer:
+            self._write(self._buffer)  # on failure the buffer is kept: nothing received is dropped here
+            self._buffer.clear()
+
+    # Group commit: `hold` buffers, `take` hands the buffer to a thread that `write_taken`s it, and
+    # `taken_done` says how that went. Taken answers count as stored (`missing`) from the start.
+    def hold(self, answer: Answer) -> None:
+        self._buffer[answer.fingerprint] = answer
+
+    def take(self) -> bool:
+        """Hand the buffered answers (with any a cancelled commit left) over for `write_taken`; False
+        if there are none."""
+        self._taken, self._buffer = {**self._taken, **self._buffer}, {}
+        return bool(self._taken)
+
+    def write_taken(self) -> None:
+        """Commit the taken answers (in any thread); raises StoreWriteError."""
+        self._write(self._taken)
+
+    def taken_done(self, ok: bool) -> None:
+        if not ok:  # kept, newer answers winning, for the next try
+            self._buffer = {**self._taken, **self._buffer}
+        self._taken = {}
+
+    def _write(self, answers: dict[str, Answer]) -> None:
         # In key order: each page of the primary key is written once per transaction, not revisited.
-        rows = [(*_values(a), self.run_id) for _, a in sorted(self._buffer.items())]
+        rows = [(*_values(a), self.run_id) for _, a in sorted(answers.items())]
         marks = ",".join("?" * (len(_COLUMNS) + 1))
-        with self.writing():  # on failure the buffer is kept: nothing received is dropped here
+        with self._lock, self.writing():
             self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock with a writer
             self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) "
                                  f"VALUES ({marks})", rows)
             self._db.execute("COMMIT")
-        self._buffer.clear()
 
     def missing(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> set[str]:
         """The fingerprints with no usable answer: never asked, or failed transiently in an earlier
         run (or permanently, with `retry_failed`). A failure from this run counts as answered."""
         # Sorted: consecutive lookups then walk the primary key's pages in order (fewer page reads).
-        todo = sorted(fp for fp in set(fingerprints) if fp not in self._buffer)
+        todo = sorted(fp for fp in set(fingerprints) if fp not in self._buffer and fp not in self._taken)
         if not todo:
             return set()
         # One query per call: the fingerprints travel as one JSON array and SQLite answers with the
@@ -170,7 +168,8 @@ class Store:
         cond = "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
         q = ("SELECT j.value FROM json_each(?) j WHERE NOT EXISTS "
              f"(SELECT 1 FROM answers a WHERE a.fingerprint = j.value AND ({cond}))")
-        return {r[0] for r in self._db.execute(q, (json.dumps(todo), self.run_id))}
+        with self._lock:
+            return {r[0] for r in self._db.execute(q, (json.dumps(todo), self.run_id))}
 
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
@@ -187,7 +186,8 @@ class Store:
             return []
         q = (f"SELECT {self._select_a}, a.run FROM json_each(?) j "
              "JOIN answers a ON a.fingerprint = j.value")
-        return self._db.execute(q, (json.dumps(todo),)).fetchall()
+        with self._lock:
+            return self._db.execute(q, (json.dumps(todo),)).fetchall()
 
     def counts(self) -> dict[str, int]:
         self.flush()
