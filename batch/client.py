@@ -48,6 +48,7 @@ class Client:
     def __init__(self, base_url: str, api_key: str | None, *, timeout_s: float, connections: int) -> None:
         self.base_url = check_base_url(base_url)
         self._origin = _origin(self.base_url)
+        self._own = self.base_url.rstrip("/") + "/"
         # Not a session default: the key goes only to the base URL's own origin (see `_headers_for`).
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # A key short enough to be a word ("x", for a local server that takes any) is no secret, and
@@ -96,7 +97,7 @@ class Client:
                 async with session.request(method, url, data=body, headers={
                         **content, **self._headers_for(url)}, allow_redirects=False,
                         timeout=self._long if long else self._short) as resp:
-                    headers_in = {k.lower(): v for k, v in resp.headers.items()}
+                    headers_in = resp.headers  # read with lower-case names; its look-ups ignore case
                     if resp.status in REDIRECTS:
                         url = self._redirect(method, url, resp.status, headers_in.get("location"))
                         continue
@@ -128,6 +129,8 @@ class Client:
                                  request_id=headers_in.get("x-request-id")) from exc
 
     def _headers_for(self, url: str) -> dict[str, str]:
+        if url.startswith(self._own):  # the base URL's own paths: no parsing on every request
+            return self._auth
         return self._auth if _origin(url) == self._origin else {}
 
     def _redirect(self, method: str, url: str, status: int, location: str | None) -> str:

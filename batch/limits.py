@@ -112,7 +112,8 @@ class Pacer:
     async def acquire(self, tokens: int) -> bool:
         """Wait until one request of `tokens` estimated tokens may be sent, and reserve them; False if
         it no longer fits at all (the server lowered the limit while it waited)."""
-        await self._cooled()
+        if self._resume_at:  # (a coroutine call per request saved while no cool-down ever began)
+            await self._cooled()
         if self._probing and not self._requests.has_capacity(1):
             self._probe()
         if not self._primed:
@@ -124,7 +125,8 @@ class Pacer:
         if not await self._tokens.take(tokens):
             return False
         self._reserved += tokens
-        await self._cooled()  # a cool-down may have started while we waited in the buckets
+        if self._resume_at:  # a cool-down may have started while we waited in the buckets
+            await self._cooled()
         return True
 
     def _probe(self) -> None:
