@@ -39,7 +39,9 @@ def check_job(job: Job, rows: Rows | None = None) -> Rows:
         raise JobError(f"{job.file}: [limits] max-cost-usd: batch knows no price for {job.task.model!r}, "
                        "so it cannot keep a spend cap; remove the key (prices are known for "
                        f"{', '.join(catalog.MODELS)})")
-    source = rows if rows is not None else Source(job.input.path, job.input.format)
+    # A CSV file's parsed chunks are kept beside the state (or the output), not in a RAM-backed /tmp.
+    near = next((d for d in (job.state.path.parent, job.output.path.parent) if d.is_dir()), None)
+    source = rows if rows is not None else Source(job.input.path, job.input.format, spool_in=near)
     columns = source.columns
     renderer = Renderer(job.task, key=job.input.key)
     absent = [c for c in renderer.columns if c not in columns]

@@ -6,23 +6,25 @@ Values are kept exactly as stored. CSV columns are read as text (no type guessin
 whose values mix types or nest is kept as JSON text so every chunk has the same schema.
 
 Opening a source reads the whole file once (streaming) to count rows and to find a malformed line
-before any request is sent; `chunks()` then streams it again as often as the run needs.
+before any request is sent; `chunks()` then streams it again as often as the run needs (a CSV file
+from the chunks that scan parsed, kept in a `spool`: parsed once, and read back one chunk at a time).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import jsonl
 from .errors import InputError
+from .spool import Spool
 
 CHUNK_ROWS = 4096
 CHUNK_BYTES = 16 << 20  # and at most about this much data: a chunk of long texts has fewer rows
@@ -80,8 +82,10 @@ class Rows(Protocol):
 class Source:
     """An input file, checked whole once when opened, then streamed in chunks."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
+    def __init__(self, path: Path, fmt: str, spool_in: Path | None = None) -> None:
+        """`spool_in`: the folder for a CSV file's parsed chunks (else the system's temporary one)."""
         self.path, self.format, self.name = path, fmt, str(path)
+        self._spool: Spool | None = None
         if not path.is_file():
             raise InputError(f"input file {path} does not exist (set [input] path, relative to the job file)")
         try:
@@ -94,17 +98,23 @@ class Source:
                 self._block = _CSV_BLOCK
                 while True:
                     try:
-                        self.num_rows = sum(b.num_rows for b in self._csv_chunks())
+                        self._spool = Spool(self.schema, spool_in)
+                        for chunk in self._csv_chunks():
+                            self._spool.add(chunk)
+                        self._spool.finish()
+                        self.num_rows = self._spool.rows
                         break
                     except InputError as exc:
+                        self.close()
                         if "straddl" not in str(exc) or self._block >= _CSV_BLOCK_MAX:
                             raise
                         self._block *= 2
             elif fmt == "jsonl":
-                self.schema, self.num_rows = _jsonl_scan(path)
+                self.schema, self.num_rows = jsonl.scan(path)
             else:
                 raise InputError(f"unknown input format {fmt!r} (use csv, parquet or jsonl)")
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+            self.close()
             raise InputError(f"cannot read {path} as {fmt}: {exc}") from exc
         names = self.schema.names
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -115,6 +125,12 @@ class Source:
     def columns(self) -> list[str]:
         return list(self.schema.names)
 
+    def close(self) -> None:
+        """Remove a CSV file's spool (a closed source reads no more)."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
     def chunks(self, limit: int | None = None) -> Iterator[pa.RecordBatch]:
         """The rows in order, in chunks; at most `limit` rows when given."""
         if self.format == "parquet":
@@ -122,9 +138,10 @@ class Source:
             pf = pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
             it: Iterator[pa.RecordBatch] = pf.iter_batches(batch_size=_parquet_rows(pf))
         elif self.format == "csv":
-            it = self._csv_chunks()
+            assert self._spool is not None
+            it = self._spool.chunks()
         else:
-            it = _jsonl_chunks(self.path, self.schema)
+            it = jsonl.chunks(self.path, self.schema, CHUNK_ROWS)
         left = self.num_rows if limit is None else limit
         for whole in it:
             for chunk in _bounded(whole):
@@ -179,72 +196,3 @@ def _csv_schema(path: Path) -> pa.Schema:
     reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_MAX // 1024),
                             parse_options=pacsv.ParseOptions(newlines_in_values=True))
     return pa.schema([(name, pa.string()) for name in reader.schema.names])
-
-
-def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-            if "\\ud" in line.lower():  # a \udXXXX escape may be a lone surrogate: not storable text
-                try:
-                    json.dumps(obj, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError:
-                    raise InputError(f"{path}:{lineno}: a string holds a lone surrogate escape "
-                                     "(\\ud800-\\udfff); it is not valid text") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{lineno}: each line must be a JSON object, "
-                                 f"got {type(obj).__name__}")
-            yield lineno, obj
-
-
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int" if -(2**63) <= v < 2**63 else "json"  # beyond int64: kept as text
-    if isinstance(v, float):
-        return "float"
-    return "str" if isinstance(v, str) else "json"
-
-
-_ARROW = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
-
-
-def _jsonl_scan(path: Path) -> tuple[pa.Schema, int]:
-    kinds: dict[str, set[str]] = {}
-    rows = 0
-    for _, obj in _jsonl_objects(path):
-        rows += 1
-        for key, value in obj.items():
-            kinds.setdefault(key, set()).add(_kind(value))
-    fields = []
-    for key, ks in kinds.items():
-        ks.discard("null")
-        if ks == {"int", "float"}:
-            ks = {"float"}
-        kind = ks.pop() if len(ks) == 1 else "json"
-        fields.append(pa.field(key, _ARROW.get(kind, pa.string())))
-    return pa.schema(fields), rows
-
-
-def _jsonl_chunks(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    as_text = [f.name for f in schema if f.type == pa.string()]
-    rows: list[dict[str, Any]] = []
-    for _, obj in _jsonl_objects(path):
-        for name in as_text:  # nested or mixed values travel as JSON text
-            v = obj.get(name)
-            if v is not None and not isinstance(v, str):
-                obj[name] = json.dumps(v, ensure_ascii=False)
-        rows.append(obj)
-        if len(rows) == CHUNK_ROWS:
-            yield pa.RecordBatch.from_pylist(rows, schema=schema)
-            rows = []
-    if rows:
-        yield pa.RecordBatch.from_pylist(rows, schema=schema)

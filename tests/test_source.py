@@ -247,3 +247,27 @@ def test_a_quoted_crlf_cut_by_a_block_boundary_is_read_whole(tmp_path: Path) -> 
     write_csv(rows, path)
     got = [v for _, chunk in Source(path, "csv").numbered() for v in chunk.column("experience").to_pylist()]
     assert got == [r["experience"] for r in rows]
+
+
+def test_a_csv_is_parsed_once_and_read_back_from_its_spool_as_often_as_asked(tmp_path: Path) -> None:
+    # The opening scan keeps the parsed chunks in a nameless file in `spool_in`; every reading starts
+    # at the first row, two readings at once do not disturb each other, and the file is gone at close
+    # (nothing named is left beside the state, even by a process killed mid-run).
+    n, spool = 30_000, tmp_path / "state"
+    spool.mkdir()
+    p = tmp_path / "in.csv"
+    p.write_text("id,text\n" + "".join(f'{i},"line {i}\r\nwith ""quotes"", ünï ✓"\n' for i in range(n)),
+                 encoding="utf-8")
+    src = Source(p, "csv", spool_in=spool)
+    p.unlink()  # the reads below come from the spool, not the file
+    want = [f"{i}" for i in range(n)]
+    first, second = src.chunks(), src.chunks()
+    interleaved: list[str] = []
+    for a, b in zip(first, second, strict=True):  # in step: each reading has its own position
+        assert a.equals(b)
+        interleaved += a.column("id").to_pylist()
+    assert interleaved == want
+    again = [v for _, c in src.numbered(limit=10) for v in c.column("text").to_pylist()]
+    assert again == [f'line {i}\r\nwith "quotes", ünï ✓' for i in range(10)]
+    assert list(spool.iterdir()) == []
+    src.close()
