@@ -29,7 +29,7 @@ from ..report import RunStats
 from ..spendcap import SpendCap
 from ..store import Store
 from ..structured import Shape, judge
-from .download import download_results
+from .download import result_parts
 from .endpoints import BatchApi
 from .files import ChunkWriter
 from .ledger import Ledger, Upload
@@ -192,25 +192,24 @@ class BatchMode:
         line by line (its other lines need submitting again)."""
         lines = self._ledger.lines(u.id)
         expected = set(lines.values())
-        fetched = [await download_results(self._client, obj[key], self._folder / f"{u.name}.{kind}",
-                                          self._rng, lambda: self._stopped)
-                   for kind, key in (("output", "output_file_id"), ("error", "error_file_id"))
-                   if isinstance(obj.get(key), str)]
         answered: set[str] = set()
-        merged = []
-        for a in (judge(self._shape, a) for results in fetched for a in results.answers):
-            if a.fingerprint in expected:
-                if self._budget is not None and a.fingerprint in self._reserved:
-                    self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
-                merged.append(a)
-                self._stats.record_answer(a, batch=True)
-                answered.add(a.fingerprint)
-        # One transaction for the file, off the loop (nothing else uses the store meanwhile).
-        await asyncio.to_thread(self._store.put_many, merged)
+        # Part by part, one transaction each, off the loop: no file is held whole. The batch is marked
+        # merged after the last part, so a run that dies halfway leaves it to the next, which merges
+        # the same files again (INSERT OR REPLACE: the same rows). All files are checked before part 1.
+        async with contextlib.aclosing(result_parts(self._client, obj, self._folder / u.name, self._rng,
+                                                    lambda: self._stopped)) as got:
+            async for part in got:
+                merged = []
+                for a in (judge(self._shape, a) for a in part.answers):
+                    if a.fingerprint in expected:
+                        if self._budget is not None and a.fingerprint in self._reserved:
+                            self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
+                        merged.append(a)
+                        self._stats.record_answer(a, batch=True)
+                        answered.add(a.fingerprint)
+                await asyncio.to_thread(self._store.put_many, merged)
         status = str(obj.get("status"))
-        rejected = False
-        if status == "failed":
-            rejected = self._refused(u, obj, lines, answered, outcome)
+        rejected = status == "failed" and self._refused(u, obj, lines, answered, outcome)
         left = expected - answered
         if left and status != "failed":
             self._left |= left
