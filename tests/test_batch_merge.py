@@ -1,6 +1,6 @@
 """Merging a batch's result file part by part: a file is checked whole before its first part is merged,
 so an unreadable line deep in it (after more good lines than one part holds) merges nothing of its
-batch, which stays open; a later run with a good download merges everything."""
+batch, which stays open; a later run with a good download merges everything, over several parts."""
 
 from __future__ import annotations
 

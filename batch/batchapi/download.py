@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import Stopped
 from .endpoints import BatchApi
-from .results import Part, parts, unreadable_lines
+from .results import Checked, Part, check, parts
 from .submit import POLICY, retrying
 
 log = logging.getLogger("batch")
@@ -36,10 +36,9 @@ async def result_parts(client: BatchApi, batch: Mapping[str, Any], local: Path, 
              for kind, key in (("output", "output_file_id"), ("error", "error_file_id"))
              if isinstance(batch.get(key), str)]
     try:
-        for file_id, local in files:
-            await _download_checked(client, file_id, local, rng, stopped)
-        for _, local in files:
-            reader = parts(local)  # its file closes with it (not closed here: a thread may be in it)
+        checked = [await _download_checked(client, file_id, local, rng, stopped) for file_id, local in files]
+        for (_, local), found in zip(files, checked, strict=True):
+            reader = parts(local, found)  # its file closes with it (not closed here: a thread may be in it)
             while (part := await asyncio.to_thread(next, reader, None)) is not None:
                 yield part
     finally:
@@ -48,17 +47,18 @@ async def result_parts(client: BatchApi, batch: Mapping[str, Any], local: Path, 
 
 
 async def _download_checked(client: BatchApi, file_id: str, local: Path, rng: random.Random,
-                            stopped: Callable[[], bool]) -> None:
+                            stopped: Callable[[], bool]) -> Checked:
     for attempt in range(1, DOWNLOADS + 1):
         await retrying(functools.partial(client.download_file, file_id, local), f"downloading {file_id}", rng)
-        unreadable = await asyncio.to_thread(unreadable_lines, local)  # 50,000 lines: off the loop
-        if not unreadable:
-            return
+        found = await asyncio.to_thread(check, local)  # 50,000 lines: off the loop
+        if not found.unreadable:
+            return found
         if attempt == DOWNLOADS or stopped():
-            raise Stopped(f"the Batch API's result file {file_id} had {unreadable} unreadable lines in "
+            raise Stopped(f"the Batch API's result file {file_id} had {found.unreadable} unreadable lines in "
                           f"{attempt} downloads; nothing of its batch was merged. Run the same command "
                           "again later to fetch it again (nothing is submitted twice).")
         wait = POLICY.backoff(attempt, rng)
         log.warning("batch: %s had %d unreadable lines; downloading it again in %.1f s", file_id,
-                    unreadable, wait)
+                    found.unreadable, wait)
         await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
