@@ -36,14 +36,14 @@ async def result_parts(client: BatchApi, batch: Mapping[str, Any], local: Path, 
              for kind, key in (("output", "output_file_id"), ("error", "error_file_id"))
              if isinstance(batch.get(key), str)]
     try:
-        checked = [await _download_checked(client, file_id, local, rng, stopped) for file_id, local in files]
-        for (_, local), found in zip(files, checked, strict=True):
-            reader = parts(local, found)  # its file closes with it (not closed here: a thread may be in it)
+        checked = [await _download_checked(client, file_id, path, rng, stopped) for file_id, path in files]
+        for (_, path), found in zip(files, checked, strict=True):
+            reader = parts(path, found)  # its file closes with it (not closed here: a thread may be in it)
             while (part := await asyncio.to_thread(next, reader, None)) is not None:
                 yield part
     finally:
-        for _, local in files:
-            local.unlink(missing_ok=True)
+        for _, path in files:
+            path.unlink(missing_ok=True)
 
 
 async def _download_checked(client: BatchApi, file_id: str, local: Path, rng: random.Random,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -101,20 +100,18 @@ class Part:
 def parts(path: Path, checked: Checked) -> Iterator[Part]:
     """The file's readable lines, part by part as `check` grouped them (lines with the same custom id
     stay in file order: the last one is the one the store keeps)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
+    with path.open("rb", buffering=0) as f:  # unbuffered: each read is one line, wherever it is
         for offsets, sizes in checked.parts:
             part = Part()
             for start, size in zip(offsets, sizes, strict=True):
-                fp, line = _line(os.pread(fd, size, start))  # checked: it reads
+                f.seek(start)
+                fp, line = _line(f.read(size))  # it passed the check: it reads
                 answer = _answer(fp, line)
                 if answer is None:
                     part.unanswered.append(fp)
                 else:
                     part.answers.append(answer)
             yield part
-    finally:
-        os.close(fd)
 
 
 def _answer(fp: str, line: dict[str, object]) -> Answer | None:
