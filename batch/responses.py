@@ -34,6 +34,7 @@ _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _LIMIT_KIND = re.compile(r"\((RPM|TPM|RPD|TPD)\)")
 _LIMIT_VALUE = re.compile(r"Limit (\d+)")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
+_NO_RATE = RateInfo()  # frozen: one shared by every completion whose headers hold no limits
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -132,8 +133,9 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     return BadRequest(message, **kw)
 
 
-def parse_completion(data: Any, headers: Mapping[str, str]) -> Completion:
-    """A 200 body as a Completion; raises TransportError if it is not a chat completion."""
+def parse_completion(data: Any, headers: Mapping[str, str], *, rate: bool = True) -> Completion:
+    """A 200 body as a Completion; raises TransportError if it is not a chat completion. `rate=False`:
+    the headers cannot hold rate limits (a Batch API result line), so none are looked for."""
     try:
         choice = data["choices"][0]
         message = choice["message"]
@@ -154,7 +156,7 @@ def parse_completion(data: Any, headers: Mapping[str, str]) -> Completion:
             cached_tokens=details_in.get("cached_tokens"),
             queue_time=usage.get("queue_time"),
             total_time=usage.get("total_time"),
-            rate=parse_rate_headers(headers),
+            rate=parse_rate_headers(headers) if rate else _NO_RATE,
         )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise TransportError(f"200 response is not a chat completion ({exc!r})",

@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from batch.batchapi.endpoints import BatchApi
-from batch.batchapi.files import ChunkWriter, read_results, request_line
+from batch.batchapi.files import ChunkWriter, request_line
 from batch.batchapi.ledger import Ledger
+from batch.batchapi.results import check, parts
 from batch.client import Client
 from batch.records import Request
 from batch.store import Store
@@ -66,14 +67,28 @@ def test_result_lines_become_answers_errors_or_nothing(tmp_path: Path) -> None:
     ]
     path = tmp_path / "results.jsonl"
     path.write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n", encoding="utf-8")
-    results = read_results(path)
-    by_fp = {a.fingerprint: a for a in results.answers}
+    checked = check(path, lines=3)
+    assert checked.unreadable == 1
+    read = list(parts(path, checked))  # the unreadable line is skipped
+    assert [len(p.answers) + len(p.unanswered) for p in read] == [3, 1]
+    by_fp = {a.fingerprint: a for p in read for a in p.answers}
+    assert len(by_fp) == 3
     assert by_fp["a"].ok and by_fp["a"].text == "hello" and by_fp["a"].input_tokens == 5
     assert by_fp["a"].request_id == "req_1" and by_fp["a"].attempts == 1
     assert by_fp["b"].error is not None and "bad thing" in by_fp["b"].error and by_fp["b"].permanent
     assert by_fp["c"].error is not None and "500" in by_fp["c"].error and not by_fp["c"].permanent
-    assert results.unanswered == {"d"}
-    assert results.unreadable == 1
+    assert [fp for p in read for fp in p.unanswered] == ["d"]
+
+
+def test_only_lines_that_are_json_objects_with_a_string_custom_id_are_readable(tmp_path: Path) -> None:
+    good = json.dumps({"custom_id": "a", "response": None, "error": {"code": "batch_expired"}})
+    bad = ["<html>502 Bad Gateway</html>", good[:-7], json.dumps({"id": "x"}), json.dumps([good]),
+           json.dumps({"custom_id": 7}), json.dumps("custom_id"), "\udcc3("]  # the last: not UTF-8
+    path = tmp_path / "results.jsonl"
+    path.write_bytes("\n".join([good, *bad, "", "  ", good]).encode("utf-8", "surrogateescape") + b"\n")
+    checked = check(path)
+    assert checked.unreadable == len(bad)  # blank lines are not counted
+    assert [fp for p in parts(path, checked) for fp in p.unanswered] == ["a", "a"]
 
 
 def test_the_store_records_each_step_and_hides_held_requests(tmp_path: Path) -> None:
@@ -126,3 +141,19 @@ def test_lists_are_followed_page_by_page_on_an_openai_style_server() -> None:
     got = asyncio.run(scenario())
     assert [b["id"] for b in got] == [b["id"] for b in batches]
     assert seen_after == [None, "batch_019", "batch_039"]
+
+
+def test_parts_come_in_key_order_and_a_repeated_id_keeps_its_file_order(tmp_path: Path) -> None:
+    """Each part is a stretch of the store's key (ids by their first two characters), so merging it
+    rewrites few pages; lines with the same id stay in file order, so the last one is stored."""
+    ids = [f"{(i * 37) % 256:02x}{i:030x}" for i in range(40)]  # all over the key space
+    lines = [{"custom_id": fp, "response": None, "error": {"message": f"line {n}"}}
+             for n, fp in enumerate([*ids, ids[5]])]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    read = list(parts(path, check(path, lines=7)))
+    assert [len(p.answers) for p in read] == [7, 7, 7, 7, 7, 6]
+    got = [a.fingerprint for p in read for a in p.answers]
+    assert got == sorted(got) and sorted(set(got)) == sorted(ids)
+    repeated = [a.error for p in read for a in p.answers if a.fingerprint == ids[5]]
+    assert repeated == ["Batch API: line 5", "Batch API: line 40"]

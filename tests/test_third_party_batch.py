@@ -39,7 +39,7 @@ batch's, and the tests assert them as aimock's behaviour rather than bend batch 
   requests in the error file); the status alone says nothing was answered.
 - No `finalizing` status (batch does not wait for one).
 
-One bug in batch was found this way (fixed in batch/batchapi/download.py, `download_results`): an output
+One bug in batch was found this way (fixed in batch/batchapi/download.py: each download is checked): an output
 download whose body is not JSONL (aimock's malformed chaos) was merged as "completed without a result",
 marking the batch done and leaving every request in it to be submitted, and paid for, again.
 """

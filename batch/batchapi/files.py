@@ -1,4 +1,4 @@
-"""The Batch API's file formats: request lines going in, result lines coming back.
+"""The Batch API's request files: lines going in, cut at Groq's limits, and where they wait.
 
 A request line wraps the exact body bytes an online run would post, so a row's fingerprint (the
 `custom_id`) and its answer are the same in both modes:
@@ -6,27 +6,19 @@ A request line wraps the exact body bytes an online run would post, so a row's f
     {"custom_id": "<fingerprint>", "method": "POST", "url": "/v1/chat/completions", "body": <body>}
 
 Groq takes at most 50,000 lines and 100 MB a file; `ChunkWriter` cuts the stream of requests into
-files under both. Result lines (output and error files alike) become `Answer`s: a 200 is an answer,
-another status a row error (permanent when re-sending cannot help, as online), and an expired or
-cancelled request no answer at all — it stays pending.
+files under both. The result files coming back are read by `results`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ApiError, BadRequest, FatalApiError, RequestTooLarge, TransportError
-from ..records import Answer, Request
-from ..responses import error_from_response, parse_completion
-
-log = logging.getLogger("batch")
+from ..records import Request
 
 MAX_LINES = 50_000
 MAX_BYTES = 100_000_000  # "100 MB", read as the smaller (decimal) megabyte
@@ -104,72 +96,6 @@ class ChunkWriter:
         chunk = self.finish()
         if chunk is not None:
             chunk.path.unlink(missing_ok=True)
-
-
-@dataclass
-class Results:
-    """What one result file held: answers by fingerprint, and the requests it left unanswered."""
-
-    answers: list[Answer] = field(default_factory=list)
-    unanswered: set[str] = field(default_factory=set)  # expired or cancelled: still to be asked
-    unreadable: int = 0
-
-
-def read_results(path: Path) -> Results:
-    """Parse a downloaded output or error file, line by line."""
-    out = Results()
-    with path.open("rb") as f:
-        for raw in f:
-            if not raw.strip():
-                continue
-            try:
-                line = json.loads(raw)
-                fp = line["custom_id"]
-                if not isinstance(fp, str):
-                    raise TypeError("custom_id is not a string")
-            except (ValueError, KeyError, TypeError) as exc:
-                out.unreadable += 1
-                log.warning("batch: skipped an unreadable line of %s (%s)", path.name, exc)
-                continue
-            answer = _answer(fp, line)
-            if answer is None:
-                out.unanswered.add(fp)
-            else:
-                out.answers.append(answer)
-    return out
-
-
-def _answer(fp: str, line: dict[str, object]) -> Answer | None:
-    response, error = line.get("response"), line.get("error")
-    if isinstance(response, dict) and isinstance(response.get("status_code"), int):
-        status, body = response["status_code"], response.get("body")
-        request_id = response.get("request_id") if isinstance(response.get("request_id"), str) else None
-        if status == 200:
-            try:  # the line's request id stands where the online answer's x-request-id header would
-                c = parse_completion(body, {"x-request-id": request_id} if request_id else {})
-            except TransportError as exc:
-                return Answer.failure(fp, f"Batch API: {exc}", permanent=False, attempts=1,
-                                      request_id=request_id)
-            return Answer.from_completion(fp, c, attempts=1, latency_s=None)
-        err = error_from_response(status, json.dumps(body).encode(), {})
-        return Answer.failure(fp, f"Batch API: {_describe(err)}", permanent=_permanent(err), attempts=1,
-                              request_id=request_id)
-    code = error.get("code") if isinstance(error, dict) else None
-    if code in ("batch_expired", "batch_cancelled"):
-        return None
-    message = error.get("message") if isinstance(error, dict) else None
-    return Answer.failure(fp, f"Batch API: {message or code or 'no response for this request'}",
-                          permanent=False, attempts=1)
-
-
-def _permanent(exc: ApiError) -> bool:
-    # As online: re-sending the same request cannot fix a 400/413 or a refused model.
-    return isinstance(exc, BadRequest | RequestTooLarge | FatalApiError)
-
-
-def _describe(exc: ApiError) -> str:
-    text = str(exc)
-    return text if not exc.status or text.startswith((str(exc.status), "HTTP")) else f"{exc.status}: {text}"
 
 
 def upload_folder(state: Path) -> Path:

@@ -123,6 +123,11 @@ class Ledger:
         rows = self._db.execute("SELECT line, fingerprint FROM upload_lines WHERE upload=?", (upload,))
         return dict(rows.fetchall())
 
+    def fingerprints(self, upload: int) -> set[str]:
+        """The fingerprints on an upload's lines (a set built row by row, with no list of pairs first)."""
+        return {fp for (fp,) in self._db.execute("SELECT fingerprint FROM upload_lines WHERE upload=?",
+                                                  (upload,))}
+
     def held(self, fingerprints: Iterable[str]) -> set[str]:
         """Those of `fingerprints` that a batch not yet merged holds: sending them again would pay twice."""
         todo, found = list(set(fingerprints)), set[str]()

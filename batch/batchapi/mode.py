@@ -29,7 +29,7 @@ from ..report import RunStats
 from ..spendcap import SpendCap
 from ..store import Store
 from ..structured import Shape, judge
-from .download import download_results
+from .download import result_parts
 from .endpoints import BatchApi
 from .files import ChunkWriter
 from .ledger import Ledger, Upload
@@ -190,28 +190,25 @@ class BatchMode:
     async def _merge(self, u: Upload, obj: dict[str, Any], outcome: Collected) -> bool:
         """Bring a finished batch's results into the store; mark it merged. True if it was refused
         line by line (its other lines need submitting again)."""
-        lines = self._ledger.lines(u.id)
-        expected = set(lines.values())
-        fetched = [await download_results(self._client, obj[key], self._folder / f"{u.name}.{kind}",
-                                          self._rng, lambda: self._stopped)
-                   for kind, key in (("output", "output_file_id"), ("error", "error_file_id"))
-                   if isinstance(obj.get(key), str)]
-        answered: set[str] = set()
-        merged = []
-        for a in (judge(self._shape, a) for results in fetched for a in results.answers):
-            if a.fingerprint in expected:
-                if self._budget is not None and a.fingerprint in self._reserved:
-                    self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
-                merged.append(a)
-                self._stats.record_answer(a, batch=True)
-                answered.add(a.fingerprint)
-        # One transaction for the file, off the loop (nothing else uses the store meanwhile).
-        await asyncio.to_thread(self._store.put_many, merged)
+        expected = self._ledger.fingerprints(u.id)
+        left = set(expected)  # not answered yet (`expected` stays whole: an answer may come twice)
+        # Part by part, one transaction each, off the loop: no file is held whole. The batch is marked
+        # merged after the last part, so a run that dies halfway leaves it to the next, which merges
+        # the same files again (INSERT OR REPLACE: the same rows). All files are checked before part 1.
+        async with contextlib.aclosing(result_parts(self._client, obj, self._folder / u.name, self._rng,
+                                                    lambda: self._stopped)) as got:
+            async for part in got:
+                merged = []
+                for a in (judge(self._shape, a) for a in part.answers):
+                    if a.fingerprint in expected:
+                        if self._budget is not None and a.fingerprint in self._reserved:
+                            self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
+                        merged.append(a)
+                        self._stats.record_answer(a, batch=True)
+                        left.discard(a.fingerprint)
+                await asyncio.to_thread(self._store.put_many, merged)
         status = str(obj.get("status"))
-        rejected = False
-        if status == "failed":
-            rejected = self._refused(u, obj, lines, answered, outcome)
-        left = expected - answered
+        rejected = status == "failed" and self._refused(u, obj, left, outcome)
         if left and status != "failed":
             self._left |= left
             outcome.unanswered += len(left)
@@ -224,13 +221,13 @@ class BatchMode:
         self._store.flush()
         self._ledger.update(u.id, status=status, done=1)
         (self._folder / u.name).unlink(missing_ok=True)
-        log.info("batch: %s %s: %d results merged into the store%s", u.batch_id, status, len(answered),
-                 f", {len(left)} requests unanswered" if left and status != "failed" else "")
+        log.info("batch: %s %s: %d results merged into the store%s", u.batch_id, status, len(expected) -
+                 len(left), f", {len(left)} requests unanswered" if left and status != "failed" else "")
         return rejected
 
-    def _refused(self, u: Upload, obj: dict[str, Any], lines: dict[int, str], answered: set[str],
-                 outcome: Collected) -> bool:
+    def _refused(self, u: Upload, obj: dict[str, Any], left: set[str], outcome: Collected) -> bool:
         """A batch that failed validation: Groq's line errors become permanent row errors."""
+        lines = self._ledger.lines(u.id)
         errors = (obj.get("errors") or {}).get("data") or []
         self._ledger.update(u.id, detail=json.dumps(errors)[:20000])
         blamed = 0
@@ -238,10 +235,10 @@ class BatchMode:
             line, message = e.get("line"), e.get("message") or e.get("code") or "rejected"
             fp = lines.get(line) if isinstance(line, int) else None
             log.error("batch: %s failed validation: line %s: %s", u.batch_id, line if fp else "-", message)
-            if fp is not None and fp not in answered:
+            if fp is not None and fp in left:
                 self._store.put(Answer.failure(fp, f"the Batch API refused this request: {message}",
                                                permanent=True, attempts=1))
-                answered.add(fp)
+                left.discard(fp)
                 blamed += 1
         if not blamed:
             reasons = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "no reason given"
