@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from gnutime import run_measured
 
 JOB = """
 [input]
@@ -69,9 +70,9 @@ def one(rows: int, folder: Path) -> dict[str, float]:
         time.sleep(1.5)
         env = {**os.environ, "GROQ_API_KEY": "gsk_bench"}
         started, cpu0 = time.monotonic(), _children_cpu()
-        proc = subprocess.run([sys.executable, "-m", "batch", "run", "job.toml", "--base-url",
-                               f"http://127.0.0.1:{port}/openai/v1", "-q"], cwd=folder, env=env,
-                              capture_output=True, text=True)
+        proc, peak = run_measured([sys.executable, "-m", "batch", "run", "job.toml", "--base-url",
+                                   f"http://127.0.0.1:{port}/openai/v1", "-q"], cwd=folder, env=env,
+                                  capture_output=True)
         wall, cpu = time.monotonic() - started, _children_cpu() - cpu0  # the run only: the simulator
         # is not waited for yet, so its CPU is not counted among the children
     finally:
@@ -86,7 +87,7 @@ def one(rows: int, folder: Path) -> dict[str, float]:
     return {"rows": rows, "batches": report["batches"], "files": files, "wall_s": wall,
             "sim_answering_s": answering, "ours_s": wall - answering,
             "ours_us_per_row": (wall - answering) / rows * 1e6, "cpu_us_per_row": cpu / rows * 1e6,
-            "peak_rss_mb": report["peak_rss_mb"] or 0.0}
+            "peak_rss_mb": peak}
 
 
 def main() -> None:

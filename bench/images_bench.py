@@ -5,7 +5,7 @@
 Each row names a 1 MB image file in the job's image directory (20 distinct files, so the disk stays
 small; the prompt names the row, so every row is its own request and reads its file). Requests go to
 bench/fastserver.py, which answers at once: what is measured is what batch holds, not the server.
-Peak RSS is the run's own (VmHWM, `peak_rss_mb` in its report).
+Peak RSS is the run's whole-life maximum resident set (GNU time, bench/gnutime.py).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from gnutime import run_measured
 from pacing import fast_server
 
 FILES = 20
@@ -72,14 +72,14 @@ def main() -> None:
                 d.mkdir()
                 job = make_job(d, Path(tmp) / "images", rows, conc)
                 t0 = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-m", "batch", "run", str(job), "-q", "--base-url", url],
-                                      env={**os.environ, "GROQ_API_KEY": "gsk_bench"}, capture_output=True,
-                                      text=True)
+                proc, peak = run_measured([sys.executable, "-m", "batch", "run", str(job), "-q", "--base-url",
+                                           url], env={**os.environ, "GROQ_API_KEY": "gsk_bench"},
+                                          capture_output=True)
                 wall = time.perf_counter() - t0
                 if proc.returncode != 0:
                     sys.exit(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
                 report = json.loads((d / "out.parquet.report.json").read_text())
-                print(f"| {rows:,} | {conc} | {wall:.1f} | {rows / wall:,.0f} | {report['peak_rss_mb']:.0f} |",
+                print(f"| {rows:,} | {conc} | {wall:.1f} | {rows / wall:,.0f} | {peak:.0f} |",
                       flush=True)
 
 

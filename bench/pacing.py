@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from gnutime import run_measured
 
 from batch.sim import SimConfig, Simulator
 
@@ -87,19 +90,16 @@ text-column = "answer"
 """)
     t0 = time.perf_counter()
     argv = [sys.executable, "-m", "batch", "run", str(d / "job.toml"), "-q", "--base-url", url]
-    proc = subprocess.Popen(argv, env={**os.environ, "GROQ_API_KEY": "gsk_bench"}, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time and peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc, peak = run_measured(argv, env={**os.environ, "GROQ_API_KEY": "gsk_bench"},
+                              stderr=subprocess.PIPE)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{sc.name}: exit {proc.returncode}\n{stderr[-2000:]}")
+        raise SystemExit(f"{sc.name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
     report = json.loads((d / "out.parquet.report.json").read_text())
-    # Peak memory as the run itself measured it (VmHWM): the child's ru_maxrss would include this
-    # process's memory at the fork.
-    return report, wall, usage.ru_utime + usage.ru_stime, int(float(report["peak_rss_mb"]) * 1024)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # the run's (and time's)
+    return report, wall, cpu, int(peak * 1024)  # peak: the run's whole life, report drawing included
 
 
 def steady(sim: Simulator) -> tuple[float, float, int, int]:

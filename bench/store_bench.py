@@ -14,7 +14,6 @@ Prints a table with the ratio; record results in bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from gnutime import run_measured
 
 from batch.config import load_job
 from batch.prompts import Renderer
@@ -120,6 +120,7 @@ def main() -> None:
         argv = [sys.executable, "-m", "batch", "run", str(d / "job.toml"), "-q",
                 "--base-url", "http://127.0.0.1:9/v1"]
         resume_s, resume_cpu, proc = timed(argv, env)
+        _, resume_peak = run_measured(argv, env=env, capture_output=True)  # again, for its whole peak
         if proc.returncode != 0:
             sys.exit(f"resume failed ({proc.returncode}):\n{proc.stderr}")
         floor_s, _, floor = timed([sys.executable, "-c", FLOOR, str(d / "in.parquet"), str(d / "out.parquet"),
@@ -135,7 +136,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         print(f"| {args.rows:,} | {size:,} | {size / args.rows:.0f} | {fill_s:.1f} | {resume_s:.2f} "
               f"| {resume_cpu:.2f} "
-              f"| {json.loads((d / 'out.parquet.report.json').read_text())['peak_rss_mb']:.0f} "
+              f"| {resume_peak:.0f} "
               f"| {floor_s:.2f} | {resume_s / floor_s:.1f}x |")
 
 
