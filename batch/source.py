@@ -13,6 +13,7 @@ from the chunks that scan parsed, kept in a `spool`: parsed once, and read back 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ import pyarrow.parquet as pq
 from . import jsonl
 from .errors import InputError
 from .spool import Spool
+
+log = logging.getLogger("batch")
 
 CHUNK_ROWS = 4096
 CHUNK_BYTES = 16 << 20  # and at most about this much data: a chunk of long texts has fewer rows
@@ -98,11 +101,7 @@ class Source:
                 self._block = _CSV_BLOCK
                 while True:
                     try:
-                        self._spool = Spool(self.schema, spool_in)
-                        for chunk in self._csv_chunks():
-                            self._spool.add(chunk)
-                        self._spool.finish()
-                        self.num_rows = self._spool.rows
+                        self.num_rows = self._scan_csv(spool_in)
                         break
                     except InputError as exc:
                         self.close()
@@ -121,6 +120,30 @@ class Source:
         if dupes:
             raise InputError(f"{path}: duplicate column names {dupes}; every column needs its own name")
 
+    def _scan_csv(self, folder: Path | None) -> int:
+        """Parse the whole file once, keeping the chunks in a spool; without room for one (a full or
+        read-only folder: the job's own checks say so), each pass parses the file again."""
+        rows, spool = 0, _spool(self.schema, folder)
+        for chunk in self._csv_chunks():
+            rows += chunk.num_rows
+            if spool is None:
+                continue
+            try:
+                spool.add(chunk)
+            except OSError as exc:
+                log.info("could not keep the parsed rows of %s (%s); reading it again instead",
+                         self.path, exc)
+                spool.close()
+                spool = None
+        try:
+            if spool is not None:
+                spool.finish()
+        except OSError:
+            spool.close()
+            spool = None
+        self._spool = spool
+        return rows
+
     @property
     def columns(self) -> list[str]:
         return list(self.schema.names)
@@ -138,8 +161,7 @@ class Source:
             pf = pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
             it: Iterator[pa.RecordBatch] = pf.iter_batches(batch_size=_parquet_rows(pf))
         elif self.format == "csv":
-            assert self._spool is not None
-            it = self._spool.chunks()
+            it = self._spool.chunks() if self._spool is not None else self._csv_chunks()
         else:
             it = jsonl.chunks(self.path, self.schema, CHUNK_ROWS)
         left = self.num_rows if limit is None else limit
@@ -170,6 +192,13 @@ class Source:
                                       convert_options=convert)
         except pa.ArrowInvalid as exc:
             raise InputError(f"{self.path}: malformed CSV: {exc}") from exc
+
+
+def _spool(schema: pa.Schema, folder: Path | None) -> Spool | None:
+    try:
+        return Spool(schema, folder)
+    except OSError:  # a folder that takes no file
+        return None
 
 
 def _parquet_rows(pf: pq.ParquetFile) -> int:

@@ -26,11 +26,12 @@ class Spool:
 
     def __init__(self, schema: pa.Schema, folder: Path | None = None) -> None:
         self.schema = schema
-        self._file: IO[bytes] = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed by close())
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (see close())
         self._writer: pa.ipc.RecordBatchStreamWriter | None = pa.ipc.new_stream(self._file, schema)
         self.rows = 0
 
     def add(self, chunk: pa.RecordBatch) -> None:
+        """Raises OSError when the folder has no room (the caller reads its source again instead)."""
         assert self._writer is not None, "add() after finish()"
         self._writer.write_batch(chunk)
         self.rows += chunk.num_rows
@@ -38,8 +39,8 @@ class Spool:
     def finish(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            self._writer = None
             self._file.flush()
+            self._writer = None
 
     def chunks(self) -> Iterator[pa.RecordBatch]:
         assert self._writer is None, "chunks() before finish()"
@@ -70,3 +71,4 @@ class _At(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
+
