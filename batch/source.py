@@ -135,12 +135,12 @@ class Source:
                          self.path, exc)
                 spool.close()
                 spool = None
-        try:
-            if spool is not None:
+        if spool is not None:
+            try:
                 spool.finish()
-        except OSError:
-            spool.close()
-            spool = None
+            except OSError:
+                spool.close()
+                spool = None
         self._spool = spool
         return rows
 
