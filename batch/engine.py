@@ -27,6 +27,7 @@ from .endpoint import Endpoint, sends_max_tokens
 from .errors import FatalApiError, QuotaReached, Stopped
 from .htmlreport.write import report_path as report_path  # where the doors find the report
 from .htmlreport.write import write_reports
+from .memory import give_back
 from .online import OnlinePass, PacerFactory, local_pacer
 from .output import write_output
 from .preflight import check_job, check_model
@@ -219,6 +220,7 @@ class Run:
                                 output=job.output.path, message=message, mode=self.mode,
                                 max_cost_usd=job.limits.max_cost_usd)
         store.finish_run(summary.to_json())
+        give_back()  # what pass 2 freed, before matplotlib is loaded and draws
         try:
             write_reports(job, summary, self.stats, store)  # the JSON, then the HTML beside it
         except OSError as exc:  # the output is in place; only the report beside it is missing
