@@ -206,3 +206,43 @@ def test_runs_and_summary(path: Path) -> None:
         assert s.counts() == {"answers": 1, "ok": 1, "failed_permanent": 0, "failed_retryable": 0}
     finally:
         s.close()
+
+
+def test_group_commit_counts_taken_answers_as_stored_and_keeps_them_when_a_write_fails(path: Path) -> None:
+    # The online pass hands what arrived to a committing thread (`take`, `write_taken`): while that
+    # transaction runs the answers must not look missing (they would be paid for again), and a write
+    # that fails must keep them for the next one; a later `flush` writes them all.
+    s = Store(path, flush_rows=10_000, flush_s=3600)
+    s.begin_run()
+    s.hold(FULL)
+    assert s.take()  # handed over to the committing thread
+    assert s.missing(["fp-full", "fp-never"]) == {"fp-never"}
+    s.taken_done(ok=False)  # the thread's write failed (a full disk): kept, newer answers winning
+    s.hold(FAILED_PERMANENT)
+    assert s.missing(["fp-full", "fp-perm", "fp-never"]) == {"fp-never"}
+    assert s.take()
+    s.write_taken()  # in any thread; here the caller's
+    s.taken_done(ok=True)
+    assert not s.take()
+    s.close()
+    again = Store(path, readonly=True)
+    try:
+        got = again.get_many(["fp-full", "fp-perm"])
+        assert got["fp-full"][0] == FULL and got["fp-perm"][0] == FAILED_PERMANENT
+    finally:
+        again.close()
+
+
+def test_a_commit_left_unconfirmed_is_written_at_close(path: Path) -> None:
+    # A run cancelled while its committing thread ran never hears back (`taken_done`): close writes
+    # the taken answers again (INSERT OR REPLACE: the same rows), so none is lost.
+    s = Store(path, flush_rows=10_000, flush_s=3600)
+    s.begin_run()
+    s.hold(FULL)
+    assert s.take()
+    s.close()
+    again = Store(path, readonly=True)
+    try:
+        assert again.get_many(["fp-full"])["fp-full"][0] == FULL
+    finally:
+        again.close()
