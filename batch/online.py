@@ -113,9 +113,9 @@ class OnlinePass:
         keys = self.keys = RowKeys(self._store.path.parent)
         for row0, chunk in self._rows.numbered(self._limit):
             for group in self._renderer.groups(chunk, row0):
-                keys.add(group)
                 fps = [fp for fp in group.fingerprints if fp is not None and fp not in pool.outstanding]
-                missing = self._store.missing(fps, retry_failed=self._retry_failed)
+                missing, stored = self._store.lookup(fps, retry_failed=self._retry_failed)
+                keys.add(group, stored)  # pass 2 takes these answers from here, not from the store
                 if not missing:
                     progress.advance(len(group))
                 for i, fp in enumerate(group.fingerprints if missing else ()):

@@ -24,27 +24,13 @@ import pyarrow.compute as pc
 from . import structured
 from .errors import Stopped
 from .prompts import Renderer
-from .rowkeys import KeysReader, RowKeys
+from .rowkeys import FIELDS, ROW, KeysReader, RowKeys
 from .sink import OutputWriter
 from .source import Rows
 from .store import Store
 from .timeline import Failures
 
 NO_ANSWER = "no answer was recorded for this row; run the job again"  # cannot happen after pass 1
-# The stored fields the output shows, and the Arrow type each comes back from SQLite as.
-_FIELDS: dict[str, pa.DataType] = {
-    "text": pa.string(), "input_tokens": pa.int64(), "output_tokens": pa.int64(),
-    "total_tokens": pa.int64(), "reasoning_tokens": pa.int64(), "cached_tokens": pa.int64(),
-    "finish_reason": pa.string(), "request_id": pa.string(), "model": pa.string(),
-    "latency_s": pa.float64(), "queue_time": pa.float64(), "total_time": pa.float64(),
-    "reasoning": pa.string(), "attempts": pa.int64(), "error": pa.string(), "run": pa.int64(),
-}
-# A stored answer row as an Arrow struct: a chunk's rows become columns in one pass in C++, instead of
-# one Python list per column (eight times slower at 100,000 rows).
-_ROW = pa.struct([(name, {**_FIELDS, "fingerprint": pa.string(), "permanent": pa.int64()}[name])
-                  for name in Store.ANSWER_ROW])
-
-
 @dataclass(frozen=True)
 class Written:
     rows: int
@@ -67,8 +53,8 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
         for row0, chunk in rows.numbered(limit):
             if halt is not None and halt.is_set():
                 raise Stopped("stopped while writing the output; the previous output is unchanged")
-            fps, errors = reader.take(chunk.num_rows) if reader else _render(renderer, chunk, row0)
-            cols, earlier = _answers(store, fps, errors)
+            fps, errors, held = reader.take(chunk.num_rows) if reader else _render(renderer, chunk, row0)
+            cols, earlier = _answers(store, fps, errors, held)
             cells, stored = None, cols["error"]
             if shape is not None:
                 cells, cols["error"] = _check(shape, cols["text"], cols["error"])
@@ -81,22 +67,26 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
     return Written(written, ok, failed, from_store)
 
 
-def _render(renderer: Renderer, chunk: pa.RecordBatch, row0: int) -> tuple[pa.Array, pa.Array]:
+def _render(renderer: Renderer, chunk: pa.RecordBatch, row0: int) -> tuple[pa.Array, pa.Array, pa.Array]:
     fps: list[str | None] = []
     errors: list[str | None] = []
     for group in renderer.groups(chunk, row0):
         fps += group.fingerprints
         errors += group.errors
-    return pa.array(fps, pa.string()), pa.array(errors, pa.string())
+    return pa.array(fps, pa.string()), pa.array(errors, pa.string()), pa.nulls(len(fps), ROW)
 
 
-def _answers(store: Store, fps: pa.Array, errors: pa.Array) -> tuple[dict[str, pa.Array], int]:
-    """Each row's answer columns, and how many rows an earlier run's answer serves."""
-    found = pa.array(store.answer_rows(pc.unique(fps.drop_null()).to_pylist()), _ROW)
+def _answers(store: Store, fps: pa.Array, errors: pa.Array,
+             held: pa.StructArray) -> tuple[dict[str, pa.Array], int]:
+    """Each row's answer columns, and how many rows an earlier run's answer serves. `held`: the
+    answers pass 1 found; only the other rows' (those sent this run) are looked up here."""
+    have = held.is_valid()
+    wanted = pc.filter(fps, pc.invert(have)).drop_null()
+    found = pa.array(store.answer_rows(pc.unique(wanted).to_pylist()) if len(wanted) else [], ROW)
     at = pc.index_in(fps, value_set=found.field("fingerprint"))
-    cols = {name: found.field(name).take(at) for name in _FIELDS}
+    cols = {name: pc.if_else(have, held.field(name), found.field(name).take(at)) for name in FIELDS}
     # A row that never became a request has its own message; one with no stored answer says so.
-    unanswered = pc.and_(pc.is_null(at), pc.is_null(errors))
+    unanswered = pc.and_(pc.and_(pc.is_null(at), pc.invert(have)), pc.is_null(errors))
     none = pa.scalar(None, pa.string())
     cols["error"] = pc.coalesce(errors, cols["error"], pc.if_else(unanswered, pa.scalar(NO_ANSWER), none))
     cols["attempts"] = cols["attempts"].fill_null(0)

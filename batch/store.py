@@ -171,6 +171,22 @@ class Store:
         with self._lock:
             return {r[0] for r in self._db.execute(q, (json.dumps(todo), self.run_id))}
 
+    def lookup(self, fingerprints: Iterable[str], *,
+               retry_failed: bool = False) -> tuple[set[str], dict[str, tuple[Any, ...]]]:
+        """`missing`, and from the same query the stored answers of the others (fields `ANSWER_ROW`):
+        pass 1 keeps those for the output, so that pass 2 need not search for them again."""
+        todo = sorted(fp for fp in set(fingerprints) if fp not in self._buffer and fp not in self._taken)
+        if not todo:
+            return set(), {}
+        q = (f"SELECT {self._select_a}, a.run FROM json_each(?) j "
+             "JOIN answers a ON a.fingerprint = j.value")
+        with self._lock:
+            rows = self._db.execute(q, (json.dumps(todo),)).fetchall()
+        # As `missing` asks of SQLite: an answer, a failure of this run, or (unless retried) a permanent one.
+        done = {r[0]: r for r in rows
+                if r[_ERROR] is None or r[-1] == self.run_id or (r[_PERMANENT] and not retry_failed)}
+        return set(todo) - done.keys(), done
+
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
         return {r[0]: (_answer(r[:-1]), r[-1] != self.run_id) for r in self.answer_rows(fingerprints)}
@@ -227,7 +243,7 @@ class Store:
             yield _answer(r)
 
 
-_PERMANENT = _COLUMNS.index("permanent")
+_PERMANENT, _ERROR = _COLUMNS.index("permanent"), _COLUMNS.index("error")
 
 
 def _answer(row: tuple[Any, ...]) -> Answer:
