@@ -208,12 +208,28 @@ def test_runs_and_summary(path: Path) -> None:
         s.close()
 
 
+def held_store(path: Path) -> Store:
+    """A store whose answers are committed by the caller (`take`, `write_taken`), as an online run's."""
+    s = Store(path, flush_rows=10_000, flush_s=3600)
+    s.begin_run()
+    return s
+
+
+def stored_answers(path: Path, *fps: str) -> list[Answer]:
+    """The answers a later reader finds in the file."""
+    again = Store(path, readonly=True)
+    try:
+        got = again.get_many(fps)
+        return [got[fp][0] for fp in fps]
+    finally:
+        again.close()
+
+
 def test_group_commit_counts_taken_answers_as_stored_and_keeps_them_when_a_write_fails(path: Path) -> None:
     # The online pass hands what arrived to a committing thread (`take`, `write_taken`): while that
     # transaction runs the answers must not look missing (they would be paid for again), and a write
     # that fails must keep them for the next one; a later `flush` writes them all.
-    s = Store(path, flush_rows=10_000, flush_s=3600)
-    s.begin_run()
+    s = held_store(path)
     s.hold(FULL)
     assert s.take()  # handed over to the committing thread
     assert s.missing(["fp-full", "fp-never"]) == {"fp-never"}
@@ -225,24 +241,14 @@ def test_group_commit_counts_taken_answers_as_stored_and_keeps_them_when_a_write
     s.taken_done(ok=True)
     assert not s.take()
     s.close()
-    again = Store(path, readonly=True)
-    try:
-        got = again.get_many(["fp-full", "fp-perm"])
-        assert got["fp-full"][0] == FULL and got["fp-perm"][0] == FAILED_PERMANENT
-    finally:
-        again.close()
+    assert stored_answers(path, "fp-full", "fp-perm") == [FULL, FAILED_PERMANENT]
 
 
 def test_a_commit_left_unconfirmed_is_written_at_close(path: Path) -> None:
     # A run cancelled while its committing thread ran never hears back (`taken_done`): close writes
     # the taken answers again (INSERT OR REPLACE: the same rows), so none is lost.
-    s = Store(path, flush_rows=10_000, flush_s=3600)
-    s.begin_run()
+    s = held_store(path)
     s.hold(FULL)
     assert s.take()
     s.close()
-    again = Store(path, readonly=True)
-    try:
-        assert again.get_many(["fp-full"])["fp-full"][0] == FULL
-    finally:
-        again.close()
+    assert stored_answers(path, "fp-full") == [FULL]
