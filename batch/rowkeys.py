@@ -12,6 +12,7 @@ it disappears with the process whatever happens.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ FIELDS: dict[str, pa.DataType] = {
 # pass in C++, instead of one Python list per column (eight times slower at 100,000 rows).
 ROW = pa.struct([(name, {**FIELDS, "fingerprint": pa.string(), "permanent": pa.int64()}[name])
                  for name in Store.ANSWER_ROW])
+log = logging.getLogger("batch")
 SCHEMA = pa.schema([("fingerprint", pa.string()), ("error", pa.string()), ("answer", ROW)])
 
 
@@ -46,20 +48,32 @@ class RowKeys:
         self._writer: pa.ipc.RecordBatchStreamWriter | None = pa.ipc.new_stream(self._file, SCHEMA)
         self.rows = 0
         self.complete = False  # every row of the run's input is in
+        self.broken = False  # no room for it: pass 2 renders and looks up every row itself
 
     def add(self, group: Group, stored: Mapping[str, tuple[Any, ...]] | None = None) -> None:
         """The group's rows; `stored`: the answers pass 1 found, by fingerprint (`Store.lookup`)."""
+        if self.broken:
+            return
         assert self._writer is not None, "add() after finish()"
         found = [None if fp is None else stored.get(fp) for fp in group.fingerprints] if stored else None
         answers = pa.array(found, ROW) if found else pa.nulls(len(group), ROW)
-        self._writer.write_batch(pa.record_batch([pa.array(group.fingerprints, pa.string()),
-                                                  pa.array(group.errors, pa.string()), answers],
-                                                 schema=SCHEMA))
+        try:
+            self._writer.write_batch(pa.record_batch([pa.array(group.fingerprints, pa.string()),
+                                                      pa.array(group.errors, pa.string()), answers],
+                                                     schema=SCHEMA))
+        except OSError as exc:  # a full disk, a file-size limit: a slower pass 2, not a failed run
+            log.info("could not keep the rows' keys beside the state (%s); the output pass renders and "
+                     "looks up every row again", exc)
+            self.broken, self._writer = True, None
         self.rows += len(group)
 
     def finish(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError:
+                self.broken, self._writer = True, None
+                return
             self._writer = None
             self.complete = True
 

@@ -173,15 +173,11 @@ class Store:
 
     def lookup(self, fingerprints: Iterable[str], *,
                retry_failed: bool = False) -> tuple[set[str], dict[str, tuple[Any, ...]]]:
-        """`missing`, and from the same query the stored answers of the others (fields `ANSWER_ROW`):
-        pass 1 keeps those for the output, so that pass 2 need not search for them again."""
+        """`missing`, and the others' stored answers (fields `ANSWER_ROW`) for pass 1 to keep."""
         todo = sorted(fp for fp in set(fingerprints) if fp not in self._buffer and fp not in self._taken)
         if not todo:
             return set(), {}
-        q = (f"SELECT {self._select_a}, a.run FROM json_each(?) j "
-             "JOIN answers a ON a.fingerprint = j.value")
-        with self._lock:
-            rows = self._db.execute(q, (json.dumps(todo),)).fetchall()
+        rows = self._rows(todo)
         # As `missing` asks of SQLite: an answer, a failure of this run, or (unless retried) a permanent one.
         done = {r[0]: r for r in rows
                 if r[_ERROR] is None or r[-1] == self.run_id or (r[_PERMANENT] and not retry_failed)}
@@ -197,13 +193,12 @@ class Store:
         """The stored answers of these fingerprints as plain tuples (fields `ANSWER_ROW`), in one query:
         what the output is assembled from, column-wise, without an object per row."""
         self.flush()
-        todo = sorted(set(fingerprints))  # in key order, as in `missing`
-        if not todo:
-            return []
-        q = (f"SELECT {self._select_a}, a.run FROM json_each(?) j "
-             "JOIN answers a ON a.fingerprint = j.value")
+        return self._rows(sorted(set(fingerprints)))  # in key order, as in `missing`
+
+    def _rows(self, todo: list[str]) -> list[tuple[Any, ...]]:
+        q = f"SELECT {self._select_a}, a.run FROM json_each(?) j JOIN answers a ON a.fingerprint = j.value"
         with self._lock:
-            return self._db.execute(q, (json.dumps(todo),)).fetchall()
+            return self._db.execute(q, (json.dumps(todo),)).fetchall() if todo else []
 
     def counts(self) -> dict[str, int]:
         self.flush()
