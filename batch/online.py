@@ -131,7 +131,6 @@ class OnlinePass:
         keys.finish()
 
 
-
 class Committer:
     """Group commit in a worker thread: what arrived is committed at once, one transaction at a time,
     and what arrives during a transaction goes into the next. The loop never waits for SQLite (about a

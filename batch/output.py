@@ -80,13 +80,13 @@ def _answers(store: Store, fps: pa.Array, errors: pa.Array,
              held: pa.StructArray) -> tuple[dict[str, pa.Array], int]:
     """Each row's answer columns, and how many rows an earlier run's answer serves. `held`: the
     answers pass 1 found; only the other rows' (those sent this run) are looked up here."""
-    have = held.is_valid()
-    wanted = pc.filter(fps, pc.invert(have)).drop_null()
+    have, sent = held.is_valid(), held.is_null()
+    wanted = pc.filter(fps, sent).drop_null()
     found = pa.array(store.answer_rows(pc.unique(wanted).to_pylist()) if len(wanted) else [], ROW)
     at = pc.index_in(fps, value_set=found.field("fingerprint"))
     cols = {name: pc.if_else(have, held.field(name), found.field(name).take(at)) for name in FIELDS}
     # A row that never became a request has its own message; one with no stored answer says so.
-    unanswered = pc.and_(pc.and_(pc.is_null(at), pc.invert(have)), pc.is_null(errors))
+    unanswered = pc.and_(pc.and_(pc.is_null(at), sent), pc.is_null(errors))
     none = pa.scalar(None, pa.string())
     cols["error"] = pc.coalesce(errors, cols["error"], pc.if_else(unanswered, pa.scalar(NO_ANSWER), none))
     cols["attempts"] = cols["attempts"].fill_null(0)

@@ -4,23 +4,21 @@ every row once and searches the store for each answer once.
 Pass 1 renders every row to find what to send, looking each fingerprint up in the store; pass 2
 needs each row's fingerprint and answer again. Rather than render and search twice, pass 1 appends
 each group's fingerprints (and, for a row that cannot become a request, why) and the answers the store
-already held (`ROW`, null for a row sent this run: pass 2 looks those up) to an anonymous temporary
-file beside the store, as Arrow IPC; pass 2 reads them back in step with the input's chunks. About
-40 bytes a row on disk, plus the answers found; a chunk's worth in memory; the file has no name, so
-it disappears with the process whatever happens.
+already held (`ROW`, null for a row sent this run: pass 2 looks those up) to a `spool` beside the
+store; pass 2 reads them back in step with the input's chunks. About 40 bytes a row on disk, plus the
+answers found; a chunk's worth in memory.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 
 from .prompts import Group
+from .spool import Spool
 from .store import Store
 
 # The stored fields the output shows, and the Arrow type each comes back from SQLite as.
@@ -35,7 +33,6 @@ FIELDS: dict[str, pa.DataType] = {
 # pass in C++, instead of one Python list per column (eight times slower at 100,000 rows).
 ROW = pa.struct([(name, {**FIELDS, "fingerprint": pa.string(), "permanent": pa.int64()}[name])
                  for name in Store.ANSWER_ROW])
-log = logging.getLogger("batch")
 SCHEMA = pa.schema([("fingerprint", pa.string()), ("error", pa.string()), ("answer", ROW)])
 
 
@@ -44,54 +41,38 @@ class RowKeys:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed by close())
-        self._writer: pa.ipc.RecordBatchStreamWriter | None = pa.ipc.new_stream(self._file, SCHEMA)
-        self.rows = 0
-        self.complete = False  # every row of the run's input is in
-        self.broken = False  # no room for it: pass 2 renders and looks up every row itself
+        self._spool = Spool(SCHEMA, folder, instead="the output pass renders and looks up every row again")
+
+    @property
+    def complete(self) -> bool:
+        """Every row of the run's input is in (not so if the spool was dropped: a full disk)."""
+        return self._spool.kept
 
     def add(self, group: Group, stored: Mapping[str, tuple[Any, ...]] | None = None) -> None:
         """The group's rows; `stored`: the answers pass 1 found, by fingerprint (`Store.lookup`)."""
-        if self.broken:
+        if not self._spool.writing:
             return
-        assert self._writer is not None, "add() after finish()"
         found = [None if fp is None else stored.get(fp) for fp in group.fingerprints] if stored else None
         answers = pa.array(found, ROW) if found else pa.nulls(len(group), ROW)
-        try:
-            self._writer.write_batch(pa.record_batch([pa.array(group.fingerprints, pa.string()),
-                                                      pa.array(group.errors, pa.string()), answers],
-                                                     schema=SCHEMA))
-        except OSError as exc:  # a full disk, a file-size limit: a slower pass 2, not a failed run
-            log.info("could not keep the rows' keys beside the state (%s); the output pass renders and "
-                     "looks up every row again", exc)
-            self.broken, self._writer = True, None
-        self.rows += len(group)
+        self._spool.add(pa.record_batch([pa.array(group.fingerprints, pa.string()),
+                                         pa.array(group.errors, pa.string()), answers], schema=SCHEMA))
 
     def finish(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except OSError:
-                self.broken, self._writer = True, None
-                return
-            self._writer = None
-            self.complete = True
+        self._spool.finish()
 
     def reader(self) -> KeysReader:
         assert self.complete, "pass 1 did not see every row"
-        self._file.seek(0)
-        return KeysReader(pa.ipc.open_stream(self._file))
+        return KeysReader(self._spool.chunks())
 
     def close(self) -> None:
-        self._writer = None
-        self._file.close()
+        self._spool.close()
 
 
 class KeysReader:
     """The rows' keys in order, `take(n)` at a time, whatever sizes the groups had."""
 
-    def __init__(self, reader: pa.ipc.RecordBatchStreamReader) -> None:
-        self._reader = reader
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
         self._held: list[pa.RecordBatch] = []
         self._count = 0
 
@@ -99,7 +80,7 @@ class KeysReader:
         """The next `n` rows' fingerprints (null where the row failed), failure messages, and the
         answers pass 1 found (null where it found none)."""
         while self._count < n:
-            batch = self._reader.read_next_batch()  # StopIteration: fewer rows than the input
+            batch = next(self._batches)  # StopIteration: fewer rows than the input
             self._held.append(batch)
             self._count += batch.num_rows
         table = pa.Table.from_batches(self._held, SCHEMA)

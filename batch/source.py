@@ -13,7 +13,6 @@ from the chunks that scan parsed, kept in a `spool`: parsed once, and read back 
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,6 @@ import pyarrow.parquet as pq
 from . import jsonl
 from .errors import InputError
 from .spool import Spool
-
-log = logging.getLogger("batch")
 
 CHUNK_ROWS = 4096
 CHUNK_BYTES = 16 << 20  # and at most about this much data: a chunk of long texts has fewer rows
@@ -121,27 +118,18 @@ class Source:
             raise InputError(f"{path}: duplicate column names {dupes}; every column needs its own name")
 
     def _scan_csv(self, folder: Path | None) -> int:
-        """Parse the whole file once, keeping the chunks in a spool; without room for one (a full or
-        read-only folder: the job's own checks say so), each pass parses the file again."""
-        rows, spool = 0, _spool(self.schema, folder)
-        for chunk in self._csv_chunks():
-            rows += chunk.num_rows
-            if spool is None:
-                continue
-            try:
+        """Parse the whole file once, keeping the chunks in a spool (without room for one, each pass
+        parses the file again)."""
+        rows, spool = 0, Spool(self.schema, folder, instead=f"{self.path} is parsed again on each pass")
+        try:
+            for chunk in self._csv_chunks():
+                rows += chunk.num_rows
                 spool.add(chunk)
-            except OSError as exc:
-                log.info("could not keep the parsed rows of %s (%s); reading it again instead",
-                         self.path, exc)
-                spool.close()
-                spool = None
-        if spool is not None:
-            try:
-                spool.finish()
-            except OSError:
-                spool.close()
-                spool = None
-        self._spool = spool
+        except BaseException:
+            spool.close()
+            raise
+        spool.finish()
+        self._spool = spool if spool.kept else None
         return rows
 
     @property
@@ -192,13 +180,6 @@ class Source:
                                       convert_options=convert)
         except pa.ArrowInvalid as exc:
             raise InputError(f"{self.path}: malformed CSV: {exc}") from exc
-
-
-def _spool(schema: pa.Schema, folder: Path | None) -> Spool | None:
-    try:
-        return Spool(schema, folder)
-    except OSError:  # a folder that takes no file
-        return None
 
 
 def _parquet_rows(pf: pq.ParquetFile) -> int:

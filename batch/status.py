@@ -11,6 +11,7 @@ from .config import Job
 from .preflight import check_job
 from .prompts import Renderer
 from .store import Store
+from .storefile import size_bytes
 
 
 def status(job: Job) -> dict[str, object]:
@@ -42,7 +43,7 @@ def status(job: Job) -> dict[str, object]:
                     else:
                         counts["failed_permanent" if found[0].permanent else "failed_retryable"] += 1
         last = runlog.last_summary(store)
-        return {**counts, "state": str(job.state.path), "state_bytes": store.size_bytes(),
+        return {**counts, "state": str(job.state.path), "state_bytes": size_bytes(store.path),
                 "last_run": json.loads(last) if last else None, "batches": _batches(store)}
     finally:
         store.close()

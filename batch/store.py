@@ -120,21 +120,19 @@ class Store:
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if self._taken:  # a commit that did not report back (cancelled): written again, harmlessly
-            self._buffer, self._taken = {**self._taken, **self._buffer}, {}
+        self._untake()  # a commit that never reported back (cancelled) is written again, harmlessly
         if self._buffer:
             self._write(self._buffer)  # on failure the buffer is kept: nothing received is dropped here
             self._buffer.clear()
 
-    # Group commit: `hold` buffers, `take` hands the buffer to a thread that `write_taken`s it, and
-    # `taken_done` says how that went. Taken answers count as stored (`missing`) from the start.
+    # Group commit (`online.Committer`): taken answers count as stored (`missing`) from the start.
     def hold(self, answer: Answer) -> None:
         self._buffer[answer.fingerprint] = answer
 
     def take(self) -> bool:
-        """Hand the buffered answers (with any a cancelled commit left) over for `write_taken`; False
-        if there are none."""
-        self._taken, self._buffer = {**self._taken, **self._buffer}, {}
+        """Hand the buffered answers (with any a cancelled commit left) to `write_taken`; False if none."""
+        self._untake()
+        self._taken, self._buffer = self._buffer, {}
         return bool(self._taken)
 
     def write_taken(self) -> None:
@@ -142,9 +140,13 @@ class Store:
         self._write(self._taken)
 
     def taken_done(self, ok: bool) -> None:
-        if not ok:  # kept, newer answers winning, for the next try
-            self._buffer = {**self._taken, **self._buffer}
-        self._taken = {}
+        if ok:
+            self._taken = {}
+        self._untake()  # a failed commit's answers are kept, newer ones winning, for the next try
+
+    def _untake(self) -> None:
+        if self._taken:
+            self._buffer, self._taken = {**self._taken, **self._buffer}, {}
 
     def _write(self, answers: dict[str, Answer]) -> None:
         # In key order: each page of the primary key is written once per transaction, not revisited.
@@ -159,29 +161,30 @@ class Store:
     def missing(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> set[str]:
         """The fingerprints with no usable answer: never asked, or failed transiently in an earlier
         run (or permanently, with `retry_failed`). A failure from this run counts as answered."""
-        # Sorted: consecutive lookups then walk the primary key's pages in order (fewer page reads).
-        todo = sorted(fp for fp in set(fingerprints) if fp not in self._buffer and fp not in self._taken)
+        todo = self._unbuffered(fingerprints)
         if not todo:
             return set()
-        # One query per call: the fingerprints travel as one JSON array and SQLite answers with the
-        # missing ones only, so a resume over answered rows builds no Python object per row.
-        cond = "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
-        q = ("SELECT j.value FROM json_each(?) j WHERE NOT EXISTS "
-             f"(SELECT 1 FROM answers a WHERE a.fingerprint = j.value AND ({cond}))")
+        # One query: the fingerprints go as one JSON array, and only the missing ones come back.
+        q = ("SELECT j.value FROM json_each(?) j WHERE NOT EXISTS (SELECT 1 FROM answers a "
+             f"WHERE a.fingerprint = j.value AND ({_answered(retry_failed)}))")
         with self._lock:
             return {r[0] for r in self._db.execute(q, (json.dumps(todo), self.run_id))}
 
     def lookup(self, fingerprints: Iterable[str], *,
                retry_failed: bool = False) -> tuple[set[str], dict[str, tuple[Any, ...]]]:
         """`missing`, and the others' stored answers (fields `ANSWER_ROW`) for pass 1 to keep."""
-        todo = sorted(fp for fp in set(fingerprints) if fp not in self._buffer and fp not in self._taken)
+        todo = self._unbuffered(fingerprints)
         if not todo:
             return set(), {}
-        rows = self._rows(todo)
-        # As `missing` asks of SQLite: an answer, a failure of this run, or (unless retried) a permanent one.
-        done = {r[0]: r for r in rows
-                if r[_ERROR] is None or r[-1] == self.run_id or (r[_PERMANENT] and not retry_failed)}
+        q = (f"SELECT {self._select_a}, a.run, ({_answered(retry_failed)}) FROM json_each(?) j "
+             "JOIN answers a ON a.fingerprint = j.value")
+        with self._lock:
+            done = {r[0]: r[:-1] for r in self._db.execute(q, (self.run_id, json.dumps(todo))) if r[-1]}
         return set(todo) - done.keys(), done
+
+    def _unbuffered(self, fingerprints: Iterable[str]) -> list[str]:
+        # Sorted: consecutive lookups then walk the primary key's pages in order (fewer page reads).
+        return sorted(fp for fp in set(fingerprints) if fp not in self._buffer and fp not in self._taken)
 
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
@@ -193,9 +196,7 @@ class Store:
         """The stored answers of these fingerprints as plain tuples (fields `ANSWER_ROW`), in one query:
         what the output is assembled from, column-wise, without an object per row."""
         self.flush()
-        return self._rows(sorted(set(fingerprints)))  # in key order, as in `missing`
-
-    def _rows(self, todo: list[str]) -> list[tuple[Any, ...]]:
+        todo = sorted(set(fingerprints))  # in key order, as in `missing`
         q = f"SELECT {self._select_a}, a.run FROM json_each(?) j JOIN answers a ON a.fingerprint = j.value"
         with self._lock:
             return self._db.execute(q, (json.dumps(todo),)).fetchall() if todo else []
@@ -228,17 +229,18 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def size_bytes(self) -> int:
-        """The state on disk: the database and its write-ahead log."""
-        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-
     def __iter__(self) -> Iterator[Answer]:  # for tools and tests: every stored answer
         self.flush()
         for r in self._db.execute(f"SELECT {self._select} FROM answers"):
             yield _answer(r)
 
 
-_PERMANENT, _ERROR = _COLUMNS.index("permanent"), _COLUMNS.index("error")
+_PERMANENT = _COLUMNS.index("permanent")
+
+
+def _answered(retry_failed: bool) -> str:
+    """SQL: a stored row needs no sending (`?`: this run's id); a failure of this run counts."""
+    return "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
 
 
 def _answer(row: tuple[Any, ...]) -> Answer:

@@ -35,6 +35,11 @@ def lock_opening(path: Path) -> int:
     return fd
 
 
+def size_bytes(path: Path) -> int:
+    """The state on disk: the database and its write-ahead log."""
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
 def lock_exclusive(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)

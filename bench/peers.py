@@ -22,7 +22,6 @@ Wall, CPU and peak RSS are the child's own (`/usr/bin/time`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import hashlib
 import os
@@ -30,16 +29,13 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pacing import fast_server, steady
+from pacing import fast_server, simulator, steady
 
-from batch.sim import SimConfig, Simulator
+from batch.sim import SimConfig
 
 HERE = Path(__file__).resolve().parent
 MODEL = "openai/gpt-oss-20b"
@@ -53,21 +49,6 @@ class Result:
     cpu: float
     rss_mb: float
     note: str = ""
-
-
-@contextmanager
-def simulator(config: SimConfig) -> Iterator[tuple[str, Simulator]]:
-    loop = asyncio.new_event_loop()
-    sim = Simulator(config)
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    url = asyncio.run_coroutine_threadsafe(sim.start(), loop).result(10)
-    try:
-        yield url, sim
-    finally:
-        asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
 
 
 def tiktoken_cache(python: str, cache: Path) -> None:
