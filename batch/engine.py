@@ -33,6 +33,7 @@ from .output import write_output
 from .preflight import check_job, check_model
 from .progress import BatchProgress, Progress
 from .prompts import Renderer
+from .recall import RecallWriter
 from .report import RunStats, Summary
 from .rowkeys import RowKeys
 from .source import Rows
@@ -201,16 +202,23 @@ class Run:
     def _finish(self, renderer: Renderer, store: Store, halt: threading.Event | None = None) -> Summary:
         job = self.job
         self.stats.failures = Failures()  # from here on, the report's failed rows are the output's
+        keys = self._keys[-1] if self._keys else None
+        # Each row's answer for the next run (`recall`), unless this run's rows were the last one's.
+        recall = None if keys is not None and keys.unchanged else RecallWriter(store)
         try:
             written = write_output(self.rows, renderer, store, path=job.output.path, fmt=job.output.format,
                                    text_column=job.output.text_column,
                                    response_format=job.task.response_format, limit=self.opts.limit,
-                                   failures=self.stats.failures,
-                                   keys=self._keys[-1] if self._keys else None, halt=halt)
+                                   failures=self.stats.failures, keys=keys, halt=halt, recall=recall)
+            if recall is not None:
+                recall.commit()
         except OSError as exc:  # disk full, folder removed mid-run, ...: every answer is in the store
             raise Stopped(f"could not write the output {job.output.path}: {exc}. Every answer is saved "
                           "and the previous output is as it was; free space (or make the folder writable), "
                           "then run the same command (it sends nothing more).") from exc
+        finally:
+            if recall is not None:
+                recall.discard()  # what is left of it, if it was not committed
         failed = written.failed
         message = None if failed == 0 else (f"{failed} rows failed; see the error column. Rows that failed "
                                             "transiently are retried by the next run (--retry-failed: all).")

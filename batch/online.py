@@ -4,9 +4,11 @@
 
 Requests are produced lazily, in input order, one group of rows at a time (`prompts.Group`: a chunk,
 or fewer rows when they are large), so memory follows what is in flight rather than the input.
-Identical requests (rows that would send the same bytes) go once. Every row's fingerprint is kept
-for pass 2 (`rowkeys`), so no row is rendered twice. The producer hands the loop back between groups,
-so however long the scan over answered rows, the loop (signals, answers, pacing) is never held long.
+Identical requests (rows that would send the same bytes) go once. A row with the last run's request
+on its line takes the last run's answer without a search (`recall`). Every row's fingerprint and
+stored answer are kept for pass 2 (`rowkeys`), so no row is rendered or searched for twice. The
+producer hands the loop back between groups, so however long the scan over answered rows, the loop
+(signals, answers, pacing) is never held long.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow.compute as pc
+
 from .client import Client
 from .config import LimitsSpec
 from .endpoint import Endpoint
@@ -22,6 +26,7 @@ from .limits import Pacer, Pacing
 from .pool import Pool
 from .progress import Progress
 from .prompts import Renderer
+from .recall import Recall
 from .records import Answer, Request
 from .report import RunStats
 from .retry import RetryPolicy
@@ -111,11 +116,26 @@ class OnlinePass:
         if self.keys is not None:
             self.keys.close()
         keys = self.keys = RowKeys(self._store.path.parent)
+        recall = Recall(self._store)
+        try:
+            async for request in self._unanswered(pool, progress, keys, recall):
+                yield request
+        finally:
+            recall.close()
+        keys.finish()
+        keys.unchanged = recall.unchanged
+
+    async def _unanswered(self, pool: Pool, progress: Progress, keys: RowKeys,
+                          recall: Recall) -> AsyncIterator[Request]:
         for row0, chunk in self._rows.numbered(self._limit):
             for group in self._renderer.groups(chunk, row0):
-                fps = [fp for fp in group.fingerprints if fp is not None and fp not in pool.outstanding]
+                # A row with last run's request on its line has last run's answer: no search for it.
+                recalled = recall.match(group.fingerprints)
+                rest = (group.fingerprints if not recalled[1].true_count
+                        else pc.filter(recalled[0], pc.invert(recalled[1])).drop_null().to_pylist())
+                fps = [fp for fp in rest if fp is not None and fp not in pool.outstanding]
                 missing, stored = self._store.lookup(fps, retry_failed=self._retry_failed)
-                keys.add(group, stored)  # pass 2 takes these answers from here, not from the store
+                keys.add(group, stored, recalled)  # pass 2 takes these answers from here, not from the store
                 if not missing:
                     progress.advance(len(group))
                 for i, fp in enumerate(group.fingerprints if missing else ()):
@@ -128,7 +148,6 @@ class OnlinePass:
                     else:
                         progress.advance()
                 await asyncio.sleep(0)  # the loop's turn: answers, signals and pacing wait no longer
-        keys.finish()
 
 
 class Committer:

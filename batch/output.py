@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from . import structured
 from .errors import Stopped
 from .prompts import Renderer
+from .recall import RecallWriter
 from .rowkeys import FIELDS, ROW, KeysReader, RowKeys
 from .sink import OutputWriter
 from .source import Rows
@@ -42,10 +43,11 @@ class Written:
 def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fmt: str, text_column: str,
                  response_format: Mapping[str, Any] | None, limit: int | None,
                  keys: RowKeys | None = None, failures: Failures | None = None,
-                 halt: threading.Event | None = None) -> Written:
+                 halt: threading.Event | None = None, recall: RecallWriter | None = None) -> Written:
     """`keys`: pass 1's fingerprints of every row, when it kept them (else rows are rendered here).
     `failures`, when given, collects the failed rows (the first few, and their kinds) for the report.
-    `halt`, once set, stops the writing after the current chunk (the output is left as it was)."""
+    `halt`, once set, stops the writing after the current chunk (the output is left as it was).
+    `recall`, when given, gets every row's fingerprint and answer (the caller commits it)."""
     ok = failed = from_store = 0
     shape = structured.shape_of(response_format)
     reader: KeysReader | None = keys.reader() if keys is not None and keys.complete else None
@@ -54,7 +56,7 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
             if halt is not None and halt.is_set():
                 raise Stopped("stopped while writing the output; the previous output is unchanged")
             fps, errors, held = reader.take(chunk.num_rows) if reader else _render(renderer, chunk, row0)
-            cols, earlier = _answers(store, fps, errors, held)
+            cols, earlier = _answers(store, fps, errors, held, recall)
             cells, stored = None, cols["error"]
             if shape is not None:
                 cells, cols["error"] = _check(shape, cols["text"], cols["error"])
@@ -76,15 +78,19 @@ def _render(renderer: Renderer, chunk: pa.RecordBatch, row0: int) -> tuple[pa.Ar
     return pa.array(fps, pa.string()), pa.array(errors, pa.string()), pa.nulls(len(fps), ROW)
 
 
-def _answers(store: Store, fps: pa.Array, errors: pa.Array,
-             held: pa.StructArray) -> tuple[dict[str, pa.Array], int]:
+def _answers(store: Store, fps: pa.Array, errors: pa.Array, held: pa.StructArray,
+             recall: RecallWriter | None) -> tuple[dict[str, pa.Array], int]:
     """Each row's answer columns, and how many rows an earlier run's answer serves. `held`: the
-    answers pass 1 found; only the other rows' (those sent this run) are looked up here."""
-    have, sent = held.is_valid(), held.is_null()
+    answers pass 1 found; only the other rows' (those sent this run) are looked up here. The rows
+    and their answers go to `recall` for the next run."""
+    sent = held.is_null()
     wanted = pc.filter(fps, sent).drop_null()
     found = pa.array(store.answer_rows(pc.unique(wanted).to_pylist()) if len(wanted) else [], ROW)
     at = pc.index_in(fps, value_set=found.field("fingerprint"))
-    cols = {name: pc.if_else(have, held.field(name), found.field(name).take(at)) for name in FIELDS}
+    answers = pc.if_else(held.is_valid(), held, found.take(at)) if len(found) else held
+    if recall is not None:
+        recall.add(fps, answers)
+    cols = {name: pc.struct_field(answers, name) for name in FIELDS}
     # A row that never became a request has its own message; one with no stored answer says so.
     unanswered = pc.and_(pc.and_(pc.is_null(at), sent), pc.is_null(errors))
     none = pa.scalar(None, pa.string())

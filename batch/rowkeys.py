@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .prompts import Group
 from .spool import Spool
@@ -34,6 +35,7 @@ FIELDS: dict[str, pa.DataType] = {
 ROW = pa.struct([(name, {**FIELDS, "fingerprint": pa.string(), "permanent": pa.int64()}[name])
                  for name in Store.ANSWER_ROW])
 SCHEMA = pa.schema([("fingerprint", pa.string()), ("error", pa.string()), ("answer", ROW)])
+Recalled = tuple[pa.Array, pa.BooleanArray, pa.StructArray]  # `recall.Recall.match`'s
 
 
 class RowKeys:
@@ -42,20 +44,25 @@ class RowKeys:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self._spool = Spool(SCHEMA, folder, instead="the output pass renders and looks up every row again")
+        self.unchanged = False  # every row had the last run's request and answer (`recall`)
 
     @property
     def complete(self) -> bool:
         """Every row of the run's input is in (not so if the spool was dropped: a full disk)."""
         return self._spool.kept
 
-    def add(self, group: Group, stored: Mapping[str, tuple[Any, ...]] | None = None) -> None:
-        """The group's rows; `stored`: the answers pass 1 found, by fingerprint (`Store.lookup`)."""
+    def add(self, group: Group, stored: Mapping[str, tuple[Any, ...]] | None = None,
+            recalled: Recalled | None = None) -> None:
+        """The group's rows; `stored`: the answers pass 1 found, by fingerprint (`Store.lookup`);
+        `recalled`: the rows' fingerprints, which rows' answers `recall` had, and those answers."""
         if not self._spool.writing:
             return
         found = [None if fp is None else stored.get(fp) for fp in group.fingerprints] if stored else None
         answers = pa.array(found, ROW) if found else pa.nulls(len(group), ROW)
-        self._spool.add(pa.record_batch([pa.array(group.fingerprints, pa.string()),
-                                         pa.array(group.errors, pa.string()), answers], schema=SCHEMA))
+        fps = pa.array(group.fingerprints, pa.string()) if recalled is None else recalled[0]
+        if recalled is not None and recalled[1].true_count:
+            answers = pc.if_else(recalled[1], recalled[2], answers)
+        self._spool.add(pa.record_batch([fps, pa.array(group.errors, pa.string()), answers], schema=SCHEMA))
 
     def finish(self) -> None:
         self._spool.finish()

@@ -7,16 +7,15 @@ small transactions: an online run hands what arrived to a worker thread that com
 one transaction at a time (answers that arrive meanwhile go into the next: a group commit, off the
 event loop); `put` commits by itself every `flush_rows` answers, every `flush_s` seconds and at close.
 So a `kill -9` loses no answer that was received, only requests still on the wire (and at most the
-answers of the transaction being written). WAL mode lets a reader (`status`) look while a run
-writes. An exclusive lock file keeps a second run of the same state away, instead of letting two
-runs pay for the same rows.
+answers of the transaction being written). WAL mode lets a reader (`status`) look while a run writes;
+an exclusive lock file keeps a second run of the same state away (it would pay for the same rows).
 
 Columns added after schema 1 (`reasoning`) are added to an older store when it is opened for a run
 (ALTER TABLE ... ADD COLUMN), and read as NULL from a read-only one, so a store keeps working across
 versions without a schema bump. Writes and reads name their columns, never rely on their order.
 
-A failed answer is kept with `permanent`: permanent failures (400, 413, bad input) are not re-sent by
-later runs; transient ones (retries exhausted) are, by the next run.
+A failed answer is kept with `permanent`: the next run re-sends a transient one (retries exhausted),
+not a permanent one (400, 413, bad input). A good answer is never sent again, so never replaced (`recall`).
 """
 
 from __future__ import annotations
@@ -211,11 +210,12 @@ class Store:
 
     def meta(self, key: str, default: str) -> str:
         """A value kept with the store, set to `default` the first time it is asked for."""
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        if row is not None:
-            return str(row[0])
-        self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, default))
-        return default
+        q = "SELECT value FROM meta WHERE key=?"
+        with self._lock:
+            if (row := self._db.execute(q, (key,)).fetchone()) is None:  # OR IGNORE: another process's
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
+                row = self._db.execute(q, (key,)).fetchone()
+        return str(row[0])
 
     def close(self) -> None:
         try:
