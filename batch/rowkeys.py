@@ -60,8 +60,9 @@ class RowKeys:
         found = [None if fp is None else stored.get(fp) for fp in group.fingerprints] if stored else None
         answers = pa.array(found, ROW) if found else pa.nulls(len(group), ROW)
         fps = pa.array(group.fingerprints, pa.string()) if recalled is None else recalled[0]
-        if recalled is not None and recalled[1].true_count:
-            answers = pc.if_else(recalled[1], recalled[2], answers)
+        if recalled is not None and (hits := recalled[1].true_count):
+            # Every row recalled (the usual re-run): the recalled answers as they are.
+            answers = recalled[2] if hits == len(group) else pc.if_else(recalled[1], recalled[2], answers)
         self._spool.add(pa.record_batch([fps, pa.array(group.errors, pa.string()), answers], schema=SCHEMA))
 
     def finish(self) -> None:
