@@ -104,7 +104,8 @@ class RecallWriter:
 
     def __init__(self, store: Store) -> None:
         self._path = recall_path(store)
-        self._tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+        # Unique per writer: two runs of one process (the Python API) may share a store.
+        self._tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         try:
             # LZ4: a tenth of the answers' size on disk for a few percent of pass 2's time.
