@@ -153,3 +153,30 @@ def test_rows_are_matched_line_by_line_whatever_the_group_sizes(tmp_path: Path) 
     _, hit, _ = foreign.match(fps[:4])
     assert hit.true_count == 0 and not foreign.unchanged
     other.close()
+
+
+def test_batch_mode_submits_only_the_rows_the_recall_does_not_answer(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    url, sim = start_sim(batch_validate_s=0.05, batch_finalize_s=0.05)
+    rows = plain_rows(40)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT}, run={"mode": "batch", "poll-interval": 0.2})
+    assert run_batch(job, "--base-url", url).returncode == 0
+    assert (tmp_path / RECALL).exists()
+
+    changed = [*rows[:5], {**rows[5], "experience": "edited experience"}, *rows[6:]]
+    write_csv(changed, tmp_path / "in.csv")
+    second = run_batch(job, "--base-url", url)
+
+    assert second.returncode == 0, second.stderr
+    assert sim.log == [] and sim.batches_created == 2
+    assert [b.total for b in sim.batches.values()] == [40, 1], "only the edited row is submitted"
+    check_rows(changed, read_output(tmp_path / "out.parquet")[1], batch=True)
+    assert _report(tmp_path)["rows_from_store"] == 39
+
+    before = (tmp_path / RECALL).stat()
+    third = run_batch(job, "--base-url", url)
+    assert third.returncode == 0, third.stderr
+    assert sim.batches_created == 2
+    after = (tmp_path / RECALL).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "rewritten unchanged"

@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import pyarrow as pa
+
 from ..client import Client
 from ..config import Job
 from ..endpoint import Endpoint
 from ..errors import FatalApiError, JobError, Stopped
 from ..progress import BatchProgress
 from ..prompts import Group, Renderer
+from ..recall import Recall
 from ..report import RunStats
 from ..rowkeys import RowKeys
 from ..source import Rows
@@ -55,16 +58,22 @@ class BatchPass:
 
         def chunks() -> Iterator[Group]:
             # The first scan keeps every row's fingerprint for pass 2; a later round only re-reads.
-            keys = None
-            if self.keys is None:
-                keys = self.keys = RowKeys(self._store.path.parent)
-            for row0, chunk in self._rows.numbered(self._limit):
-                for group in self._renderer.groups(chunk, row0):
-                    if keys is not None:
-                        keys.add(group)
-                    yield group
-            if keys is not None:
-                keys.finish()
+            if self.keys is not None:
+                for row0, chunk in self._rows.numbered(self._limit):
+                    yield from self._renderer.groups(chunk, row0)
+                return
+            keys = self.keys = RowKeys(self._store.path.parent)
+            recall = Recall(self._store)
+            try:
+                for row0, chunk in self._rows.numbered(self._limit):
+                    for group in self._renderer.groups(chunk, row0):
+                        recalled = recall.match(group.fingerprints)
+                        keys.add(group, None, recalled)
+                        yield group if not recalled[1].true_count else _unrecalled(group, recalled[1])
+            finally:
+                recall.close()
+            keys.finish()
+            keys.unchanged = recall.unchanged
 
         async with Client(endpoint.base_url, endpoint.key, timeout_s=job.limits.request_timeout,
                           connections=4) as client:
@@ -123,3 +132,9 @@ def refuse_open_batches(job: Job, store: Store) -> None:
                        "online would pay for them twice. Collect them first: python -m batch run "
                        f"{job.file.name} --mode batch (or cancel them: python -m batch cancel "
                        f"{job.file.name})")
+
+
+def _unrecalled(group: Group, recalled: pa.BooleanArray) -> Group:
+    """The group with its recalled rows' fingerprints blanked: answered, they are not looked up."""
+    fps = [None if hit else fp for fp, hit in zip(group.fingerprints, recalled.to_pylist(), strict=True)]
+    return Group(group.first_row, fps, group.errors, group.request)
