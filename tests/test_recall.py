@@ -10,8 +10,19 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from nasty import write_csv
-from test_e2e import PROMPT, RunBatch, StartSim, WriteJob, chat_log, check_rows, plain_rows, read_output
+from nasty import nasty_rows, write_csv
+from test_e2e import (
+    PROMPT,
+    RunBatch,
+    StartSim,
+    WriteJob,
+    answered_twice,
+    chat_log,
+    check_rows,
+    expected_exit,
+    plain_rows,
+    read_output,
+)
 
 from batch.recall import Recall, RecallWriter, recall_path
 from batch.rowkeys import ROW
@@ -55,6 +66,30 @@ def test_edited_moved_and_new_rows_get_their_own_answers(tmp_path: Path, simulat
     assert read_output(tmp_path / "out.parquet")[1] == out2
     after = (tmp_path / RECALL).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_recalled_output_is_the_output_the_store_gives(tmp_path: Path, simulator: tuple[str, Simulator],
+                                                        write_job: WriteJob, run_batch: RunBatch) -> None:
+    """Hostile rows (quotes, newlines, unicode, nulls), some of them edited, moved and duplicated after
+    the first run: the output a recalled re-run writes is, cell for cell, the one the store alone gives."""
+    url, sim = simulator
+    rows = nasty_rows(600, seed=7)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT})
+    assert run_batch(job, "--base-url", url).returncode == expected_exit(rows)
+
+    changed = [*rows[300:320], *rows[:300], *rows[320:590], *rows[100:110]]
+    changed[50] = {**changed[50], "experience": "edited \"quoted\"\nexperience"}
+    write_csv(changed, tmp_path / "in.csv")
+    recalled = run_batch(job, "--base-url", url)
+    _, with_recall = read_output(tmp_path / "out.parquet")
+    (tmp_path / RECALL).unlink()
+    alone = run_batch(job, "--base-url", url)
+
+    assert recalled.returncode == alone.returncode == expected_exit(changed), recalled.stderr + alone.stderr
+    assert read_output(tmp_path / "out.parquet")[1] == with_recall
+    check_rows(changed, with_recall)
+    assert answered_twice(sim) == []
 
 
 def test_a_state_started_over_sends_every_row_again(tmp_path: Path, simulator: tuple[str, Simulator],
