@@ -17,8 +17,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pyarrow.compute as pc
-
 from .client import Client
 from .config import LimitsSpec
 from .endpoint import Endpoint
@@ -26,7 +24,7 @@ from .limits import Pacer, Pacing
 from .pool import Pool
 from .progress import Progress
 from .prompts import Renderer
-from .recall import Recall
+from .recall import Recall, unrecalled
 from .records import Answer, Request
 from .report import RunStats
 from .retry import RetryPolicy
@@ -131,8 +129,7 @@ class OnlinePass:
             for group in self._renderer.groups(chunk, row0):
                 # A row with last run's request on its line has last run's answer: no search for it.
                 recalled = recall.match(group.fingerprints)
-                rest = (group.fingerprints if not recalled[1].true_count
-                        else pc.filter(recalled[0], pc.invert(recalled[1])).drop_null().to_pylist())
+                rest = unrecalled(group.fingerprints, recalled[1])
                 fps = [fp for fp in rest if fp is not None and fp not in pool.outstanding]
                 missing, stored = self._store.lookup(fps, retry_failed=self._retry_failed)
                 keys.add(group, stored, recalled)  # pass 2 takes these answers from here, not from the store

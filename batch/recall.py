@@ -33,6 +33,13 @@ log = logging.getLogger("batch")
 SCHEMA = pa.schema([("fingerprint", pa.string()), ("answer", ROW)])
 
 
+def unrecalled(fingerprints: list[str | None], hit: pa.BooleanArray) -> list[str | None]:
+    """The fingerprints with the recalled rows' blanked: answered, those need no search."""
+    if not hit.true_count:
+        return fingerprints
+    return [None if h else fp for fp, h in zip(fingerprints, hit.to_pylist(), strict=True)]
+
+
 def recall_path(store: Store) -> Path:
     return Path(f"{store.path}.recall")
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-import pyarrow as pa
-
 from ..client import Client
 from ..config import Job
 from ..endpoint import Endpoint
 from ..errors import FatalApiError, JobError, Stopped
 from ..progress import BatchProgress
 from ..prompts import Group, Renderer
-from ..recall import Recall
+from ..recall import Recall, unrecalled
 from ..report import RunStats
 from ..rowkeys import RowKeys
 from ..source import Rows
@@ -69,7 +67,9 @@ class BatchPass:
                     for group in self._renderer.groups(chunk, row0):
                         recalled = recall.match(group.fingerprints)
                         keys.add(group, None, recalled)
-                        yield group if not recalled[1].true_count else _unrecalled(group, recalled[1])
+                        fps = unrecalled(group.fingerprints, recalled[1])
+                        yield group if fps is group.fingerprints else Group(
+                            group.first_row, fps, group.errors, group.request)
             finally:
                 recall.close()
             keys.finish()
@@ -133,8 +133,3 @@ def refuse_open_batches(job: Job, store: Store) -> None:
                        f"{job.file.name} --mode batch (or cancel them: python -m batch cancel "
                        f"{job.file.name})")
 
-
-def _unrecalled(group: Group, recalled: pa.BooleanArray) -> Group:
-    """The group with its recalled rows' fingerprints blanked: answered, they are not looked up."""
-    fps = [None if hit else fp for fp, hit in zip(group.fingerprints, recalled.to_pylist(), strict=True)]
-    return Group(group.first_row, fps, group.errors, group.request)
