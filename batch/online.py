@@ -84,7 +84,7 @@ class OnlinePass:
 
         def on_answer(answer: Answer) -> None:
             answer = judge(self._shape, answer)
-            store.hold(answer)
+            store.journal.hold(answer)
             committer.poke()  # committed at once, off the loop (see `Committer`)
             self._stats.record_answer(answer)
             progress.advance()
@@ -166,16 +166,17 @@ class Committer:
             self._task = asyncio.get_running_loop().create_task(self._commit())
 
     async def _commit(self) -> None:
+        journal = self._store.journal
         try:
-            while self._store.take():
+            while journal.take():
                 try:
-                    await asyncio.get_running_loop().run_in_executor(self._thread, self._store.write_taken)
+                    await asyncio.get_running_loop().run_in_executor(self._thread, journal.write_taken)
                 except StoreWriteError as exc:
-                    self._store.taken_done(False)
+                    journal.taken_done(False)
                     self._broken = True
                     self._failed(exc)
                     return
-                self._store.taken_done(True)
+                journal.taken_done(True)
         finally:
             self._task = None
 

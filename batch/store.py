@@ -1,7 +1,7 @@
-"""The store (with `storefile`, which opens it, the only modules that speak SQLite): one answer per
-request fingerprint, beside the output.
+"""The store (with `storefile`, which opens it, and `journal`, which writes it, the only modules that
+speak SQLite): one answer per request fingerprint, beside the output.
 
-The store is the run's journal (a crashed run resumes from it), its cache (an unchanged row is never
+The store is the run's record (a crashed run resumes from it), its cache (an unchanged row is never
 paid for twice) and the place the output is assembled from. Answers are buffered and committed in
 small transactions: an online run hands what arrived to a worker thread that commits it at once,
 one transaction at a time (answers that arrive meanwhile go into the next: a group commit, off the
@@ -9,6 +9,9 @@ event loop); `put` commits by itself every `flush_rows` answers, every `flush_s`
 So a `kill -9` loses no answer that was received, only requests still on the wire (and at most the
 answers of the transaction being written). WAL mode lets a reader (`status`) look while a run writes;
 an exclusive lock file keeps a second run of the same state away (it would pay for the same rows).
+
+Commits go to a journal first, folded into the answers in key order (see `journal`); the answers are
+read only after a fold, and a read-only look sees the journal laid over them.
 
 Columns added after schema 1 (`reasoning`) are added to an older store when it is opened for a run
 (ALTER TABLE ... ADD COLUMN), and read as NULL from a read-only one, so a store keeps working across
@@ -22,22 +25,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import operator
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from . import storefile
+from .journal import COLUMNS as _COLUMNS
+from .journal import Journal
 from .records import Answer
-from .storefile import SCHEMA_VERSION, StoreError, StoreWriteError, lock_exclusive, lock_opening, open_db
-
-_COLUMNS = [f.name for f in fields(Answer)]
-# dataclasses.astuple deep-copies every field: ten times slower than reading them, on every answer.
-_values = operator.attrgetter(*_COLUMNS)
+from .storefile import SCHEMA_VERSION, StoreError, lock_exclusive, lock_opening, open_db
 
 
 class Store:
@@ -47,12 +47,8 @@ class Store:
         reader can look while a run writes; `shared` does not lock either, for a cache that several
         processes fill at once (SQLite serialises their writes; each waits its turn)."""
         self.path, self.readonly = path, readonly
-        self._flush_rows, self._flush_s = flush_rows, flush_s
-        self._buffer: dict[str, Answer] = {}
-        self._taken: dict[str, Answer] = {}  # handed to a committing thread (`take`), not yet confirmed
-        # One user of the connection at a time: the event loop's thread, or the one committing.
+        # One user of the connection at a time: the event loop's thread, or pass 2's.
         self._lock = threading.Lock()
-        self._last_flush = time.monotonic()
         self.run_id = 0
         self._lock_fd = -1 if readonly or shared else lock_exclusive(path)
         # Processes sharing a store open it one at a time: switching a new file to WAL is refused
@@ -67,13 +63,20 @@ class Store:
             if opening >= 0:
                 os.close(opening)  # closing the descriptor releases its lock
         # A read-only look at an older store reads a column it lacks as NULL.
+        self.journal = Journal(path, self._db, self._lock, present, direct=shared, flush_rows=flush_rows,
+                               flush_s=flush_s)
         self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
         self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in _COLUMNS)
         if version != str(SCHEMA_VERSION):
-            self.close()
+            self._db.close()
+            self._release()
             raise StoreError(f"state file {path} was written by another version of batch "
                              f"(schema {version or '?'}, this one reads {SCHEMA_VERSION}). "
                              "Move it aside to start over, or use the version that wrote it.")
+        if readonly:
+            storefile.show_journal(self._db, present)
+        else:
+            self.journal.fold()  # a journal a crashed run left: the look-ups below must see it
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -84,7 +87,7 @@ class Store:
     def begin_run(self) -> int:
         with self.writing():
             cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
-        self.run_id = int(cur.lastrowid or 0)
+        self.run_id = self.journal.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
     def finish_run(self, summary_json: str) -> None:
@@ -93,69 +96,26 @@ class Store:
             self._db.execute("UPDATE runs SET finished=?, summary=? WHERE id=?",
                              (time.time(), summary_json, self.run_id))
 
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, db: sqlite3.Connection | None = None) -> contextlib.AbstractContextManager[None]:
         """A write that fails (disk full, file too large, read-only) is rolled back, so the connection
         stays usable, and raised as StoreWriteError; what was committed before stays committed."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if self._db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-            raise StoreWriteError(self.path, exc) from exc
+        return storefile.writing(db or self._db, self.path)
 
     # -- answers ----------------------------------------------------------------------------------
     def put(self, answer: Answer) -> None:
-        self._buffer[answer.fingerprint] = answer
-        if len(self._buffer) >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_s:
-            self.flush()
+        self.journal.put(answer)
 
     def put_many(self, answers: Iterable[Answer]) -> None:
-        """Many answers (a Batch API result file) in one transaction: one commit, not one per 500."""
-        for answer in answers:
-            self._buffer[answer.fingerprint] = answer
-        self.flush()
+        self.journal.put_many(answers)
 
     def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        self._untake()  # a commit that never reported back (cancelled) is written again, harmlessly
-        if self._buffer:
-            self._write(self._buffer)  # on failure the buffer is kept: nothing received is dropped here
-            self._buffer.clear()
+        self.journal.flush()
 
-    # Group commit (`online.Committer`): taken answers count as stored (`missing`) from the start.
-    def hold(self, answer: Answer) -> None:
-        self._buffer[answer.fingerprint] = answer
-
-    def take(self) -> bool:
-        """Hand the buffered answers (with any a cancelled commit left) to `write_taken`; False if none."""
-        self._untake()
-        self._taken, self._buffer = self._buffer, {}
-        return bool(self._taken)
-
-    def write_taken(self) -> None:
-        """Commit the taken answers (in any thread); raises StoreWriteError."""
-        self._write(self._taken)
-
-    def taken_done(self, ok: bool) -> None:
-        if ok:
-            self._taken = {}
-        self._untake()  # a failed commit's answers are kept, newer ones winning, for the next try
-
-    def _untake(self) -> None:
-        if self._taken:
-            self._buffer, self._taken = {**self._taken, **self._buffer}, {}
-
-    def _write(self, answers: dict[str, Answer]) -> None:
-        # In key order: each page of the primary key is written once per transaction, not revisited.
-        rows = [(*_values(a), self.run_id) for _, a in sorted(answers.items())]
-        marks = ",".join("?" * (len(_COLUMNS) + 1))
-        with self._lock, self.writing():
-            self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock with a writer
-            self._db.executemany(f"INSERT OR REPLACE INTO answers ({','.join(_COLUMNS)}, run) "
-                                 f"VALUES ({marks})", rows)
-            self._db.execute("COMMIT")
+    def _settle(self) -> None:
+        """Before the answers are read: everything received is in them."""
+        self.journal.flush()
+        if not self.readonly:
+            self.journal.fold()
 
     def missing(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> set[str]:
         """The fingerprints with no usable answer: never asked, or failed transiently in an earlier
@@ -183,7 +143,7 @@ class Store:
 
     def _unbuffered(self, fingerprints: Iterable[str]) -> list[str]:
         # Sorted: consecutive lookups then walk the primary key's pages in order (fewer page reads).
-        return sorted(fp for fp in set(fingerprints) if fp not in self._buffer and fp not in self._taken)
+        return sorted(fp for fp in set(fingerprints) if not self.journal.holds(fp))
 
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
@@ -194,14 +154,14 @@ class Store:
     def answer_rows(self, fingerprints: Iterable[str]) -> list[tuple[Any, ...]]:
         """The stored answers of these fingerprints as plain tuples (fields `ANSWER_ROW`), in one query:
         what the output is assembled from, column-wise, without an object per row."""
-        self.flush()
+        self._settle()
         todo = sorted(set(fingerprints))  # in key order, as in `missing`
         q = f"SELECT {self._select_a}, a.run FROM json_each(?) j JOIN answers a ON a.fingerprint = j.value"
         with self._lock:
             return self._db.execute(q, (json.dumps(todo),)).fetchall() if todo else []
 
     def counts(self) -> dict[str, int]:
-        self.flush()
+        self._settle()
         row = self._db.execute(
             "SELECT COUNT(*), SUM(error IS NULL), SUM(error IS NOT NULL AND permanent = 1), "
             "SUM(error IS NOT NULL AND permanent = 0) FROM answers").fetchone()
@@ -219,8 +179,9 @@ class Store:
 
     def close(self) -> None:
         try:
-            self.flush()
+            self._settle()
         finally:
+            self.journal.close()
             self._db.close()
             self._release()
 
@@ -230,7 +191,7 @@ class Store:
             self._lock_fd = -1
 
     def __iter__(self) -> Iterator[Answer]:  # for tools and tests: every stored answer
-        self.flush()
+        self._settle()
         for r in self._db.execute(f"SELECT {self._select} FROM answers"):
             yield _answer(r)
 

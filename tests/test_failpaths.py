@@ -10,7 +10,6 @@ import os
 import resource
 import secrets
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from nasty import write_csv
 
 from batch.sim import SimConfig, Simulator
 from batch.sink import OutputWriter
+from batch.store import Store
 
 StartSim = Callable[..., tuple[str, Simulator]]
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
@@ -174,8 +174,12 @@ def bulky_rows(n: int, start: int = 0) -> list[dict[str, str | None]]:
 
 
 def ok_answers(state: Path) -> int:
-    with sqlite3.connect(state) as db:
-        return int(db.execute("SELECT COUNT(*) FROM answers WHERE error IS NULL").fetchone()[0])
+    # As `status` sees them: committed answers, folded into the answers or still in the journal.
+    look = Store(state, readonly=True)
+    try:
+        return look.counts()["ok"]
+    finally:
+        look.close()
 
 
 def test_a_full_disk_under_the_store_stops_clean_and_loses_no_committed_answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
@@ -132,12 +133,20 @@ def test_data_survives_close_and_reopen(path: Path) -> None:
 
 
 def test_committed_answers_are_visible_to_another_connection(path: Path) -> None:
+    # Committed means on disk (in the journal until a fold), and seen by a read-only look (`status`).
     s = reopen(path)
     s.put(FULL)
     s.flush()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT text FROM answers WHERE fingerprint='fp-full'").fetchone() == (FULL.text,)
+        assert json.loads(db.execute("SELECT answers FROM journal").fetchone()[0])[0][1] == FULL.text
+    look = Store(path, readonly=True)
+    assert look.get_many(["fp-full", "fp-never"]) == {"fp-full": (FULL, True)}
+    assert look.counts()["ok"] == 1
+    look.close()
     s.close()
+    with sqlite3.connect(path) as db:  # folded at close
+        assert db.execute("SELECT text FROM answers WHERE fingerprint='fp-full'").fetchone() == (FULL.text,)
+        assert db.execute("SELECT COUNT(*) FROM journal").fetchone() == (0,)
 
 
 def test_a_second_store_on_the_same_path_is_refused_while_the_first_is_open(path: Path) -> None:
@@ -230,16 +239,16 @@ def test_group_commit_counts_taken_answers_as_stored_and_keeps_them_when_a_write
     # transaction runs the answers must not look missing (they would be paid for again), and a write
     # that fails must keep them for the next one; a later `flush` writes them all.
     s = held_store(path)
-    s.hold(FULL)
-    assert s.take()  # handed over to the committing thread
+    s.journal.hold(FULL)
+    assert s.journal.take()  # handed over to the committing thread
     assert s.missing(["fp-full", "fp-never"]) == {"fp-never"}
-    s.taken_done(ok=False)  # the thread's write failed (a full disk): kept, newer answers winning
-    s.hold(FAILED_PERMANENT)
+    s.journal.taken_done(ok=False)  # the thread's write failed (a full disk): kept, newer answers winning
+    s.journal.hold(FAILED_PERMANENT)
     assert s.missing(["fp-full", "fp-perm", "fp-never"]) == {"fp-never"}
-    assert s.take()
-    s.write_taken()  # in any thread; here the caller's
-    s.taken_done(ok=True)
-    assert not s.take()
+    assert s.journal.take()
+    s.journal.write_taken()  # in any thread; here the caller's
+    s.journal.taken_done(ok=True)
+    assert not s.journal.take()
     s.close()
     assert stored_answers(path, "fp-full", "fp-perm") == [FULL, FAILED_PERMANENT]
 
@@ -248,7 +257,7 @@ def test_a_commit_left_unconfirmed_is_written_at_close(path: Path) -> None:
     # A run cancelled while its committing thread ran never hears back (`taken_done`): close writes
     # the taken answers again (INSERT OR REPLACE: the same rows), so none is lost.
     s = held_store(path)
-    s.hold(FULL)
-    assert s.take()
+    s.journal.hold(FULL)
+    assert s.journal.take()
     s.close()
     assert stored_answers(path, "fp-full") == [FULL]
