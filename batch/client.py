@@ -13,6 +13,7 @@ never copied into an error, a log line or a record.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -57,6 +58,11 @@ class Client:
         self._timeout_s = timeout_s
         self._connections = connections
         self._entered = False
+        # Chat requests' deadlines, kept by one watchdog (`_watch`) rather than a timer each: arming
+        # and disarming aiohttp's per-request timer was about 5 us of the loop's time per request.
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -68,16 +74,31 @@ class Client:
         # sends nothing and never pays for it (about 0.1 s, most of it building TLS contexts).
         import aiohttp
 
-        self._short = aiohttp.ClientTimeout(total=self._timeout_s)
+        self._short = aiohttp.ClientTimeout(total=None)  # the deadline is `_watch`'s
         self._long = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=LONG_READ_S)
         self._client_error = aiohttp.ClientError
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections)
         self._session = aiohttp.ClientSession(connector=connector, headers={"Accept": "application/json"},
                                               timeout=self._short, raise_for_status=False)
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         return self._session
+
+    async def _watch(self) -> None:
+        """Cancel every request still unanswered at its deadline (at most a quarter of the timeout,
+        and never more than a second, late); `call` turns that cancellation into a timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self._timeout_s / 4))
+            now = loop.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._session is not None:
             await self._session.close()
 
@@ -90,6 +111,9 @@ class Client:
         session = self._session or self._open()
         url = f"{self.base_url}{path}"
         content = {"Content-Type": "application/json"} if json_body and body is not None else {}
+        task = None if long else asyncio.current_task()
+        if task is not None:
+            self._deadlines[task] = asyncio.get_running_loop().time() + self._timeout_s
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 # Redirects are followed here, not by aiohttp, so that the key never follows one to
@@ -116,12 +140,25 @@ class Client:
                 raise FatalApiError(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
         except ApiError:
             raise
+        except asyncio.CancelledError:
+            # The watchdog's and nobody else's (a stop cancels too): a timeout; else still cancelled.
+            if task is not None and task in self._expired:
+                self._expired.discard(task)
+                if task.uncancel() == 0:
+                    raise TransportError(f"no answer within {self._timeout_s:g}s (timed out)") from None
+            raise
         except TimeoutError as exc:
             limit = LONG_READ_S if long else self._timeout_s
             raise TransportError(f"no answer within {limit:g}s (timed out)") from exc
         except self._client_error as exc:
             # str(exc) of aiohttp's errors names the URL and the OS error, never request headers.
             raise TransportError(f"connection failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if task is not None:
+                del self._deadlines[task]
+                if task in self._expired:  # cancelled just as it ended: take the cancellation back
+                    self._expired.discard(task)
+                    task.uncancel()
         try:
             return json.loads(raw), headers_in
         except ValueError as exc:

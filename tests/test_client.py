@@ -451,6 +451,37 @@ def test_client_against_a_real_socket() -> None:
             chain = chain.__cause__ or chain.__context__
 
 
+def test_one_watchdog_cuts_hung_requests_only_and_a_cancel_stays_a_cancel() -> None:
+    # Deadlines are kept by one watchdog task, not a timer per request: a hung request ends as a
+    # timeout while others on the same session are answered, the task that made it can go on making
+    # requests (no stray cancellation left behind), and a task cancelled by its owner (a stop) sees
+    # CancelledError, not a timeout.
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+    async def scenario() -> None:
+        async with serving() as server, Client(server.url, KEY, timeout_s=0.4, connections=8) as client:
+            async def hung_then_ok() -> str | None:
+                with pytest.raises(TransportError, match="timed out"):
+                    await client.call("POST", "/hang/v1/chat/completions", body)
+                data, _ = await client.call("POST", "/ok/v1/chat/completions", body)
+                await asyncio.sleep(0.6)  # past two watchdog rounds: nothing cancels it now
+                return str(data["choices"][0]["message"]["content"])
+
+            async def ok() -> str | None:
+                data, _ = await client.call("POST", "/ok/v1/chat/completions", body)
+                return str(data["choices"][0]["message"]["content"])
+
+            got = await asyncio.gather(hung_then_ok(), *(ok() for _ in range(5)))
+            assert got == ["Hello there"] * 6
+            stopped = asyncio.ensure_future(client.call("POST", "/hang/v1/chat/completions", body))
+            await asyncio.sleep(0.05)
+            stopped.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stopped
+
+    asyncio.run(scenario())
+
+
 def test_client_without_a_key_sends_no_authorization() -> None:
     body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 
