@@ -60,10 +60,14 @@ class Journal:
             self.flush()
 
     def put_many(self, answers: Iterable[Answer]) -> None:
-        """Many answers (a Batch API result file) in one transaction: one commit, not one per 500."""
+        """Many answers (a Batch API result file) in one transaction, straight into the answers in key
+        order: already a bulk write, and through the journal it would leave its size in free pages."""
         for answer in answers:
             self._buffer[answer.fingerprint] = answer
-        self.flush()
+        self._untake()
+        self.fold()  # the journal's answers are older: folded after these, they would win
+        self._write(self._buffer, self._db, direct=True)
+        self._buffer.clear()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
@@ -73,6 +77,8 @@ class Journal:
             if not self._direct:
                 self._journaled.update(self._buffer)
             self._buffer.clear()
+            if self._rows >= FOLD_ROWS:
+                self.fold()
 
     # Group commit (`online.Committer`): taken answers count as stored from the start.
     def hold(self, answer: Answer) -> None:
@@ -108,17 +114,18 @@ class Journal:
         if self._taken:
             self._buffer, self._taken = {**self._taken, **self._buffer}, {}
 
-    def _write(self, answers: dict[str, Answer], db: sqlite3.Connection) -> None:
+    def _write(self, answers: dict[str, Answer], db: sqlite3.Connection, *, direct: bool = False) -> None:
+        direct = direct or self._direct
         rows = [(*_values(a), self.run_id) for a in answers.values()]
         with self._using(db), storefile.writing(db, self._path):
             db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock with a writer
-            if self._direct:  # in key order: each page of the key written once per transaction
+            if direct:  # in key order: each page of the key written once per transaction
                 db.executemany(f"INSERT OR REPLACE INTO answers ({STORED}) "
                                f"VALUES ({','.join('?' * (len(COLUMNS) + 1))})", sorted(rows))
             else:
                 db.execute("INSERT INTO journal VALUES (?, ?)", (STORED, JSON.encode(rows)))
             db.execute("COMMIT")
-        self._rows += 0 if self._direct else len(rows)
+        self._rows += 0 if direct else len(rows)
 
     def fold(self, db: sqlite3.Connection | None = None) -> None:
         """Move the journal (this run's, or one a crashed run left) into the answers."""

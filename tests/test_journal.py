@@ -135,3 +135,15 @@ def test_a_shared_store_commits_straight_into_the_answers(path: Path) -> None:
     commit(s, ok("a"))
     assert answers_rows(path) == 1 and journal_rows(path) == 0
     s.close()
+
+
+def test_a_bulk_put_goes_straight_into_the_answers_after_what_the_journal_holds(path: Path) -> None:
+    # A Batch API result file is already one bulk write; the journal's older answers are folded first
+    # (folded after it, they would win over it).
+    s = Store(path, flush_rows=1)
+    s.begin_run()
+    s.put(failed("x"))
+    assert journal_rows(path) == 1
+    s.put_many([ok("x", "later"), ok("z")])
+    assert journal_rows(path) == 0 and stored_text(path) == {"x": "later", "z": "yes"}
+    s.close()
