@@ -25,7 +25,7 @@ from . import structured
 from .errors import Stopped
 from .prompts import Renderer
 from .recall import RecallWriter
-from .rowkeys import FIELDS, ROW, KeysReader, RowKeys
+from .rowkeys import FIELDS, ROW, KeysReader, RowKeys, struct_of
 from .sink import OutputWriter
 from .source import Rows
 from .store import Store
@@ -85,7 +85,7 @@ def _answers(store: Store, fps: pa.Array, errors: pa.Array, held: pa.StructArray
     and their answers go to `recall` for the next run."""
     sent = held.is_null()
     wanted = pc.filter(fps, sent).drop_null()
-    found = pa.array(store.answer_rows(pc.unique(wanted).to_pylist()) if len(wanted) else [], ROW)
+    found = struct_of(store.answer_rows(pc.unique(wanted).to_pylist()) if len(wanted) else [])
     at = pc.index_in(fps, value_set=found.field("fingerprint"))
     answers = pc.if_else(held.is_valid(), held, found.take(at)) if len(found) else held
     if recall is not None:
