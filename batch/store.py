@@ -37,7 +37,7 @@ from . import storefile
 from .journal import COLUMNS as _COLUMNS
 from .journal import Journal
 from .records import Answer
-from .storefile import SCHEMA_VERSION, StoreError, lock_exclusive, lock_opening, open_db
+from .storefile import SCHEMA_VERSION, StoreError, StoreWriteError, lock_exclusive, lock_opening, open_db
 
 
 class Store:
@@ -62,9 +62,9 @@ class Store:
         finally:
             if opening >= 0:
                 os.close(opening)  # closing the descriptor releases its lock
-        # A read-only look at an older store reads a column it lacks as NULL.
         self.journal = Journal(path, self._db, self._lock, present, direct=shared, flush_rows=flush_rows,
                                flush_s=flush_s)
+        # A read-only look at an older store reads a column it lacks as NULL.
         self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
         self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in _COLUMNS)
         if version != str(SCHEMA_VERSION):
@@ -73,10 +73,15 @@ class Store:
             raise StoreError(f"state file {path} was written by another version of batch "
                              f"(schema {version or '?'}, this one reads {SCHEMA_VERSION}). "
                              "Move it aside to start over, or use the version that wrote it.")
-        if readonly:
-            storefile.show_journal(self._db, present)
-        else:
-            self.journal.fold()  # a journal a crashed run left: the look-ups below must see it
+        try:
+            if readonly:
+                storefile.show_journal(self._db, present)
+            else:
+                self.journal.fold()  # a journal a crashed run left: the look-ups below must see it
+        except (sqlite3.Error, StoreWriteError):
+            self._db.close()
+            self._release()
+            raise
 
     @property
     def db(self) -> sqlite3.Connection:
