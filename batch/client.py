@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 from .endpoint import check_base_url, is_loopback
 from .errors import ApiError, FatalApiError, TransportError
 from .records import Completion
-from .responses import error_from_response, parse_completion
+from .responses import error_from_response, parse_completion, scrubbed
 
 if TYPE_CHECKING:
     import aiohttp
@@ -160,7 +160,7 @@ class Client:
                     self._expired.discard(task)
                     task.uncancel()
         try:
-            return json.loads(raw), headers_in
+            return scrubbed(json.loads(raw), raw), headers_in
         except ValueError as exc:
             raise TransportError("200 response body is not valid JSON", status=200,
                                  request_id=headers_in.get("x-request-id")) from exc

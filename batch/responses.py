@@ -72,6 +72,23 @@ def retry_after(h: Mapping[str, str]) -> float | None:
     return seconds
 
 
+def scrubbed(data: Any, raw: bytes) -> Any:
+    """`data`, decoded from the JSON `raw`, with each lone UTF-16 surrogate (a `\\udXXX` escape with
+    no partner: not a character, and text SQLite and Parquet cannot store) replaced by U+FFFD.
+    Looked for only when `raw` holds such an escape at all."""
+    return _scrub(data) if b"\\ud" in raw or b"\\uD" in raw else data
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    return value
+
+
 def _int(value: str | None) -> int | None:
     try:
         number = float(value) if value is not None else math.nan

@@ -149,12 +149,14 @@ def show_journal(db: sqlite3.Connection, known: set[str]) -> None:
 
 @contextlib.contextmanager
 def writing(db: sqlite3.Connection, path: Path) -> Iterator[None]:
-    """A write on `db` that fails is rolled back (the connection stays usable) and raised as
-    StoreWriteError; what was committed before stays committed."""
+    """A write on `db` that fails is rolled back (the connection stays usable); SQLite's refusals are
+    raised as StoreWriteError. What was committed before stays committed."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
+    except BaseException as exc:  # whatever it was, no transaction is left open (it would lock others out)
         if db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-        raise StoreWriteError(path, exc) from exc
+        if isinstance(exc, sqlite3.OperationalError):
+            raise StoreWriteError(path, exc) from exc
+        raise

@@ -354,6 +354,11 @@ class Server:
         request.transport.close()  # the connection drops mid-body
         return resp
 
+    async def surrogate(self, request: web.Request) -> web.StreamResponse:
+        # A lone surrogate escape: valid JSON, but no character; a paired one is an emoji.
+        body = json.dumps(groq_completion()).replace("Hello there", "half \\ud800 whole \\ud83d\\ude00")
+        return web.Response(body=body.encode(), content_type="application/json")
+
     async def hang(self, request: web.Request) -> web.StreamResponse:
         await self.release.wait()
         return web.Response(text="too late")
@@ -374,7 +379,7 @@ class Server:
 
     def app(self) -> web.Application:
         app = web.Application()
-        for name in ("ok", "drop", "partial", "hang", "html", "unauthorized", "limited"):
+        for name in ("ok", "drop", "partial", "hang", "html", "unauthorized", "limited", "surrogate"):
             app.router.add_post(f"/{name}/v1/chat/completions", getattr(self, name))
         app.router.add_get("/ok/v1/models", self.models)
         return app
@@ -480,6 +485,17 @@ def test_one_watchdog_cuts_hung_requests_only_and_a_cancel_stays_a_cancel() -> N
                 await stopped
 
     asyncio.run(scenario())
+
+
+def test_a_lone_surrogate_in_an_answer_becomes_a_replacement_character() -> None:
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+    async def scenario() -> str | None:
+        async with serving() as server, Client(base(server, "surrogate"), KEY, timeout_s=5,
+                                               connections=1) as client:
+            return (await client.chat(body)).text
+
+    assert asyncio.run(scenario()) == "half \ufffd whole \U0001f600"
 
 
 def test_client_without_a_key_sends_no_authorization() -> None:

@@ -147,3 +147,22 @@ def test_a_bulk_put_goes_straight_into_the_answers_after_what_the_journal_holds(
     s.put_many([ok("x", "later"), ok("z")])
     assert journal_rows(path) == 0 and stored_text(path) == {"x": "later", "z": "yes"}
     s.close()
+
+
+def test_a_write_that_fails_in_python_leaves_no_transaction_open(path: Path) -> None:
+    # Text SQLite cannot take (a lone surrogate: `responses.scrubbed` keeps these out) fails while
+    # the transaction is open; it must be rolled back, or the next writer waits on a lock for ever.
+    s = Store(path)
+    s.begin_run()
+    s.journal.hold(ok("bad", "half a pair \ud800"))
+    assert s.journal.take()
+    with pytest.raises(UnicodeEncodeError):
+        s.journal.write_taken()
+    s.journal.taken_done(False)
+    with sqlite3.connect(path, timeout=0.5) as other:  # not locked out
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO meta VALUES ('written', 'by another connection')")
+        other.execute("COMMIT")
+    with pytest.raises(UnicodeEncodeError):
+        s.close()  # the answer is still held, and still cannot be written; the files are let go
+    Store(path).close()

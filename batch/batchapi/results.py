@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import ApiError, BadRequest, FatalApiError, RequestTooLarge, TransportError
 from ..records import Answer
-from ..responses import error_from_response, parse_completion
+from ..responses import error_from_response, parse_completion, scrubbed
 
 log = logging.getLogger("batch")
 
@@ -36,7 +36,7 @@ def _line(raw: bytes) -> tuple[str, Any]:
     # json.loads itself, less its encoding sniffing where the answer is known: a line that opens
     # with "{" and no NUL byte is UTF-8 to json.loads too (no BOM, not UTF-16 or -32).
     fast = raw[:1] == b"{" and raw[1:2] not in (b"\0", b"")
-    line = _decode(raw.decode("utf-8", "surrogatepass")) if fast else json.loads(raw)
+    line = scrubbed(_decode(raw.decode("utf-8", "surrogatepass")) if fast else json.loads(raw), raw)
     fp = line["custom_id"]
     if not isinstance(fp, str):
         raise TypeError("custom_id is not a string")
