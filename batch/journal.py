@@ -17,6 +17,7 @@ that several processes share commits into the answers directly, so each sees the
 from __future__ import annotations
 
 import contextlib
+import json
 import operator
 import sqlite3
 import threading
@@ -26,13 +27,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import storefile
-from .prompts import JSON
 from .records import Answer
 
 COLUMNS = [f.name for f in fields(Answer)]
 STORED = ",".join((*COLUMNS, "run"))
 # dataclasses.astuple deep-copies every field: ten times slower than reading them, on every answer.
 _values = operator.attrgetter(*COLUMNS)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder for every commit
 FOLD_ROWS = 10_000  # journal rows that make the committing thread fold (bounds `_journaled` too)
 
 
@@ -123,7 +124,7 @@ class Journal:
                 db.executemany(f"INSERT OR REPLACE INTO answers ({STORED}) "
                                f"VALUES ({','.join('?' * (len(COLUMNS) + 1))})", sorted(rows))
             else:
-                db.execute("INSERT INTO journal VALUES (?, ?)", (STORED, JSON.encode(rows)))
+                db.execute("INSERT INTO journal VALUES (?, ?)", (STORED, _JSON.encode(rows)))
             db.execute("COMMIT")
         self._rows += 0 if direct else len(rows)
 
