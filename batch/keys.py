@@ -83,7 +83,8 @@ TABLES: dict[str, tuple[Key, ...]] = {
             "Token pace; default: the model's Groq base tier (8,000).", lo=1),
         Key("concurrency", "integer", "Requests in flight at once.", default=8, lo=1, hi=1024),
         Key("max-attempts", "integer", "Attempts per request, the first included.", default=6, lo=1, hi=100),
-        Key("request-timeout", "number", "Seconds after which one attempt is cut (and retried).",
+        Key("request-timeout", "number", "Seconds after which one attempt is cut (and retried); checked "
+            "every quarter of it, at most every second, so a cut may come up to that much later.",
             default=120.0, lo=0, above=True),
         Key("max-cost-usd", "number", "The most one run may spend, in USD at the model's list price (Batch "
             "API: half): a request is sent only if its worst case (prompt estimate + max-new-tokens) still "
