@@ -78,7 +78,7 @@ def main() -> None:
                 wall = time.perf_counter() - t0
                 if proc.returncode != 0:
                     sys.exit(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
-                report = json.loads((d / "out.parquet.report.json").read_text())
+                json.loads((d / "out.parquet.report.json").read_text())  # the run wrote its report
                 print(f"| {rows:,} | {conc} | {wall:.1f} | {rows / wall:,.0f} | {peak:.0f} |",
                       flush=True)
 

@@ -25,7 +25,8 @@ def read_rows(path: str) -> list[dict[str, str]]:
 
 
 def write(path: str, rows: list[dict[str, str]], answers: list[str | None]) -> None:
-    table = pa.table({"id": [r["id"] for r in rows], "ticket": [r["ticket"] for r in rows], "answer": answers})
+    table = pa.table({"id": [r["id"] for r in rows], "ticket": [r["ticket"] for r in rows],
+                      "answer": answers})
     pq.write_table(table, path, compression="zstd")
 
 
@@ -48,7 +49,8 @@ async def groq_sdk(rows: list[dict[str, str]], url: str, model: str, concurrency
         await client.close()
 
 
-async def bare_aiohttp(rows: list[dict[str, str]], url: str, model: str, concurrency: int) -> list[str | None]:
+async def bare_aiohttp(rows: list[dict[str, str]], url: str, model: str,
+                       concurrency: int) -> list[str | None]:
     import aiohttp
     answers: list[str | None] = [None] * len(rows)
     todo = iter(range(len(rows)))

@@ -153,7 +153,8 @@ def main() -> None:
                     write_rows(d / "in.csv", rows)
                 extra = ""
                 if scenario == "rate":
-                    cfg = SimConfig(rpm=600, tpm=BIG, burst_s=3, latency_ms=80, jitter_ms=40, rpd=BIG, tpd=BIG)
+                    cfg = SimConfig(rpm=600, tpm=BIG, burst_s=3, latency_ms=80, jitter_ms=40, rpd=BIG,
+                                    tpd=BIG)
                     with simulator(cfg) as (url, sim):
                         res = run(name, d, url, python, 600, 16)
                         if sim.log:

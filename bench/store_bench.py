@@ -6,9 +6,10 @@ Builds an input of N rows, answers every row straight into the store (as a finis
 left it), then times `python -m batch run` on that job: a resume that finds every answer, sends
 nothing (the base URL points at a closed loopback port, so any request would fail the run) and
 rewrites the output. Twice: first from the store alone (it writes the recall beside the state, as
-every run does), then as a re-run after a run, which finds each row's answer in the recall. Then times the floor: a fresh Python that does with pyarrow alone what the
-resume must at least do — read the input in chunks and write the same output (its answer columns
-read, chunk by chunk, from the output the resume wrote, as the resume reads them from the store).
+every run does), then as a re-run after a run, which finds each row's answer in the recall. Then
+times the floor: a fresh Python that does with pyarrow alone what the resume must at least do — read
+the input in chunks and write the same output (its answer columns read, chunk by chunk, from the
+output the resume wrote, as the resume reads them from the store).
 Prints a table with the ratio; record results in bench/RESULTS.md.
 """
 
