@@ -145,11 +145,10 @@ class Client:
             if task is not None and task in self._expired:
                 self._expired.discard(task)
                 if task.uncancel() == 0:
-                    raise TransportError(f"no answer within {self._timeout_s:g}s (timed out)") from None
+                    raise _timed_out(self._timeout_s) from None
             raise
         except TimeoutError as exc:
-            limit = LONG_READ_S if long else self._timeout_s
-            raise TransportError(f"no answer within {limit:g}s (timed out)") from exc
+            raise _timed_out(LONG_READ_S if long else self._timeout_s) from exc
         except self._client_error as exc:
             # str(exc) of aiohttp's errors names the URL and the OS error, never request headers.
             raise TransportError(f"connection failed: {type(exc).__name__}: {exc}") from exc
@@ -209,6 +208,10 @@ class Client:
     async def download(self, path: str, into: Path) -> None:
         """GET a body of any size, streamed to `into`."""
         await self.call("GET", path, into=into, long=True)
+
+
+def _timed_out(limit: float) -> TransportError:
+    return TransportError(f"no answer within {limit:g}s (timed out)")
 
 
 def plain_id(value: str) -> str:

@@ -22,7 +22,7 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -118,28 +118,33 @@ class Journal:
     def _write(self, answers: dict[str, Answer], db: sqlite3.Connection, *, direct: bool = False) -> None:
         direct = direct or self._direct
         rows = [(*_values(a), self.run_id) for a in answers.values()]
-        with self._using(db), storefile.writing(db, self._path):
-            db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock with a writer
+        with self._transaction(db):
             if direct:  # in key order: each page of the key written once per transaction
                 db.executemany(f"INSERT OR REPLACE INTO answers ({STORED}) "
                                f"VALUES ({','.join('?' * (len(COLUMNS) + 1))})", sorted(rows))
             else:
                 db.execute("INSERT INTO journal VALUES (?, ?)", (STORED, _JSON.encode(rows)))
-            db.execute("COMMIT")
         self._rows += 0 if direct else len(rows)
 
     def fold(self, db: sqlite3.Connection | None = None) -> None:
         """Move the journal (this run's, or one a crashed run left) into the answers."""
         db = db or self._db
-        with self._using(db), storefile.writing(db, self._path):
-            if self._rows or db.execute("SELECT 1 FROM journal LIMIT 1").fetchone():
-                db.execute("BEGIN IMMEDIATE")
+        with self._using(db):
+            left = self._rows or db.execute("SELECT 1 FROM journal LIMIT 1").fetchone()
+        if left:
+            with self._transaction(db):
                 storefile.fold(db, self._known)
                 db.execute("DELETE FROM journal")
-                db.execute("COMMIT")
-            self._rows = 0
+        self._rows = 0
         if db is self._db:
             self._journaled.clear()
+
+    @contextlib.contextmanager
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
+        with self._using(db), storefile.writing(db, self._path):
+            db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock with a writer
+            yield
+            db.execute("COMMIT")
 
     def _using(self, db: sqlite3.Connection) -> contextlib.AbstractContextManager[object]:
         # The store's connection has one user at a time (its lock); the writer is the thread's own.

@@ -137,7 +137,7 @@ def show_journal(db: sqlite3.Connection, known: set[str]) -> None:
     if db.execute("SELECT 1 FROM sqlite_master WHERE name='journal'").fetchone() is None or \
             db.execute("SELECT 1 FROM journal LIMIT 1").fetchone() is None:
         return
-    columns = ",".join(c for c in (_COLUMN_ORDER) if c in known)
+    columns = ",".join(c for c in _COLUMN_ORDER if c in known)
     db.execute(f"CREATE TEMP TABLE recent (fingerprint TEXT PRIMARY KEY, {_FIELDS}) WITHOUT ROWID")
     fold(db, known, into="temp.recent")
     # A temporary object hides a main one of the same name; SQLite takes a look-up by fingerprint
