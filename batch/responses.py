@@ -114,7 +114,7 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     except for naming *which* rate limit a 429 hit: Groq says that only in the message."""
     message, code, kind_of = f"HTTP {status}", None, None
     try:
-        err = json.loads(body)["error"]
+        err = scrubbed(json.loads(body), body)["error"]
         message = str(err.get("message") or message)
         code = err.get("code") or None
         kind_of = err.get("type")

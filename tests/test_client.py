@@ -184,6 +184,15 @@ def test_400_context_length_exceeded_is_a_bad_request_for_this_row() -> None:
     assert exc.code == "context_length_exceeded"
 
 
+def test_an_error_message_with_a_lone_surrogate_is_storable_text() -> None:
+    # The message becomes the row's error, kept in the store: a lone surrogate could not be.
+    body = groq_error("bad \\ud800 input", "invalid_request_error", "invalid_value").replace(b"\\\\", b"\\")
+    exc = error_from_response(400, body, {})
+    assert type(exc) is BadRequest
+    assert "bad \ufffd input" in str(exc)
+    str(exc).encode("utf-8")
+
+
 def test_400_json_validate_failed_is_a_bad_request() -> None:
     body = groq_error("Failed to generate JSON. Please adjust your prompt.", "invalid_request_error",
                       "json_validate_failed", failed_generation='{"a": ')
