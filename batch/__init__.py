@@ -3,7 +3,7 @@
     import batch
     out = batch.run(df, model="openai/gpt-oss-20b", prompt="Summarize: ${body}", max_new_tokens=64)
 
-`run`, `arun` and `plan` are the Python door (`batch.api`); `python -m batch` the command line. Both
+`run`, `arun` and `plan` are the Python door (`batch.doors.python`); `python -m batch` the command line. Both
 are imported on first use, so that `python -m batch` pays only for what it runs.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import FatalApiError, JobError, Stopped
+from batch.errors import FatalApiError, JobError, Stopped
 
 if TYPE_CHECKING:
-    from .api import arun, plan, run
+    from batch.doors.python import arun, plan, run
 
 __version__ = "0.1.0"
 __all__ = ["FatalApiError", "JobError", "Stopped", "__version__", "arun", "plan", "run"]
@@ -22,7 +22,7 @@ __all__ = ["FatalApiError", "JobError", "Stopped", "__version__", "arun", "plan"
 
 def __getattr__(name: str) -> Any:
     if name in ("run", "arun", "plan"):
-        from . import api
+        from batch.doors import python as api
 
         return getattr(api, name)
     raise AttributeError(f"module 'batch' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""`python -m batch`: see batch.cli."""
+"""`python -m batch`: see batch.doors.cli."""
 
 import logging
 import os
@@ -13,7 +13,7 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 os.environ.setdefault("JE_ARROW_MALLOC_CONF",
                       "narenas:1,background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0")
 
-from .cli import main
+from batch.doors.cli import main
 
 code = main()
 # By now every file the command wrote is closed and synced. Tearing the interpreter down (pyarrow,

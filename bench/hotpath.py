@@ -34,7 +34,7 @@ async def floor(url: str, n: int, c: int) -> None:
 
 
 async def client(url: str, n: int, c: int) -> None:
-    from batch.client import Client
+    from batch.send.client import Client
     todo = iter(range(n))
     async with Client(url, "gsk_bench", timeout_s=30, connections=c) as cl:
         async def worker() -> None:
@@ -44,12 +44,12 @@ async def client(url: str, n: int, c: int) -> None:
 
 
 async def pool(url: str, n: int, c: int) -> None:
-    from batch.client import Client
-    from batch.limits import Pacer
-    from batch.pool import Pool
     from batch.records import Request
-    from batch.report import RunStats
-    from batch.retry import RetryPolicy
+    from batch.report.summary import RunStats
+    from batch.send.client import Client
+    from batch.send.pacing import Pacer
+    from batch.send.pool import Pool
+    from batch.send.retry import RetryPolicy
     stats = RunStats()
     async with Client(url, "gsk_bench", timeout_s=30, connections=c) as cl:
         p = Pool(cl.chat, Pacer(1e9, 1e9), RetryPolicy(max_attempts=5), concurrency=c,

@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from gnutime import run_measured
 
-from batch.config import load_job
-from batch.prompts import Renderer
+from batch.job.config import load_job
 from batch.records import Answer, Request
-from batch.source import Source
-from batch.store import Store
+from batch.render.prompts import Renderer
+from batch.store.answers import Store
+from batch.tables.source import Source
 
 JOB = """
 [input]

@@ -28,7 +28,7 @@ from test_e2e import (
     read_output,
 )
 
-from batch.catalog import cost_usd
+from batch.job.catalog import cost_usd
 from batch.sim import SimConfig, Simulator
 
 StartSim = Callable[..., tuple[str, Simulator]]

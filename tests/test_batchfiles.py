@@ -12,11 +12,11 @@ from aiohttp import web
 
 from batch.batchapi.endpoints import BatchApi
 from batch.batchapi.files import ChunkWriter, request_line
-from batch.batchapi.ledger import Ledger
 from batch.batchapi.results import check, parts
-from batch.client import Client
 from batch.records import Request
-from batch.store import Store
+from batch.send.client import Client
+from batch.store.answers import Store
+from batch.store.ledger import Ledger
 
 
 def _request(i: int, size: int = 10) -> Request:

@@ -1,4 +1,4 @@
-"""Tests for batch.client: durations, Groq's headers and error bodies, base URLs, completions, and a
+"""Tests for batch.send.client: durations, Groq's headers and error bodies, base URLs, completions, and a
 real `Client` against a tiny aiohttp server on 127.0.0.1 (drops, hangs, bad bodies, the API key)."""
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batch.client import Client
-from batch.endpoint import check_base_url
 from batch.errors import (
     ApiError,
     BadRequest,
@@ -26,7 +24,9 @@ from batch.errors import (
     ServerError,
     TransportError,
 )
-from batch.responses import error_from_response, parse_completion, parse_duration, parse_rate_headers
+from batch.job.endpoint import check_base_url
+from batch.send.client import Client
+from batch.send.responses import error_from_response, parse_completion, parse_duration, parse_rate_headers
 
 MODEL = "openai/gpt-oss-20b"
 KEY = "gsk_TESTKEY_client_0123456789abcdef"

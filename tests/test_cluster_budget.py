@@ -15,8 +15,8 @@ from fakeclock import now, run_virtual
 
 from batch.cluster.budget import Budget
 from batch.cluster.lease import LeasedPacer
-from batch.limits import RPM_MARGIN
 from batch.records import RateInfo
+from batch.send.pacing import RPM_MARGIN
 
 
 def pacers(budget: Budget, n: int, halts: list[str] | None = None) -> list[LeasedPacer]:
@@ -114,7 +114,7 @@ def test_limits_learned_by_one_worker_hold_for_all() -> None:
 
 
 def test_dask_and_fsspec_load_only_when_asked_for() -> None:
-    code = ("import sys, batch.cli, batch.dataset.parts, batch.dataset.partitions; "
+    code = ("import sys, batch.doors.cli, batch.dataset.parts, batch.dataset.partitions; "
             "print(sorted(m for m in ('distributed', 'dask', 'fsspec', 's3fs') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from test_prompts import NASTY_VALUES
 
-from batch.config import TaskSpec
-from batch.prompts import GROUP_ROWS, Group, Renderer, RowFailure
+from batch.job.config import TaskSpec
 from batch.records import Request
+from batch.render.prompts import GROUP_ROWS, Group, Renderer, RowFailure
 
 MODEL = "openai/gpt-oss-20b"
 ODD = ["\x00nul", "bell\x07", "\b back \f feed", "\x1f unit", "\u2028 line sep \u2029", "\x7f del", "é\x0bv"]

@@ -20,9 +20,9 @@ from aiohttp import web
 from conftest import BackgroundLoop, LocalServer, cli_env, completion
 from nasty import write_csv
 
-from batch.config import parse_job
-from batch.endpoint import sends_max_tokens
-from batch.prompts import Renderer
+from batch.job.config import parse_job
+from batch.job.endpoint import sends_max_tokens
+from batch.render.prompts import Renderer
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]

@@ -1,4 +1,4 @@
-"""Tests for batch.config: the job file's contract, its messages, templates and the base URL."""
+"""Tests for batch.job.config: the job file's contract, its messages, templates and the base URL."""
 
 from __future__ import annotations
 
@@ -6,18 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from batch.config import (
-    ANSWER_COLUMNS,
-    TABLES,
-    Job,
-    describe_keys,
-    load_job,
-    output_columns,
-    parse_job,
-)
-from batch.endpoint import DEFAULT_BASE_URL, resolve_base_url
 from batch.errors import ConfigError, JobError
-from batch.template import Placeholder, parse_template, template_columns
+from batch.job.config import ANSWER_COLUMNS, TABLES, Job, describe_keys, load_job, output_columns, parse_job
+from batch.job.endpoint import DEFAULT_BASE_URL, resolve_base_url
+from batch.job.template import Placeholder, parse_template, template_columns
 
 MINIMAL = """
 [input]

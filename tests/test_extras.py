@@ -15,11 +15,11 @@ from aiohttp import web
 from conftest import BackgroundLoop, LocalServer, completion
 from nasty import write_csv
 
-from batch.config import TaskSpec, parse_job
 from batch.errors import ConfigError
-from batch.prompts import Renderer
+from batch.job.config import TaskSpec, parse_job
 from batch.records import Answer
-from batch.store import Store
+from batch.render.prompts import Renderer
+from batch.store.answers import Store
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]

@@ -25,8 +25,8 @@ from conftest import BackgroundLoop, cli_env
 from nasty import write_csv
 
 from batch.sim import SimConfig, Simulator
-from batch.sink import OutputWriter
-from batch.store import Store
+from batch.store.answers import Store
+from batch.tables.sink import OutputWriter
 
 StartSim = Callable[..., tuple[str, Simulator]]
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]

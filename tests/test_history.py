@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from conftest import BackgroundLoop, LocalServer, completion
 
-from batch import catalog
-from batch.config import parse_job
+from batch.engine.preflight import check_job
 from batch.errors import JobError
-from batch.messages import RowProblem, history
-from batch.preflight import check_job
+from batch.job import catalog
+from batch.job.config import parse_job
+from batch.render.messages import RowProblem, history
 
 WriteJob = Callable[..., Path]
 RunBatch = Callable[..., Any]

@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from conftest import BackgroundLoop, LocalServer, completion
 
-from batch import messages
-from batch.config import parse_job
 from batch.errors import ConfigError
-from batch.messages import RowProblem, image_part, images
+from batch.job.config import parse_job
+from batch.render import messages
+from batch.render.messages import RowProblem, image_part, images
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]

@@ -1,4 +1,4 @@
-"""Tests for batch.journal: answers committed to the journal count as stored before they are folded,
+"""Tests for batch.store.journal: answers committed to the journal count as stored before they are folded,
 folds keep the latest answer of a fingerprint, a read-only look sees the journal, and a journal a
 killed run left is folded (not paid for again) by the next one."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from batch import journal
 from batch.records import Answer
-from batch.store import Store
+from batch.store import journal
+from batch.store.answers import Store
 
 
 def ok(fp: str, text: str = "yes") -> Answer:

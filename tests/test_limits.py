@@ -1,4 +1,4 @@
-"""Tests for batch.limits.Pacer, in virtual time (tests/fakeclock.py): nothing here sleeps."""
+"""Tests for batch.send.pacing.Pacer, in virtual time (tests/fakeclock.py): nothing here sleeps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import itertools
 import pytest
 from fakeclock import now, run_virtual
 
-from batch.limits import Pacer
+from batch.send.pacing import Pacer
 
 UNLIMITED_TPM = 10**12
 UNLIMITED_RPM = 10**9

@@ -19,14 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.config import Job, load_job
-from batch.endpoint import Endpoint
-from batch.engine import Run, RunOptions
-from batch.prompts import Renderer
+from batch.engine.run import Run, RunOptions
+from batch.job.config import Job, load_job
+from batch.job.endpoint import Endpoint
 from batch.records import Answer, Request
+from batch.render.prompts import Renderer
 from batch.sim import Simulator
-from batch.source import Source
-from batch.store import Store
+from batch.store.answers import Store
+from batch.tables.source import Source
 
 ROWS = 60_000
 SENT = 300  # rows left unanswered, so that the run also sends while it scans

@@ -15,9 +15,9 @@ from aiohttp import web
 from conftest import REPO, BackgroundLoop, LocalServer, cli_env, completion
 from nasty import write_csv
 
-from batch.config import Job, load_job
+from batch.engine.preflight import check_model
 from batch.errors import FatalApiError, JobError
-from batch.preflight import check_model
+from batch.job.config import Job, load_job
 from batch.sim import Simulator
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]

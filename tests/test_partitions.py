@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from batch.config import parse_job
 from batch.errors import ConfigError
+from batch.job.config import parse_job
 from batch.sim import Simulator
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batch.config import load_job
-from batch.estimate import make_plan
+from batch.engine.plan import make_plan
+from batch.job.config import load_job
 from batch.records import Answer
-from batch.store import Store
+from batch.store.answers import Store
 
 JOB = """
 [input]
@@ -60,7 +60,7 @@ def test_plan_figures_on_a_known_input(tmp_path: Path) -> None:
 
 def test_plan_counts_what_the_store_already_answers(tmp_path: Path) -> None:
     job = load_job(write(tmp_path))
-    from batch.prompts import fingerprint
+    from batch.render.prompts import fingerprint
 
     store = Store(job.state.path)
     store.put(Answer(fingerprint=fingerprint(body("question 3")), text="done", attempts=1))

@@ -1,4 +1,4 @@
-"""Tests for batch.pool with a fake `send` (no HTTP), in virtual time (tests/fakeclock.py)."""
+"""Tests for batch.send.pool with a fake `send` (no HTTP), in virtual time (tests/fakeclock.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 from fakeclock import now, run_virtual
 
 from batch.errors import ApiError, BadRequest, FatalApiError, RateLimited, ServerError, TransportError
-from batch.limits import Pacer
-from batch.pool import Pool
 from batch.records import Answer, Completion, RateInfo, Request
-from batch.report import RunStats
-from batch.retry import RetryPolicy
+from batch.report.summary import RunStats
+from batch.send.pacing import Pacer
+from batch.send.pool import Pool
+from batch.send.retry import RetryPolicy
 
 FAST = (10**9, 10**12)  # requests and tokens per minute that never hold anything back
 

@@ -1,4 +1,4 @@
-"""Tests for batch.prompts: rendering rows into exact request bodies, and their fingerprints."""
+"""Tests for batch.render.prompts: rendering rows into exact request bodies, and their fingerprints."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from batch.config import TaskSpec
-from batch.prompts import Renderer, RowFailure
+from batch.job.config import TaskSpec
 from batch.records import Request
+from batch.render.prompts import Renderer, RowFailure
 
 MODEL = "openai/gpt-oss-20b"
 

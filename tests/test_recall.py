@@ -24,10 +24,10 @@ from test_e2e import (
     read_output,
 )
 
-from batch.recall import Recall, RecallWriter, recall_path
-from batch.rowkeys import ROW
 from batch.sim import Simulator
-from batch.store import Store
+from batch.store.answers import Store
+from batch.store.fingerprints import ROW
+from batch.store.recall import Recall, RecallWriter, recall_path
 
 RECALL = "out.parquet.state.sqlite.recall"
 

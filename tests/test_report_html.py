@@ -24,7 +24,7 @@ from matplotlib.image import imread
 from nasty import write_csv
 from test_e2e import PROMPT, plain_rows
 
-from batch.htmlreport.write import write_html
+from batch.report.html.write import write_html
 from batch.sim import Simulator
 
 # CI installs Debian's chromium (.ci/run); elsewhere these tests say what is missing instead of failing.

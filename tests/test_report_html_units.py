@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from batch import runlog
-from batch.batchapi.ledger import Ledger
 from batch.errors import RateLimited, ServerError
-from batch.htmlreport.write import write_html
 from batch.records import Answer
-from batch.report import RunStats, Summary
-from batch.store import Store
-from batch.timeline import COLUMNS, Failures, Histogram, Timeline, error_kind
+from batch.report.html.write import write_html
+from batch.report.summary import RunStats, Summary
+from batch.report.timeline import COLUMNS, Failures, Histogram, Timeline, error_kind
+from batch.store import runlog
+from batch.store.answers import Store
+from batch.store.ledger import Ledger
 
 DAY = 86400.0
 
@@ -196,7 +196,7 @@ def with_store(path: Path, action: Any) -> Any:
 
 
 def test_a_run_does_not_import_matplotlib_until_it_draws_the_report() -> None:
-    code = ("import sys, batch.cli, batch.engine, batch.commands, batch.htmlreport.write; "
+    code = ("import sys, batch.doors.cli, batch.engine.run, batch.doors.commands, batch.report.html.write; "
             "print('matplotlib' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"

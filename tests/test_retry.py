@@ -1,4 +1,4 @@
-"""Tests for batch.retry: what each error class means (docs/groq.md, "Errors"), and the backoff."""
+"""Tests for batch.send.retry: what each error class means (docs/groq.md, "Errors"), and the backoff."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from batch.errors import (
     ServerError,
     TransportError,
 )
-from batch.retry import Action, RetryPolicy
+from batch.send.retry import Action, RetryPolicy
 
 POLICY = RetryPolicy(max_attempts=6)
 

@@ -1,4 +1,4 @@
-"""Tests for batch.source: CSV, Parquet and JSONL read exactly, streamed in batches."""
+"""Tests for batch.tables.source: CSV, Parquet and JSONL read exactly, streamed in batches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from nasty import nasty_rows, write_csv
 
 from batch.errors import InputError
-from batch.source import Source
+from batch.tables.source import Source
 
 
 def rows(src: Source, limit: int | None = None) -> list[dict[str, Any]]:

@@ -16,14 +16,14 @@ from fakeclock import run_virtual
 from nasty import write_csv
 from test_pool import FakeApi, request
 
-from batch.catalog import cost_usd
-from batch.limits import Pacer
-from batch.pool import Pool
+from batch.job.catalog import cost_usd
 from batch.records import Answer, Request
-from batch.report import RunStats
-from batch.retry import RetryPolicy
+from batch.report.summary import RunStats
+from batch.send.pacing import Pacer
+from batch.send.pool import Pool
+from batch.send.retry import RetryPolicy
+from batch.send.spendcap import SpendCap
 from batch.sim import Simulator
-from batch.spendcap import SpendCap
 
 MODEL = "openai/gpt-oss-20b"  # $0.075 in, $0.30 out per million tokens
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]

@@ -1,4 +1,4 @@
-"""Tests for batch.store: answers by fingerprint, what is still missing, durability and the lock."""
+"""Tests for batch.store.answers: answers by fingerprint, what is still missing, durability and the lock."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from batch import runlog
 from batch.records import Answer
 from batch.sim import Simulator
-from batch.store import Store
-from batch.storefile import StoreError
+from batch.store import runlog
+from batch.store.answers import Store
+from batch.store.database import StoreError
 
 FULL = Answer(
     fingerprint="fp-full", text="Hello \u00e9\u5c71 \U0001f600\n\"quoted\"", input_tokens=80,

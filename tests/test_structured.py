@@ -16,8 +16,8 @@ from aiohttp import web
 from conftest import BackgroundLoop, LocalServer, completion
 from nasty import write_csv
 
+from batch.job.schema import Shape, check, shape_of
 from batch.sim import Simulator, sim_answer, sim_json_answer
-from batch.structured import Shape, check, shape_of
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]

@@ -1,7 +1,7 @@
 """batch's HTTP client against OpenAI-compatible servers that batch did not write.
 
 Our own simulator (tests/test_simulator.py) is checked against Groq's SDK; here the roles swap: two
-independent mock servers, each run as a real subprocess on 127.0.0.1, and `batch.client.Client` (and a
+independent mock servers, each run as a real subprocess on 127.0.0.1, and `batch.send.client.Client` (and a
 whole `python -m batch run`) must make sense of what they send.
 
   aimock     npm `@copilotkit/aimock` (its `llmock` CLI): fixture-driven; answers Groq's path
@@ -41,9 +41,9 @@ from typing import Any
 
 import pytest
 
-from batch.client import Client
 from batch.errors import ApiError, FatalApiError, RateLimited, ServerError, TransportError
 from batch.records import Completion
+from batch.send.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 THIRD = ROOT / "tests" / "thirdparty"

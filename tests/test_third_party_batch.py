@@ -64,7 +64,7 @@ from aiohttp import web
 from conftest import BackgroundLoop, cli_env
 from test_third_party import MODEL, Server, _aimock, _http, _stop
 
-from batch.store import Store
+from batch.store.answers import Store
 
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..errors import ApiError
-from ..report import RunStats
-from ..store import Store
-from ..storefile import StoreError
-from .endpoints import BatchApi
-from .files import upload_folder
-from .ledger import Ledger, Upload
-from .submit import Submitter
+from batch.batchapi.endpoints import BatchApi
+from batch.batchapi.files import upload_folder
+from batch.batchapi.submit import Submitter
+from batch.errors import ApiError
+from batch.report.summary import RunStats
+from batch.store.answers import Store
+from batch.store.database import StoreError
+from batch.store.ledger import Ledger, Upload
 
 
 async def cancel(client: BatchApi, state: Path) -> list[tuple[str, str]]:

@@ -17,10 +17,10 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import Stopped
-from .endpoints import BatchApi
-from .results import Checked, Part, check, parts
-from .submit import POLICY, retrying
+from batch.batchapi.endpoints import BatchApi
+from batch.batchapi.results import Checked, Part, check, parts
+from batch.batchapi.submit import POLICY, retrying
+from batch.errors import Stopped
 
 log = logging.getLogger("batch")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..client import Client, listed, plain_id, single
+from batch.send.client import Client, listed, plain_id, single
 
 
 class BatchApi:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..records import Request
+from batch.records import Request
 
 MAX_LINES = 50_000
 MAX_BYTES = 100_000_000  # "100 MB", read as the smaller (decimal) megabyte

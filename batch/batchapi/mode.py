@@ -21,19 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ApiError, FatalApiError
-from ..progress import BatchProgress
-from ..prompts import Group
-from ..records import Answer, Request
-from ..report import RunStats
-from ..spendcap import SpendCap
-from ..store import Store
-from ..structured import Shape, judge
-from .download import result_parts
-from .endpoints import BatchApi
-from .files import ChunkWriter
-from .ledger import Ledger, Upload
-from .submit import Submitter
+from batch.batchapi.download import result_parts
+from batch.batchapi.endpoints import BatchApi
+from batch.batchapi.files import ChunkWriter
+from batch.batchapi.submit import Submitter
+from batch.errors import ApiError, FatalApiError
+from batch.job.schema import Shape, judge
+from batch.records import Answer, Request
+from batch.render.prompts import Group
+from batch.report.progress import BatchProgress
+from batch.report.summary import RunStats
+from batch.send.spendcap import SpendCap
+from batch.store.answers import Store
+from batch.store.ledger import Ledger, Upload
 
 log = logging.getLogger("batch")
 

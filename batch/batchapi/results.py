@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ApiError, BadRequest, FatalApiError, RequestTooLarge, TransportError
-from ..records import Answer
-from ..responses import error_from_response, parse_completion, scrubbed
+from batch.errors import ApiError, BadRequest, FatalApiError, RequestTooLarge, TransportError
+from batch.records import Answer
+from batch.send.responses import error_from_response, parse_completion, scrubbed
 
 log = logging.getLogger("batch")
 

@@ -11,23 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from ..client import Client
-from ..config import Job
-from ..endpoint import Endpoint
-from ..errors import FatalApiError, JobError, Stopped
-from ..progress import BatchProgress
-from ..prompts import Group, Renderer
-from ..recall import Recall, unrecalled
-from ..report import RunStats
-from ..rowkeys import RowKeys
-from ..source import Rows
-from ..spendcap import SpendCap
-from ..store import Store
-from ..structured import shape_of
-from .endpoints import BatchApi
-from .files import remove_folder_if_empty, upload_folder
-from .ledger import Ledger
-from .mode import BatchMode, Collected
+from batch.batchapi.endpoints import BatchApi
+from batch.batchapi.files import remove_folder_if_empty, upload_folder
+from batch.batchapi.mode import BatchMode, Collected
+from batch.errors import FatalApiError, JobError, Stopped
+from batch.job.config import Job
+from batch.job.endpoint import Endpoint
+from batch.job.schema import shape_of
+from batch.render.prompts import Group, Renderer
+from batch.report.progress import BatchProgress
+from batch.report.summary import RunStats
+from batch.send.client import Client
+from batch.send.spendcap import SpendCap
+from batch.store.answers import Store
+from batch.store.fingerprints import RowKeys
+from batch.store.ledger import Ledger
+from batch.store.recall import Recall, unrecalled
+from batch.tables.source import Rows
 
 log = logging.getLogger("batch")
 

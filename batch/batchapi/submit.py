@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ApiError, FatalApiError, Stopped
-from ..report import RunStats
-from ..retry import Action, RetryPolicy
-from ..store import Store
-from .endpoints import BatchApi
-from .ledger import Ledger, Upload
+from batch.batchapi.endpoints import BatchApi
+from batch.errors import ApiError, FatalApiError, Stopped
+from batch.report.summary import RunStats
+from batch.send.retry import Action, RetryPolicy
+from batch.store.answers import Store
+from batch.store.ledger import Ledger, Upload
 
 log = logging.getLogger("batch")
 T = TypeVar("T")

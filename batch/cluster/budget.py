@@ -6,7 +6,7 @@ round trip per slice rather than per request. Whatever a worker holds was taken 
 when it was granted, so the cluster as a whole never sends faster than the limit; a worker that dies
 takes its unspent slice with it, which only slows the run a little.
 
-The buckets follow `batch.limits`: they hold `burst_s` seconds of the rate and start empty (as if the
+The buckets follow `batch.send.pacing`: they hold `burst_s` seconds of the rate and start empty (as if the
 run had been sending at full rate), a request larger than the token burst is admitted when the bucket
 is full and leaves it in debt, and an unstated requests-per-minute limit is raised step by step while
 requests are what holds the run back, until a 429 names it. What one worker learns — the token limit
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..limits import PROBE_S, PROBE_STEP, RPM_MARGIN
+from batch.send.pacing import PROBE_S, PROBE_STEP, RPM_MARGIN
 
 
 @dataclass

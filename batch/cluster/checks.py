@@ -14,10 +14,10 @@ from typing import Any
 
 from distributed import Client
 
-from ..config import Job
-from ..dataset import partitions
-from ..dataset.partitions import Partition
-from ..errors import JobError
+from batch.dataset import partitions
+from batch.dataset.partitions import Partition
+from batch.errors import JobError
+from batch.job.config import Job
 
 WORKERS_TIMEOUT_S = 30.0
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from distributed import Scheduler, SchedulerPlugin
 
-from .budget import Budget
+from batch.cluster.budget import Budget
 
 log = logging.getLogger("batch.cluster")
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..records import RateInfo
+from batch.records import RateInfo
 
 log = logging.getLogger("batch.cluster")
 

@@ -23,19 +23,19 @@ from typing import Any
 
 from distributed import Client, LocalCluster, as_completed
 
-from ..config import Job
-from ..dataset import partitions
-from ..dataset.partitions import Partition
-from ..dataset.parts import PartOutcome, already_done, part_job, refuse_limit
-from ..dataset.summary import finish, report_location
-from ..endpoint import Endpoint
-from ..engine import RunOptions
-from ..errors import FatalApiError, JobError, QuotaReached, Stopped
-from ..preflight import check_job, check_model
-from ..report import Summary
-from .checks import check_workers
-from .extension import LimiterPlugin
-from .work import PartTask, run_partition
+from batch.cluster.checks import check_workers
+from batch.cluster.extension import LimiterPlugin
+from batch.cluster.work import PartTask, run_partition
+from batch.dataset import partitions
+from batch.dataset.partitions import Partition
+from batch.dataset.parts import already_done, part_job, refuse_limit
+from batch.dataset.summary import PartOutcome, finish, report_location
+from batch.engine.preflight import check_job, check_model
+from batch.engine.run import RunOptions
+from batch.errors import FatalApiError, JobError, QuotaReached, Stopped
+from batch.job.config import Job
+from batch.job.endpoint import Endpoint
+from batch.report.summary import Summary
 
 log = logging.getLogger("batch.cluster")
 

@@ -20,14 +20,15 @@ from typing import Any
 
 from distributed import get_worker
 
-from ..config import Job
-from ..dataset.partitions import Partition
-from ..dataset.parts import PartOutcome, run_part, stopped_outcome
-from ..endpoint import Endpoint
-from ..engine import Run, RunOptions
-from ..errors import BatchError, FatalApiError, QuotaReached, Stopped
-from ..limits import Pacing
-from .lease import LeasedPacer
+from batch.cluster.lease import LeasedPacer
+from batch.dataset.partitions import Partition
+from batch.dataset.parts import run_part, stopped_outcome
+from batch.dataset.summary import PartOutcome
+from batch.engine.run import Run, RunOptions
+from batch.errors import BatchError, FatalApiError, QuotaReached, Stopped
+from batch.job.config import Job
+from batch.job.endpoint import Endpoint
+from batch.send.pacing import Pacing
 
 log = logging.getLogger("batch.cluster")
 

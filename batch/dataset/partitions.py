@@ -21,18 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from batch.errors import InputError
+
+# What a dataset's locations are is the job's business (job.paths); named here too, for this wing's users.
+from batch.job.paths import Layout as Layout
+from batch.job.paths import is_partitioned as is_partitioned
+from batch.job.paths import is_remote as is_remote
+from batch.job.paths import layout as layout
 
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a partitioned job reads, writes and journals (absolute local paths, or URLs)."""
-
-    input: str
-    output: str
-    state: Path  # a local folder every worker reaches: one SQLite journal per partition
 
 
 @dataclass(frozen=True)
@@ -45,31 +42,6 @@ class Partition:
     @property
     def name(self) -> str:
         return f"part-{self.index:05d}.parquet"
-
-
-def is_remote(location: str) -> bool:
-    return "://" in location
-
-
-def is_partitioned(job_dir: Path, raw: str) -> bool:
-    """Whether an [input] path names a dataset (folder, glob, URL) rather than one file."""
-    return is_remote(raw) or any(c in raw for c in "*?[") or (job_dir / raw).is_dir()
-
-
-def layout(job_file: Path, raw_in: str, raw_out: str | None, raw_state: str | None) -> Layout:
-    """Resolve a partitioned job's locations; default output `<input>.enriched`, default state the
-    output + `.state` (or beside the job file, when the output is remote)."""
-    base = job_file.parent
-    src = raw_in if is_remote(raw_in) else str((base / raw_in).resolve())
-    root = src.rstrip("/")
-    if any(c in root for c in "*?["):  # a glob: the output sits beside the folder it names
-        root = root[:root.rfind("/", 0, min(root.find(c) for c in "*?[" if c in root))]
-    out = (raw_out if is_remote(raw_out) else str((base / raw_out).resolve())) if raw_out else \
-        root + ".enriched"
-    out = out.rstrip("/")
-    state = (base / raw_state).resolve() if raw_state else (
-        base / f"{job_file.stem}.state" if is_remote(out) else Path(out + ".state"))
-    return Layout(src, out, state)
 
 
 def _fs(location: str) -> tuple[Any, str]:

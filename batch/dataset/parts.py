@@ -17,33 +17,23 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import Job, StateSpec
-from ..endpoint import Endpoint
-from ..engine import Run, RunOptions
-from ..errors import BatchError, FatalApiError, JobError, Stopped
-from ..limits import Pacing
-from ..online import local_pacer
-from ..preflight import check_job, check_model
-from ..report import Summary
-from . import partitions
-from .partitions import Partition
-from .summary import finish
+from batch.dataset import partitions
+from batch.dataset.partitions import Partition
+from batch.dataset.summary import PartOutcome, finish
+from batch.engine.online import local_pacer
+from batch.engine.preflight import check_job, check_model
+from batch.engine.run import Run, RunOptions
+from batch.errors import BatchError, FatalApiError, JobError, Stopped
+from batch.job.config import Job, StateSpec
+from batch.job.endpoint import Endpoint
+from batch.report.summary import Summary
+from batch.send.pacing import Pacing
 
 log = logging.getLogger("batch")
-
-
-@dataclass(frozen=True)
-class PartOutcome:
-    """What became of one partition (plain values: it travels back from a cluster worker)."""
-
-    index: int
-    status: str  # a Summary status, "skipped" (done by an earlier run), or "invalid" (exit 2)
-    summary: dict[str, Any] | None  # the part's report; for a skipped part, the earlier run's
-    message: str | None = None
 
 
 def part_job(job: Job, part: Partition) -> Job:

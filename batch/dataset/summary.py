@@ -12,19 +12,28 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from ..report import Summary
-from . import partitions
+from batch.dataset import partitions
+from batch.report.summary import Summary
 
 if TYPE_CHECKING:
-    from ..config import Job
-    from .parts import PartOutcome
+    from batch.job.config import Job
 
 _SUMMED = ("rows", "rows_ok", "rows_failed", "rows_from_store", "requests_sent", "retries",
            "rate_limited_429", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
            "batch_requests", "batches", "batch_results")
+
+
+@dataclass(frozen=True)
+class PartOutcome:
+    """What became of one partition (plain values: it travels back from a cluster worker)."""
+
+    index: int
+    status: str  # a Summary status, "skipped" (done by an earlier run), or "invalid" (exit 2)
+    summary: dict[str, Any] | None  # the part's report; for a skipped part, the earlier run's
+    message: str | None = None
 
 
 def merge(job: Job, outcomes: Sequence[PartOutcome], *, total: int, elapsed_s: float) -> Summary:

@@ -1,0 +1,243 @@
+"""Command line: argv, logging, signals, exit codes, asyncio.run — nothing else.
+
+Exit codes: 0 every row answered; 1 finished, some rows failed; 2 the job or input is invalid
+(nothing was sent); 3 stopped early, resumable; 4 a fatal API condition (bad key, model gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from batch import sim
+from batch.dataset.parts import PartitionedRun
+from batch.doors import commands
+from batch.doors.simulated import kept_apart
+from batch.engine.preflight import check_job
+from batch.engine.run import Run, RunOptions
+from batch.errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, JobError, Stopped
+from batch.job import endpoint
+from batch.job.checks import valid_cluster
+from batch.job.config import Job, load_job
+from batch.report.progress import stderr_handler
+from batch.report.summary import Summary
+from batch.tables.source import arrow_without_pandas
+
+log = logging.getLogger("batch")
+
+def _parser(simulate_options: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m batch",
+                                description="Run a prompt over every row of a table against Groq.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job (sends requests)")
+    run.add_argument("job", type=Path, help="the job file (TOML)")
+    run.add_argument("--limit", type=_positive, metavar="N", help="only the first N input rows")
+    run.add_argument("--base-url", help="OpenAI-style base URL, e.g. http://127.0.0.1:8080/v1")
+    run.add_argument("--simulate", action="store_true",
+                     help="run against the built-in Groq simulator (no key, no network)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="also re-send rows whose earlier failure was permanent")
+    run.add_argument("--mode", choices=("online", "batch"),
+                     help="overrides [run] mode: online requests, or Groq's Batch API (half price)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="batch mode: submit (or collect what is done), then exit 3 instead of waiting")
+    run.add_argument("--cluster", metavar="ADDRESS",
+                     help="run on Dask (overrides [run] cluster): tcp://HOST:PORT of a scheduler, or local / "
+                          "local:N worker processes on this machine")
+    _verbosity(run)
+
+    cancel = sub.add_parser("cancel", help="cancel the job's Batch API batches that are still running")
+    cancel.add_argument("job", type=Path, help="the job file (TOML)")
+    cancel.add_argument("--base-url", help="OpenAI-style base URL")
+    _verbosity(cancel)
+
+    pl = sub.add_parser("plan", help="validate, preview requests, estimate tokens, cost and time "
+                                     "(sends nothing)")
+    pl.add_argument("job", type=Path, help="the job file (TOML)")
+    pl.add_argument("--limit", type=_positive, metavar="N", help="only the first N input rows")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pl.add_argument("--mode", choices=("online", "batch"), help="overrides [run] mode")
+    _verbosity(pl)
+
+    st = sub.add_parser("status", help="how far a job is: answered, failed, pending (sends nothing)")
+    st.add_argument("job", type=Path, help="the job file (TOML)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of text")
+    st.add_argument("--simulate", action="store_true", help="the answers of --simulate runs (kept apart)")
+    _verbosity(st)
+
+    rp = sub.add_parser("report", help="write the HTML report of the job's last run again (sends nothing)")
+    rp.add_argument("job", type=Path, help="the job file (TOML)")
+    rp.add_argument("--html", type=Path, metavar="PATH",
+                    help="where to write it (default: beside the output, <output>.report.html)")
+    rp.add_argument("--json", action="store_true", help="also print the report's figures as JSON")
+    rp.add_argument("--simulate", action="store_true", help="the last --simulate run's report")
+    _verbosity(rp)
+
+    simp = sub.add_parser("simulate", help="serve the Groq simulator for your own tests and demos")
+    if simulate_options:  # they come with the simulator's server: loaded only for `simulate`
+        sim.add_cli_arguments(simp)
+    _verbosity(simp)
+
+    models = sub.add_parser("models", help="list the models the key can use")
+    models.add_argument("--base-url", help="OpenAI-style base URL")
+    models.add_argument("--simulate", action="store_true",
+                        help="ask the built-in Groq simulator (no key, no network)")
+    _verbosity(models)
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of rows, at least 1 (got {text!r})")
+    return n
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary")
+
+
+def _logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("batch")
+    root.handlers[:] = [stderr_handler()]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `python -m batch plan JOB | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(simulate_options="simulate" in given).parse_args(given)
+    _logging(args.verbose, args.quiet)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "simulate":
+            return commands.simulate(args)
+        if args.command == "status":
+            return commands.status(args.job, as_json=args.json, simulate=args.simulate)
+        if args.command == "plan":
+            return commands.plan(args.job, limit=args.limit, mode=args.mode, as_json=args.json)
+        if args.command == "report":
+            return commands.report(args.job, html=args.html, as_json=args.json, simulate=args.simulate)
+        if args.command == "cancel":
+            return asyncio.run(commands.cancel(args.job, args.base_url))
+        return asyncio.run(commands.models(args.base_url, simulate=args.simulate))
+    except BatchError as exc:
+        return _fail(exc)
+
+
+def _fail(exc: BatchError) -> int:
+    if isinstance(exc, Stopped):
+        log.warning("stopped: %s", exc)
+    elif isinstance(exc, FatalApiError):
+        hint = " Check GROQ_API_KEY (is it set to a valid key for this base URL?)." if exc.status in (
+            401, 403) else ""
+        log.error("the API refused the run: %s.%s Nothing more was sent; fix this and run again "
+                  "(answers so far are saved).", exc, hint)
+    else:
+        log.error("%s", exc)
+    return exc.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    with arrow_without_pandas():  # the command line never hands a table to pandas
+        return _run_job(args)
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    cluster = args.cluster or job.run.cluster
+    if args.cluster and not valid_cluster(args.cluster):
+        raise JobError(f"--cluster: must be local, local:N or a scheduler address such as "
+                       f"tcp://10.0.0.5:8786, got {args.cluster!r}")
+    split = cluster is not None or job.input.dataset is not None
+    # Everything about the job and its input, before a key is even looked for (a partitioned run
+    # checks its partitions itself).
+    rows = None if split else check_job(job)
+    opts = RunOptions(limit=args.limit, retry_failed=args.retry_failed, mode=args.mode,
+                      wait=not args.no_wait, progress=not args.quiet, tty=sys.stderr.isatty())
+    holder: list[Runner] = []
+
+    def runner(ep: endpoint.Endpoint, job: Job) -> Runner:
+        if cluster is not None:
+            from batch.cluster.runner import ClusterRun
+            return ClusterRun(job, ep, opts, cluster)
+        if rows is None:
+            return PartitionedRun(job, ep, opts)
+        return Run(job, rows, ep, opts)
+
+    async def main_task() -> int:
+        if args.simulate:
+            from batch.doors.simulated import simulated  # the simulator's server, only when it is wanted
+            async with simulated() as ep:
+                return await guarded(runner(ep, kept_apart(job)))
+        return await guarded(runner(endpoint.resolve(job, args.base_url, os.environ), job))
+
+    async def guarded(run: Runner) -> int:
+        holder.append(run)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signals = 0
+
+        def on_signal(signame: str) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.warning("%s: finishing the requests in flight, then stopping (again to stop now)",
+                            signame)
+                run.interrupt()
+            else:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            summary = await run.execute()
+        except asyncio.CancelledError:
+            raise Stopped("stopped at once on a second signal; committed answers are saved. Run the same "
+                          "command again to resume.") from None
+        print(summary.human(), file=sys.stderr)
+        return EXIT_OK if summary.rows_failed == 0 else EXIT_ROWS_FAILED
+
+    try:
+        return asyncio.run(main_task())
+    except BatchError as exc:
+        if holder and isinstance(holder[0], Run):
+            ended = holder[0].report_stop(exc)
+            if ended is not None:
+                print(ended.human(), file=sys.stderr)
+        elif holder and holder[0].summary is not None:  # a partitioned run wrote its report already
+            print(holder[0].summary.human(), file=sys.stderr)
+        return _fail(exc)
+
+
+class Runner(Protocol):
+    """What the command line runs: one file (`Run`), a partitioned input, or a cluster run."""
+
+    summary: Summary | None  # set once the run is over, stopped or not
+
+    def interrupt(self) -> None: ...
+
+    async def execute(self) -> Summary: ...

@@ -1,0 +1,220 @@
+"""The Python door: `run`, `arun` and `plan` over a DataFrame, an Arrow table or stream, or a file.
+
+    batch.run(df, model=..., prompt="Summarize: ${body}")     -> df with the answer columns
+    batch.run(df, "jobs/tickets.toml", temperature=0)          -> a job file, options over it
+
+The same engine, validation, store and exit conditions as the command line. Without `state=`, answers
+are kept in a per-user cache (`$XDG_CACHE_HOME/batch/`, else `~/.cache/batch/`), one store per task
+(model, messages, parameters), shared by every process: calling again pays nothing twice, and two
+processes may run at once. Row failures are values (the `error` column); `FatalApiError` (bad key,
+model gone), `Stopped` (interrupted, daily quota; `.partial` holds the rows so far) and `JobError`
+(invalid options or data; nothing sent) are exceptions. KeyboardInterrupt keeps every answer received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+from batch.doors.simulated import kept_apart, simulated
+from batch.engine.output import write_output
+from batch.engine.plan import Plan, make_plan
+from batch.engine.preflight import check_job
+from batch.engine.run import Run, RunOptions
+from batch.errors import FatalApiError, JobError, Stopped
+from batch.job import endpoint as endpoints
+from batch.job.config import Job, with_state
+from batch.job.keywords import build_job
+from batch.render.prompts import Renderer
+from batch.report.progress import stderr_handler
+from batch.store.answers import Store
+from batch.tables import frames
+from batch.tables.source import Rows
+
+log = logging.getLogger("batch")
+
+# Options of the door itself, beside the job file's keys.
+_DOOR = ("state", "output", "simulate", "retry_failed", "wait", "progress")
+
+
+def run(data: Any, job: str | Path | None = None, /, **options: Any) -> Any:
+    """Ask the model about every row of `data`; the rows back, in order, with the answer columns.
+
+    `data`: a pandas DataFrame (pandas back, its index kept), a pyarrow Table or any object with
+    `__arrow_c_stream__` such as a polars DataFrame or a DuckDB result (a pyarrow Table back), or the
+    path of a .csv/.parquet/.jsonl file (pandas back). `job`: an optional job file. `options`: the job
+    file's keys in snake_case (model, prompt, system_message, max_new_tokens, temperature, top_p, seed,
+    user, chat_history, prompt_images, image_dir, stop, response_format, reasoning_effort, ...,
+    requests_per_minute, tokens_per_minute, concurrency, max_attempts, request_timeout, text_column,
+    mode, completion_window, on_expired, poll_interval, base_url), plus `state=` (the store's path),
+    `output=` (also write the output file and its report there), `simulate=True` (the built-in Groq
+    simulator: no key, no network), `retry_failed=True`, `wait=False` (batch mode: submit, then raise
+    Stopped), `progress=False`. The run's summary is `out.attrs["batch"]` (pandas) or the schema
+    metadata key `batch` (JSON, Arrow).
+
+    Works inside a running event loop (Jupyter): the run then goes on in a thread of its own.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun(data, job, **options))
+    return _in_a_thread(arun(data, job, **options))
+
+
+def _in_a_thread(work: Coroutine[Any, Any, Any]) -> Any:
+    """A notebook's loop is running in this thread: run ours in another and wait for it here. A stop
+    (KeyboardInterrupt) here cancels the run there, which keeps every answer received, then re-raises."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(work)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch") as pool:
+        done = pool.submit(loop.run_until_complete, task)
+        try:
+            return done.result()
+        except KeyboardInterrupt:
+            loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(BaseException):
+                done.result()
+            raise
+        finally:
+            if done.done():
+                loop.close()
+
+
+async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> Any:
+    """`run`, for code already in an event loop."""
+    door = {k: options.pop(k) for k in _DOOR if k in options}
+    with tempfile.TemporaryDirectory(prefix="batch-") as tmp:
+        prepared = _prepare(data, job, options, door, Path(tmp), caller="batch.run()")
+        opts = RunOptions(retry_failed=bool(door.get("retry_failed")),
+                          wait=door.get("wait", True) is not False,
+                          progress=door.get("progress", True) is not False, tty=_interactive(),
+                          notebook=_in_notebook(), shared_store=_cached(prepared.job))
+        _show_progress_lines()
+        try:
+            summary = await _execute(prepared, opts, simulate=bool(door.get("simulate")),
+                                     env=os.environ)
+        except Stopped as exc:
+            exc.partial = _partial(prepared, data)
+            raise
+        figures = json.loads(summary.to_json())
+        figures["output"] = str(prepared.job.output.path) if door.get("output") else None
+        return frames.result(prepared.kind, data, prepared.job.output.path, figures)
+
+
+def plan(data: Any, job: str | Path | None = None, /, **options: Any) -> Plan:
+    """What `run` would send, cost and take (tokens, dollars, minutes); sends nothing, needs no key."""
+    door = {k: options.pop(k) for k in _DOOR if k in options}
+    with tempfile.TemporaryDirectory(prefix="batch-") as tmp:
+        prepared = _prepare(data, job, options, door, Path(tmp), caller="batch.plan()")
+        return make_plan(prepared.job, None, None, data=prepared.rows)
+
+
+class _Prepared:
+    def __init__(self, job: Job, rows: Rows, kind: str, tmp: Path) -> None:
+        self.job, self.rows, self.kind, self.tmp = job, rows, kind, tmp
+
+
+def _prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any], door: Mapping[str, Any],
+             tmp: Path, *, caller: str) -> _Prepared:
+    rows, kind = frames.rows_of(data, tmp / "input.arrow")
+    if rows is None:  # a path: read as the job file's [input] path would be (format= or the extension)
+        path, fmt = Path(data).expanduser().resolve(), options.get("format")
+    else:
+        path, fmt = tmp / "input.arrow", "parquet"
+    options = {k: v for k, v in options.items() if k != "format"}
+    output = Path(door["output"]).resolve() if door.get("output") else tmp / "output.parquet"
+    state = Path(door["state"]).expanduser().resolve() if door.get("state") else tmp / "unset.sqlite"
+    job = build_job(job_file, options, data_path=path, data_format=fmt, output=output, state=state,
+                    caller=caller)
+    if job.run.cluster:
+        raise JobError(f"{caller}: cluster=: a cluster runs a partitioned input from the command line "
+                       "(python -m batch run JOB.toml --cluster ...); from Python, leave cluster out")
+    if not door.get("state"):
+        server = "simulated" if door.get("simulate") else endpoints.resolve_base_url(None, job, os.environ)
+        job = with_state(job, _cache_path(job, server))
+    elif door.get("simulate"):
+        job = kept_apart(job)
+    return _Prepared(job, check_job(job, rows), kind, tmp)
+
+
+async def _execute(p: _Prepared, opts: RunOptions, *, simulate: bool, env: Mapping[str, str]) -> Any:
+    if simulate:
+        async with simulated() as ep:
+            return await _reported(Run(p.job, p.rows, ep, opts))
+    return await _reported(Run(p.job, p.rows, endpoints.resolve(p.job, None, env), opts))
+
+
+async def _reported(run: Run) -> Any:
+    try:
+        return await run.execute()
+    except (Stopped, FatalApiError) as exc:
+        run.report_stop(exc)  # beside output= when given: what the run did before it stopped
+        raise
+
+
+def _partial(p: _Prepared, data: Any) -> Any:
+    """The rows so far, in the caller's kind: answered ones with their answers, the rest with an error
+    saying they have no answer yet. None if even that cannot be written."""
+    try:
+        store = Store(p.job.state.path, readonly=True)
+    except Exception:  # the store never came to be: nothing was answered
+        return None
+    partial = p.tmp / "partial.parquet"  # never over the caller's output=: a stopped run writes none
+    try:
+        write_output(p.rows, Renderer(p.job.task, key=p.job.input.key), store, path=partial,
+                     fmt="parquet", text_column=p.job.output.text_column,
+                     response_format=p.job.task.response_format, limit=None)
+    except OSError:
+        return None
+    finally:
+        store.close()
+    return frames.result(p.kind, data, partial, {"status": "stopped"})
+
+
+def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where answers live without `state=`: `$XDG_CACHE_HOME/batch`, else `~/.cache/batch`."""
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batch"
+
+
+def _cache_path(job: Job, server: str) -> Path:
+    # One store per task and server: the same call finds its answers, unrelated calls never contend for
+    # one file, and a simulated answer is never served to a call against a real model.
+    task = {k: v for k, v in vars(job.task).items() if k != "image_dir"} | {"server": server}
+    digest = hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_dir() / f"{job.task.model.replace('/', '_')}-{digest}.sqlite"
+
+
+def _cached(job: Job) -> bool:
+    return job.state.path.parent == cache_dir()
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty() or _in_notebook()
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    return get is not None and type(get()).__name__ == "ZMQInteractiveShell"
+
+
+def _show_progress_lines() -> None:
+    """Log lines reach the caller when nothing else was set up to show them (a plain script)."""
+    logger = logging.getLogger("batch")
+    if not logger.handlers and not logging.getLogger().handlers:
+        logger.addHandler(stderr_handler())
+        logger.setLevel(logging.INFO)
+
+
+__all__ = ["arun", "cache_dir", "plan", "run"]

@@ -1,0 +1,1 @@
+"""What a run did: its counters, figures over time, progress, the JSON summary and the HTML page."""

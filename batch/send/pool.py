@@ -1,0 +1,250 @@
+"""The worker pool: `concurrency` workers, a bounded intake, retries that hold no slot.
+
+    requests ──► intake (at most `2 x concurrency` requests admitted and unfinished)
+                   │
+                   ▼
+               queue ──► worker x concurrency: pace ─► send ─► answer | retry | give up | stop
+                   ▲                                              │
+                   └──────────── timer (backoff) ◄────────────────┘
+
+Memory is bounded by the intake, not by the input: the producer waits for a free place before it
+admits the next request. A request waiting out a backoff sits on a timer, not in a worker, so
+a backoff sleep holds no concurrency. A 429 cools every worker down together (`Pacing.cool_down`).
+
+Stopping (a signal, a spent daily quota, a fatal API error) takes no new work: queued and backing-off
+requests are dropped unanswered (the next run sends them), workers waiting for the pacer are
+cancelled, and requests already on the wire are allowed to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+
+from batch.errors import ApiError, FatalApiError, RateLimited
+from batch.records import Answer, Completion, Request
+from batch.report.summary import RunStats
+from batch.send.pacing import Pacing
+from batch.send.retry import Action, RetryPolicy
+from batch.send.spendcap import SpendCap
+from batch.send.stops import Breaker, Quota, daily_budget
+
+log = logging.getLogger("batch.pool")
+
+Send = Callable[[bytes], Awaitable[Completion]]
+
+
+@dataclass(slots=True)
+class _Job:
+    request: Request
+    attempts: int = 0
+
+
+class Pool:
+    def __init__(self, send: Send, pacer: Pacing, policy: RetryPolicy, *, concurrency: int,
+                 on_answer: Callable[[Answer], None], stats: RunStats,
+                 rng: random.Random | None = None, budget: SpendCap | None = None) -> None:
+        self._send, self._pacer, self._policy = send, pacer, policy
+        self.budget = budget  # the run's spend cap: a request is sent only if its worst case fits
+        self._concurrency = concurrency
+        self._on_answer = on_answer
+        self.stats = stats
+        self._rng = rng or random.Random()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(2 * concurrency)
+        self._timers: dict[int, tuple[asyncio.TimerHandle, _Job]] = {}  # id(job) -> its backoff timer
+        self._workers: list[asyncio.Task[None]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._unfinished = 0
+        self._idle = asyncio.Event()
+        self.outstanding: set[str] = set()  # fingerprints admitted and not yet answered or dropped
+        self.stop_reason: str | None = None
+        self.fatal: FatalApiError | None = None
+        self.quota: Quota | None = None  # set when a spent daily quota left requests unsent
+        self._breaker = Breaker()
+        self._spent: Quota | None = None  # the daily request budget is used up (from the headers)
+        self._crash: Exception | None = None
+
+    async def run(self, requests: Iterable[Request] | AsyncIterable[Request]) -> None:
+        """Send every request (until stopped); returns when none is left in the system. An async
+        producer may hand the loop back while it prepares the next requests."""
+        self._workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
+        try:
+            async for request in _each(requests):
+                if self.stop_reason:
+                    break
+                await self._slots.acquire()
+                if self.stop_reason:
+                    self._slots.release()
+                    break
+                self.outstanding.add(request.fingerprint)
+                self._unfinished += 1
+                self._idle.clear()
+                self._queue.put_nowait(_Job(request))
+            if self._unfinished:
+                await self._idle.wait()
+        finally:
+            for handle, _ in self._timers.values():
+                handle.cancel()
+            for task in self._workers:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._crash is not None:
+            raise RuntimeError("internal error in a worker") from self._crash
+
+    def stop(self, reason: str) -> None:
+        """Take no new work; let requests on the wire finish."""
+        if self.stop_reason:
+            return
+        self.stop_reason = reason
+        for handle, job in self._timers.values():
+            handle.cancel()
+            self._finish(job)
+        self._timers.clear()
+        while not self._queue.empty():
+            self._finish(self._queue.get_nowait())
+        for task in self._workers:
+            if task not in self._sending:
+                task.cancel()
+
+    # -- internals --------------------------------------------------------------------------------
+    def _finish(self, job: _Job) -> None:
+        self.outstanding.discard(job.request.fingerprint)
+        self._slots.release()
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._idle.set()
+
+    def _answer(self, job: _Job, answer: Answer) -> None:
+        self._on_answer(answer)  # stored before the fingerprint leaves `outstanding`
+        self._finish(job)
+
+    async def _worker(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._attempt(job, me)
+            except asyncio.CancelledError:
+                self._finish(job)
+                raise
+            except Exception as exc:  # a bug: stop cleanly (answers so far are kept), then surface it
+                self._crash = self._crash or exc
+                self._finish(job)
+                self.stop("internal error")
+
+    async def _attempt(self, job: _Job, me: asyncio.Task[None]) -> None:
+        req = job.request
+        if self._spent is not None:
+            self.quota = self.quota or self._spent
+            self._finish(job)
+            self.stop("daily quota reached")
+            return
+        cost = await self.budget.reserve(req.est_tokens) if self.budget is not None else 0.0
+        if cost is None:  # the spend cap: take no new work; the next run continues
+            self._finish(job)
+            self.stop("spend cap reached")
+            return
+        if (job.attempts == 0 and not self._pacer.fits(req.est_tokens)) or \
+                not await self._pacer.acquire(req.est_tokens):
+            self._refund(cost)
+            self._answer(job, Answer.failure(
+                req.fingerprint, permanent=True, attempts=job.attempts,
+                error=f"request too large: about {req.est_tokens} tokens (prompt + max-new-tokens) "
+                      f"but the limit is {self._pacer.tokens_per_minute:g} tokens per minute; "
+                      "shorten the prompt or lower max-new-tokens"))
+            return
+        if self.stop_reason:
+            self._refund(cost)
+            self._finish(job)
+            return
+        job.attempts += 1
+        self.stats.record_request(self._pacer.requests_per_minute, self._pacer.tokens_per_minute)
+        started = time.monotonic()
+        self._sending.add(me)
+        try:
+            completion = await self._send(req.body)
+        except ApiError as exc:
+            self._refund(cost)  # a refused or failed request is not billed
+            self._failed(job, exc)
+            return
+        finally:
+            self._sending.discard(me)
+        latency = time.monotonic() - started
+        self._pacer.settle(req.est_tokens, completion.total_tokens)
+        self._pacer.observe(completion.rate)
+        answer = Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
+                                        latency_s=round(latency, 4))
+        if self.budget is not None:
+            self.budget.settle(cost, answer)
+        if completion.text is None or (not completion.text and completion.finish_reason == "length"):
+            # Paid for, but no answer: a reasoning model spent the whole budget thinking. The same
+            # request would do the same again, so the row fails for good (usage is kept).
+            answer = replace(answer, permanent=True, error=(
+                f"the model returned no text (finish_reason {completion.finish_reason!r}); with "
+                "finish_reason 'length' the completion budget ran out first: raise max-new-tokens"))
+        self._breaker.succeeded(answer.ok)
+        self._answer(job, answer)
+        self._spent = self._spent or daily_budget(completion.rate.requests_remaining_day,
+                                                  completion.rate.requests_reset_s, self._pacer)
+
+    def _refund(self, cost: float) -> None:
+        if self.budget is not None:
+            self.budget.release(cost)
+
+    def _failed(self, job: _Job, exc: ApiError) -> None:
+        req = job.request
+        decision = self._policy.decide(exc, job.attempts, self._rng)
+        self.stats.record_error(exc)
+        if isinstance(exc, RateLimited):
+            self._pacer.settle(req.est_tokens, 0)  # a refused request used nothing
+            self._pacer.learn_limit(exc.limit, exc.limit_value)
+            if decision.action is Action.RETRY:
+                self._pacer.cool_down(decision.delay_s)
+        if decision.action is Action.RETRY:
+            self.stats.record_retry()
+            log.debug("retry row=%d attempt=%d in %.2fs: %s", req.row + 1, job.attempts,
+                      decision.delay_s, exc.describe())
+            if self.stop_reason:
+                self._finish(job)
+                return
+            handle = asyncio.get_running_loop().call_later(decision.delay_s, self._requeue, job)
+            self._timers[id(job)] = (handle, job)
+        elif decision.action is Action.GIVE_UP:
+            log.debug("give up row=%d after %d attempts: %s", req.row + 1, job.attempts, exc.describe())
+            self._answer(job, Answer.failure(req.fingerprint, exc.describe(), permanent=decision.permanent,
+                                             attempts=job.attempts, request_id=exc.request_id))
+            if decision.permanent and (fatal := self._breaker.rejected(exc)) and self.fatal is None:
+                self.fatal = fatal
+                self.stop("every request is rejected")
+        elif decision.action is Action.QUOTA:
+            assert isinstance(exc, RateLimited)
+            self.quota = self.quota or Quota(exc.limit or "daily", exc.retry_after)
+            self._finish(job)
+            self.stop("daily quota reached")
+        else:
+            assert isinstance(exc, FatalApiError)
+            self.fatal = self.fatal or exc
+            self._finish(job)
+            self.stop("fatal API error")
+
+    def _requeue(self, job: _Job) -> None:
+        self._timers.pop(id(job), None)
+        if self.stop_reason:
+            self._finish(job)
+        else:
+            self._queue.put_nowait(job)
+
+
+async def _each(requests: Iterable[Request] | AsyncIterable[Request]) -> AsyncIterator[Request]:
+    if isinstance(requests, AsyncIterable):
+        async for r in requests:
+            yield r
+    else:
+        for r in requests:
+            yield r
