@@ -153,6 +153,7 @@ def test_a_store_from_before_the_report_still_gives_its_history(tmp_path: Path) 
     with_store(path, lambda s: (s.begin_run(), s.finish_run(_summary("complete", 1.0))))
     db = sqlite3.connect(path)
     db.execute("DROP TABLE run_figures")
+    db.execute("PRAGMA user_version = 0")  # such a store counted no migrations
     db.commit()
     db.close()
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from batch import fields
 from batch.errors import ConfigError
 from batch.job.checks import check_value, run_problems, show, task_conflicts, unknown_name, window_hours
 from batch.job.options import TABLES, describe_keys
@@ -35,11 +36,8 @@ __all__ = [
     "window_hours",
 ]
 
-ANSWER_COLUMNS: tuple[str, ...] = (
-    "input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens",
-    "finish_reason", "error", "attempts", "latency_s", "request_id", "model", "queue_time", "total_time",
-    "reasoning",
-)
+# The columns the output appends after the text column, in order: the answer's fields marked for it.
+ANSWER_COLUMNS: tuple[str, ...] = fields.ANSWER_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -96,6 +94,7 @@ class OutputSpec:
 class ApiSpec:
     base_url: str | None = None
     send_max_tokens: bool | None = None  # None: decided by the server (`endpoint.sends_max_tokens`)
+    server: str = "auto"  # "groq" | "openai" | "vllm" | "llama.cpp"; "auto": `endpoint.server_kind`
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from batch import fields
 from batch.errors import ApiError, RateLimited, TransportError
 from batch.job.catalog import cost_usd, usd
 from batch.records import Answer
@@ -88,10 +89,8 @@ class RunStats:
             self.failures.add(None, a.error or "", permanent=a.permanent)
         bucket[tl.INPUT_TOKENS] += a.input_tokens or 0
         bucket[tl.OUTPUT_TOKENS] += a.output_tokens or 0
-        self.input_tokens += a.input_tokens or 0
-        self.output_tokens += a.output_tokens or 0
-        self.cached_tokens += a.cached_tokens or 0
-        self.reasoning_tokens += a.reasoning_tokens or 0
+        for name in fields.SUMMED:  # the usage counts of `batch.fields`, each a counter above
+            setattr(self, name, getattr(self, name) + (getattr(a, name) or 0))
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -148,9 +147,8 @@ class Summary:
         return cls(
             status=status, rows=rows, rows_ok=rows_ok, rows_failed=rows_failed,
             rows_from_store=rows_from_store, requests_sent=stats.requests, retries=stats.retries,
-            rate_limited_429=stats.rate_limited, input_tokens=stats.input_tokens,
-            output_tokens=stats.output_tokens, cached_tokens=stats.cached_tokens,
-            reasoning_tokens=stats.reasoning_tokens,
+            rate_limited_429=stats.rate_limited,
+            **{name: getattr(stats, name) for name in fields.SUMMED},  # input, output, cached, ... tokens
             estimated_cost_usd=_round(cost, 6),
             elapsed_s=round(stats.elapsed(), 3),
             requests_per_min=round(stats.per_minute(stats.requests), 1),

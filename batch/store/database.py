@@ -1,6 +1,6 @@
-"""The store's file on disk: its schema and how it is opened (`open_db`), who may open it (an
-exclusive run lock, or a brief opening lock for a store several processes share), and the errors of
-opening and writing it."""
+"""The store's file on disk: how it is opened (`open_db`, which brings its schema up to date through
+`migrations`), who may open it (an exclusive run lock, or a brief opening lock for a store several
+processes share), the journal's fold, and the errors of opening and writing it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from batch import fields
 from batch.errors import JobError, Stopped
+from batch.store import migrations
+from batch.store.migrations import SCHEMA_VERSION
 
 
 class StoreError(JobError):
@@ -54,50 +57,45 @@ def lock_exclusive(path: Path) -> int:
     return fd
 
 
-SCHEMA_VERSION = 1
-_ADDED_COLUMNS = {"reasoning": "TEXT"}  # since schema 1: added in place when missing
-_FIELDS = """text TEXT, input_tokens INTEGER, output_tokens INTEGER,
-    total_tokens INTEGER, reasoning_tokens INTEGER, cached_tokens INTEGER, finish_reason TEXT,
-    request_id TEXT, model TEXT, latency_s REAL, queue_time REAL, total_time REAL,
-    attempts INTEGER NOT NULL, error TEXT, permanent INTEGER NOT NULL, run INTEGER NOT NULL, reasoning TEXT"""
-_COLUMN_ORDER = ["fingerprint"] + [f.split()[0] for f in _FIELDS.split(",")]
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS answers (fingerprint TEXT PRIMARY KEY, {_FIELDS}) WITHOUT ROWID;
--- Answers as committed, a JSON array of rows a commit, each row the values of `columns` in order.
-CREATE TABLE IF NOT EXISTS journal (columns TEXT NOT NULL, answers TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL,
-                                 summary TEXT);
-CREATE TABLE IF NOT EXISTS run_figures (run INTEGER PRIMARY KEY, summary TEXT NOT NULL,
-                                        figures TEXT NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
-"""
+# The answers' columns, from the answer's fields: for the read-only look's copy of the table.
+_COLUMN_ORDER = [f.name for f in fields.STORED]
+_COLUMNS_SQL = ", ".join(f"{f.name} {f.sqlite}" for f in fields.STORED)
 
 
 def open_db(path: Path, *, readonly: bool) -> tuple[sqlite3.Connection, str | None, set[str]]:
-    """The connection (created with the schema unless `readonly`), the schema version the file says,
-    and the answers table's columns (a column added since is added here, unless `readonly`)."""
+    """The connection (created and migrated unless `readonly`), the schema version the file says,
+    and the answers table's columns (a read-only look at an older file may lack some)."""
+    db: sqlite3.Connection | None = None
     try:
         if readonly:
             db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                  check_same_thread=False)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = None if row is None else str(row[0])
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Used by one thread at a time (the store's lock): the loop's, a committing one, pass 2's.
             db = open_writer(path)
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        present = {r[1] for r in db.execute("PRAGMA table_info(answers)")}
-        if not readonly:
-            for name, sql_type in _ADDED_COLUMNS.items():
-                if name not in present:
-                    db.execute(f"ALTER TABLE answers ADD COLUMN {name} {sql_type}")
-                    present.add(name)
+            version = _schema_version(db)
+            # A file of another format is left as it is: the store refuses it, naming its version.
+            if version in (None, str(SCHEMA_VERSION)):
+                migrations.migrate(db)
+                version = _schema_version(db)
+        present = migrations.columns(db, "answers")
     except sqlite3.DatabaseError as exc:
+        if db is not None:
+            db.close()
         raise StoreError(f"state file {path} is unreadable ({exc}). Move it aside to start over "
                          "(its answers would then be requested again).") from exc
-    return db, None if row is None else str(row[0]), present
+    return db, version, present
+
+
+def _schema_version(db: sqlite3.Connection) -> str | None:
+    """meta.schema_version; None for a file with no store in it yet."""
+    if not migrations.columns(db, "meta"):
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return None if row is None else str(row[0])
 
 
 def open_writer(path: Path) -> sqlite3.Connection:
@@ -138,7 +136,7 @@ def show_journal(db: sqlite3.Connection, known: set[str]) -> None:
             db.execute("SELECT 1 FROM journal LIMIT 1").fetchone() is None:
         return
     columns = ",".join(c for c in _COLUMN_ORDER if c in known)
-    db.execute(f"CREATE TEMP TABLE recent (fingerprint TEXT PRIMARY KEY, {_FIELDS}) WITHOUT ROWID")
+    db.execute(f"CREATE TEMP TABLE recent ({_COLUMNS_SQL}) WITHOUT ROWID")
     fold(db, known, into="temp.recent")
     # A temporary object hides a main one of the same name; SQLite takes a look-up by fingerprint
     # into both halves of the view (two key searches, never a scan).

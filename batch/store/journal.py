@@ -1,5 +1,5 @@
-"""The answers a run has received and its store's answers table does not hold yet (with `store` and
-`storefile`, the only modules that speak SQLite).
+"""The answers a run has received and its store's answers table does not hold yet (the journal table,
+folded into the answers by `storefile`).
 
 An answer is buffered, handed to a committing thread (`take`, `write_taken`: a group commit, off the
 event loop) and appended to the journal table: one row a commit, holding the commit's answers as one
@@ -23,14 +23,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
 from pathlib import Path
 
+from batch import fields
 from batch.records import Answer
 from batch.store import database as storefile
 
-COLUMNS = [f.name for f in fields(Answer)]
-STORED = ",".join((*COLUMNS, "run"))
+COLUMNS = [f.name for f in fields.RECORD]  # an Answer's attributes, in order
+STORED = ",".join(f.name for f in fields.STORED)  # a journal row: an Answer's values, then the store's own
 # dataclasses.astuple deep-copies every field: ten times slower than reading them, on every answer.
 _values = operator.attrgetter(*COLUMNS)
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder for every commit
@@ -117,11 +117,11 @@ class Journal:
 
     def _write(self, answers: dict[str, Answer], db: sqlite3.Connection, *, direct: bool = False) -> None:
         direct = direct or self._direct
-        rows = [(*_values(a), self.run_id) for a in answers.values()]
+        rows = [(*_values(a), self.run_id) for a in answers.values()]  # `run`: the store's only own field
         with self._transaction(db):
             if direct:  # in key order: each page of the key written once per transaction
                 db.executemany(f"INSERT OR REPLACE INTO answers ({STORED}) "
-                               f"VALUES ({','.join('?' * (len(COLUMNS) + 1))})", sorted(rows))
+                               f"VALUES ({','.join('?' * len(fields.STORED))})", sorted(rows))
             else:
                 db.execute("INSERT INTO journal VALUES (?, ?)", (STORED, _JSON.encode(rows)))
         self._rows += 0 if direct else len(rows)

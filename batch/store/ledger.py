@@ -1,9 +1,10 @@
 """The Batch API's ledger: which submissions a job made and which request is on which line.
 
-It lives in the job's store (the same SQLite file, two tables of its own), so one file holds
-everything a run needs to resume. Each step is committed the moment it happens (autocommit), before
-the next one is attempted: a crash then leaves at worst one uploaded file or one submitted batch the
-ledger does not name, and `submit` finds those by name and input file on Groq instead of paying twice.
+It lives in the job's store (the same SQLite file, two tables of its own, made by `migrations`), so
+one file holds everything a run needs to resume. Each step is committed the moment it happens
+(autocommit), before the next one is attempted: a crash then leaves at worst one uploaded file or one
+submitted batch the ledger does not name, and `submit` finds those by name and input file on Groq
+instead of paying twice.
 """
 
 from __future__ import annotations
@@ -14,19 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batch.store import migrations
 from batch.store.answers import Store
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS uploads (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL, lines INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    file_id TEXT, batch_id TEXT, status TEXT NOT NULL, counts TEXT, detail TEXT,
-    created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0, times TEXT
-);
-CREATE TABLE IF NOT EXISTS upload_lines (
-    upload INTEGER NOT NULL, line INTEGER NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (upload, line)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS upload_lines_fp ON upload_lines (fingerprint);
-"""
 _COLUMNS = "id, name, lines, bytes, file_id, batch_id, status, counts, detail, created, done"
 _NAMES = _COLUMNS.split(", ")
 _UPDATABLE = frozenset(("file_id", "batch_id", "status", "counts", "detail", "done"))
@@ -54,15 +45,12 @@ class Upload:
 
 
 class Ledger:
-    """The submissions recorded in one store. A read-only store from before the Batch API mode has
-    no ledger tables: it then simply holds no submission."""
+    """The submissions recorded in one store (its tables are the store's, see `migrations`). A
+    read-only look at a store from before the Batch API mode finds no ledger tables: it then simply
+    holds no submission."""
 
     def __init__(self, store: Store) -> None:
         self._db, self._store = store.db, store
-        if not store.readonly:
-            self._db.executescript(_SCHEMA)
-            if "times" not in self._columns():  # a ledger from before the report's timelines
-                self._db.execute("ALTER TABLE uploads ADD COLUMN times TEXT")
 
     def add(self, prefix: str, digest: str, fingerprints: list[str], size: int) -> Upload:
         """Record a prepared file of requests (line i+1 holds fingerprints[i]) under a name that no other
@@ -105,7 +93,7 @@ class Ledger:
         status was first seen (`times`: status -> epoch seconds; `prepared` is when it was written)."""
         if not self._exists():
             return []
-        times = "times" if "times" in self._columns() else "NULL"
+        times = "times" if "times" in self._columns() else "NULL"  # a read-only look at an older store
         rows = self._db.execute(f"SELECT name, batch_id, status, lines, counts, created, {times} "
                                 "FROM uploads ORDER BY id")
         return [{"name": r[0], "batch_id": r[1], "status": r[2], "lines": r[3], "counts": r[4],
@@ -141,7 +129,7 @@ class Ledger:
         return found
 
     def _columns(self) -> set[str]:
-        return {r[1] for r in self._db.execute("PRAGMA table_info(uploads)")}
+        return migrations.columns(self._db, "uploads")
 
     def _exists(self) -> bool:
-        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='uploads'").fetchone() is not None
+        return bool(self._columns())

@@ -5,12 +5,12 @@ typed column each (`structured` says which; nested values are JSON text).
 
 Written to a temporary file beside the target and renamed into place only when complete, so a
 failure at any point leaves the previous output untouched. Parquet by default; CSV when the output
-path ends in .csv, where an input column CSV cannot hold (a list, struct or map) is written as JSON text.
+path ends in .csv, where an input column CSV cannot hold is written as text (`storable.text_of`: a list,
+struct or map as JSON, a string_view as its string, bytes as UTF-8).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,19 +21,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from batch.job.config import ANSWER_COLUMNS
+from batch import fields
 from batch.job.schema import Shape
 from batch.records import Answer
+from batch.tables.storable import csv_native, text_of
 
-# The type of each answer column; their names and order are the job contract's (config.ANSWER_COLUMNS),
-# each the Answer attribute of that name. The text column's name comes from the job.
-_ANSWER_TYPES: dict[str, pa.DataType] = {
-    "input_tokens": pa.int64(), "output_tokens": pa.int64(), "total_tokens": pa.int64(),
-    "reasoning_tokens": pa.int64(), "cached_tokens": pa.int64(), "finish_reason": pa.string(),
-    "error": pa.string(), "attempts": pa.int64(), "latency_s": pa.float64(), "request_id": pa.string(),
-    "model": pa.string(), "queue_time": pa.float64(), "total_time": pa.float64(), "reasoning": pa.string(),
-}
-_ANSWER_FIELDS = [(name, _ANSWER_TYPES[name]) for name in ANSWER_COLUMNS]
+# The answer columns after the text column, each the Answer attribute of that name, in the order and
+# with the Arrow types of `batch.fields`. The text column's name comes from the job.
+_ANSWER_FIELDS = [(f.name, f.arrow) for f in fields.OUTPUT[1:]]
 
 _KIND_TYPES: dict[str, pa.DataType] = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(),
                                        "boolean": pa.bool_(), "json": pa.string()}
@@ -47,11 +42,12 @@ class OutputWriter:
         self.path, self.format = path, fmt
         self.properties = shape.properties if shape else ()
         inputs = list(input_schema.remove_metadata())
-        # CSV has no lists, structs or maps: such input columns go into a CSV output as JSON text.
-        self._as_json = [i for i, f in enumerate(inputs) if fmt == "csv" and pa.types.is_nested(f.type)]
-        for i in self._as_json:
+        # Arrow's CSV writer refuses lists, structs, maps, views and extensions, and fails on bytes that are
+        # not UTF-8 only when it meets them: such input columns go into a CSV output as text.
+        self._as_text = [i for i, f in enumerate(inputs) if fmt == "csv" and not csv_native(f.type)]
+        for i in self._as_text:
             inputs[i] = pa.field(inputs[i].name, pa.string(), metadata=inputs[i].metadata)
-        self.schema = pa.schema([*inputs, pa.field(text_column, pa.string()),
+        self.schema = pa.schema([*inputs, pa.field(text_column, fields.TEXT.arrow),
                                  *(pa.field(n, t) for n, t in _ANSWER_FIELDS),
                                  *(pa.field(n, _KIND_TYPES[k]) for n, k in self.properties)])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +66,7 @@ class OutputWriter:
         answers = [o if isinstance(o, Answer) else None for o in outcomes]
         # A failed request has no text; an answer that failed the response format keeps its raw text,
         # so the user can see what the model wrote.
-        text = pa.array([None if a is None else a.text for a in answers], pa.string())
+        text = pa.array([None if a is None else a.text for a in answers], fields.TEXT.arrow)
         cols = [text]
         for name, typ in _ANSWER_FIELDS:
             values: list[object]
@@ -91,7 +87,7 @@ class OutputWriter:
                       cells: Sequence[Mapping[str, Any]] | None = None) -> None:
         """One output chunk from ready columns: the text and each answer column by name (cast to its
         type), as `write` builds them from answers one by one."""
-        cols = [text.cast(pa.string()), *(answers[name].cast(typ) for name, typ in _ANSWER_FIELDS)]
+        cols = [text.cast(fields.TEXT.arrow), *(answers[name].cast(typ) for name, typ in _ANSWER_FIELDS)]
         rows = cells or [{}] * chunk.num_rows
         cols += [pa.array([c.get(name) for c in rows], _KIND_TYPES[kind]) for name, kind in self.properties]
         out = pa.RecordBatch.from_arrays([*self._inputs(chunk), *cols], schema=self.schema)
@@ -99,11 +95,11 @@ class OutputWriter:
         self.rows += chunk.num_rows
 
     def _inputs(self, chunk: pa.RecordBatch) -> list[pa.Array]:
-        """The input columns as written: those CSV cannot hold (lists, structs, maps) as JSON text."""
+        """The input columns as written: those CSV cannot hold as text."""
         inputs = list(chunk.columns)
-        for i in self._as_json:
-            inputs[i] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str)
-                                  for v in inputs[i].to_pylist()], pa.string())
+        for i in self._as_text:
+            values = inputs[i].to_pylist()
+            inputs[i] = pa.array([None if v is None else text_of(v) for v in values], pa.string())
         return inputs
 
     def commit(self) -> None:
