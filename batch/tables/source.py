@@ -8,31 +8,27 @@ whose values mix types or nest is kept as JSON text so every chunk has the same 
 Opening a source reads the whole file once (streaming) to count rows and to find a malformed line
 before any request is sent; `chunks()` then streams it again as often as the run needs (a CSV file
 from the chunks that scan parsed, kept in a `spool`: parsed once, and read back one chunk at a time).
+How a CSV file is parsed so that no value changes, and a row of any size fits, is `csvfile`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batch.errors import InputError
-from batch.tables import jsonl
+from batch.tables import csvfile, jsonl
 from batch.tables.spool import Spool
 
 CHUNK_ROWS = 4096
 CHUNK_BYTES = 16 << 20  # and at most about this much data: a chunk of long texts has fewer rows
-# Bytes per CSV block (bounds memory); the opening scan doubles it until the longest row fits. Not
-# smaller: pyarrow's streaming reader (26) was seen to drop the "\n" of a quoted "\r\n" that 256 KB
-# blocks cut in two (a value changed, silently); the same file read right in 1 MB blocks.
-_CSV_BLOCK = 1 << 20
-_CSV_BLOCK_MAX = 1 << 30
 
 
 @contextlib.contextmanager
@@ -94,17 +90,7 @@ class Source:
                 self.schema: pa.Schema = meta.schema_arrow
                 self.num_rows: int = meta.metadata.num_rows
             elif fmt == "csv":
-                self.schema = _csv_schema(path)
-                self._block = _CSV_BLOCK
-                while True:
-                    try:
-                        self.num_rows = self._scan_csv(spool_in)
-                        break
-                    except InputError as exc:
-                        self.close()
-                        if "straddl" not in str(exc) or self._block >= _CSV_BLOCK_MAX:
-                            raise
-                        self._block *= 2
+                self._open_csv(spool_in)
             elif fmt == "jsonl":
                 self.schema, self.num_rows = jsonl.scan(path)
             else:
@@ -115,7 +101,22 @@ class Source:
         names = self.schema.names
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
+            self.close()
             raise InputError(f"{path}: duplicate column names {dupes}; every column needs its own name")
+
+    def _open_csv(self, folder: Path | None) -> None:
+        """Read the column names, then scan; with a block twice as large each time a row did not fit
+        (read again from the start: the rows already parsed were cut at the old block's boundaries)."""
+        self._block = csvfile.FIRST_BLOCK
+        while True:
+            try:
+                names = csvfile.column_names(self.path, self._block)
+                self.schema = pa.schema([(name, pa.string()) for name in names])
+                self.num_rows = self._scan_csv(folder)
+                return
+            except csvfile.BlockTooSmall:
+                self.close()
+                self._block *= 2
 
     def _scan_csv(self, folder: Path | None) -> int:
         """Parse the whole file once, keeping the chunks in a spool (without room for one, each pass
@@ -130,6 +131,9 @@ class Source:
             raise
         spool.finish()
         self._spool = spool if spool.kept else None
+        # A source dropped without `close` (the engine drops its sources) must not leave the spool's
+        # file for the collector to find open (a ResourceWarning): it is closed with the source.
+        weakref.finalize(self, spool.close)
         return rows
 
     @property
@@ -171,15 +175,7 @@ class Source:
             row += chunk.num_rows
 
     def _csv_chunks(self) -> Iterator[pa.RecordBatch]:
-        convert = pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in self.schema.names},
-            strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False)
-        try:
-            yield from pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=self._block),
-                                      parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                                      convert_options=convert)
-        except pa.ArrowInvalid as exc:
-            raise InputError(f"{self.path}: malformed CSV: {exc}") from exc
+        return csvfile.batches(self.path, self.schema.names, self._block)
 
 
 def _parquet_rows(pf: pq.ParquetFile) -> int:
@@ -199,10 +195,3 @@ def _bounded(chunk: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
     step = max(1, chunk.num_rows * CHUNK_BYTES // size)
     for start in range(0, chunk.num_rows, step):
         yield chunk.slice(start, step)
-
-
-def _csv_schema(path: Path) -> pa.Schema:
-    # The first block tells the column names; every column is then read as text.
-    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_MAX // 1024),
-                            parse_options=pacsv.ParseOptions(newlines_in_values=True))
-    return pa.schema([(name, pa.string()) for name in reader.schema.names])
