@@ -1,4 +1,4 @@
-"""Command line: argv, logging, signals, exit codes, asyncio.run — nothing else.
+"""Command line: argv, logging, exit codes, asyncio.run — nothing else (`drive` heeds the signals).
 
 Exit codes: 0 every row answered; 1 finished, some rows failed; 2 the job or input is invalid
 (nothing was sent); 3 stopped early, resumable; 4 a fatal API condition (bad key, model gone).
@@ -10,25 +10,23 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from batch import sim
 from batch.dataset.parts import PartitionedRun
 from batch.doors import commands
-from batch.doors.simulated import kept_apart
+from batch.doors.simulated import endpoint_for, kept_apart
+from batch.engine.drive import Runner, drive
 from batch.engine.preflight import check_job
 from batch.engine.run import Run, RunOptions
 from batch.errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, JobError, Stopped
-from batch.job import endpoint
 from batch.job.checks import valid_cluster
 from batch.job.config import Job, load_job
+from batch.job.endpoint import Endpoint
 from batch.report.progress import stderr_handler
-from batch.report.summary import Summary
-from batch.tables.source import arrow_without_pandas
+from batch.tables.source import Rows, arrow_without_pandas
 
 log = logging.getLogger("batch")
 
@@ -162,82 +160,40 @@ def _fail(exc: BatchError) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     with arrow_without_pandas():  # the command line never hands a table to pandas
-        return _run_job(args)
+        job = load_job(args.job)
+        if args.cluster and not valid_cluster(args.cluster):
+            raise JobError(f"--cluster: must be local, local:N or a scheduler address such as "
+                           f"tcp://10.0.0.5:8786, got {args.cluster!r}")
+        cluster = args.cluster or job.run.cluster
+        # Everything about the job and its input, before a key is even looked for (a partitioned run
+        # checks its partitions itself).
+        rows = None if cluster is not None or job.input.dataset is not None else check_job(job)
+        opts = RunOptions(limit=args.limit, retry_failed=args.retry_failed, mode=args.mode,
+                          wait=not args.no_wait, progress=not args.quiet, tty=sys.stderr.isatty())
 
+        async def main_task() -> int:
+            async with endpoint_for(job, args.base_url, os.environ, simulate=args.simulate) as ep:
+                run_job = kept_apart(job) if args.simulate else job
+                return await _drive(_runner(run_job, rows, ep, opts, cluster))
 
-def _run_job(args: argparse.Namespace) -> int:
-    job = load_job(args.job)
-    cluster = args.cluster or job.run.cluster
-    if args.cluster and not valid_cluster(args.cluster):
-        raise JobError(f"--cluster: must be local, local:N or a scheduler address such as "
-                       f"tcp://10.0.0.5:8786, got {args.cluster!r}")
-    split = cluster is not None or job.input.dataset is not None
-    # Everything about the job and its input, before a key is even looked for (a partitioned run
-    # checks its partitions itself).
-    rows = None if split else check_job(job)
-    opts = RunOptions(limit=args.limit, retry_failed=args.retry_failed, mode=args.mode,
-                      wait=not args.no_wait, progress=not args.quiet, tty=sys.stderr.isatty())
-    holder: list[Runner] = []
-
-    def runner(ep: endpoint.Endpoint, job: Job) -> Runner:
-        if cluster is not None:
-            from batch.cluster.runner import ClusterRun
-            return ClusterRun(job, ep, opts, cluster)
-        if rows is None:
-            return PartitionedRun(job, ep, opts)
-        return Run(job, rows, ep, opts)
-
-    async def main_task() -> int:
-        if args.simulate:
-            from batch.doors.simulated import simulated  # the simulator's server, only when it is wanted
-            async with simulated() as ep:
-                return await guarded(runner(ep, kept_apart(job)))
-        return await guarded(runner(endpoint.resolve(job, args.base_url, os.environ), job))
-
-    async def guarded(run: Runner) -> int:
-        holder.append(run)
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        signals = 0
-
-        def on_signal(signame: str) -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                log.warning("%s: finishing the requests in flight, then stopping (again to stop now)",
-                            signame)
-                run.interrupt()
-            else:
-                task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-        try:
-            summary = await run.execute()
-        except asyncio.CancelledError:
-            raise Stopped("stopped at once on a second signal; committed answers are saved. Run the same "
-                          "command again to resume.") from None
-        print(summary.human(), file=sys.stderr)
-        return EXIT_OK if summary.rows_failed == 0 else EXIT_ROWS_FAILED
-
-    try:
         return asyncio.run(main_task())
-    except BatchError as exc:
-        if holder and isinstance(holder[0], Run):
-            ended = holder[0].report_stop(exc)
-            if ended is not None:
-                print(ended.human(), file=sys.stderr)
-        elif holder and holder[0].summary is not None:  # a partitioned run wrote its report already
-            print(holder[0].summary.human(), file=sys.stderr)
-        return _fail(exc)
 
 
-class Runner(Protocol):
-    """What the command line runs: one file (`Run`), a partitioned input, or a cluster run."""
+def _runner(job: Job, rows: Rows | None, ep: Endpoint, opts: RunOptions, cluster: str | None) -> Runner:
+    """One file (`rows`, checked), a partitioned input, or a partitioned input on a Dask cluster."""
+    if cluster is not None:
+        from batch.cluster.runner import ClusterRun  # Dask, only when a cluster is wanted
+        return ClusterRun(job, ep, opts, cluster)
+    return PartitionedRun(job, ep, opts) if rows is None else Run(job, rows, ep, opts)
 
-    summary: Summary | None  # set once the run is over, stopped or not
 
-    def interrupt(self) -> None: ...
-
-    async def execute(self) -> Summary: ...
+async def _drive(run: Runner) -> int:
+    """The run to its end (signals stop it) and its summary on stderr, also when it stopped."""
+    try:
+        summary = await drive(run, signals=True)
+    except BatchError:
+        if run.summary is not None:  # what it did before it stopped (its report is written)
+            print(run.summary.human(), file=sys.stderr)
+        raise
+    print(summary.human(), file=sys.stderr)
+    return EXIT_OK if summary.rows_failed == 0 else EXIT_ROWS_FAILED

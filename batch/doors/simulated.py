@@ -1,17 +1,18 @@
 """The built-in Groq simulator as an endpoint, for the doors that offer it (`--simulate`, `simulate=True`).
 
 A demo of the whole path: generous limits (the job's own are the real account's), a little latency,
-and a few faults so that retries show. The engine never starts it; a door does, and hands the engine
-its endpoint like any other.
+and a few faults so that retries show. The engine never starts it; a door does (`endpoint_for`: the
+simulator or the configured server), and hands the engine its endpoint like any other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
+from batch.job import endpoint
 from batch.job.config import Job, with_state
 from batch.job.endpoint import Endpoint
 
@@ -41,6 +42,18 @@ async def simulated(config: SimConfig | None = None) -> AsyncIterator[Endpoint]:
         yield Endpoint(url, KEY, float(RPM), float(TPM), simulated=True)
     finally:
         await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def endpoint_for(job: Job, base_url: str | None, env: Mapping[str, str], *,
+                       simulate: bool) -> AsyncIterator[Endpoint]:
+    """Where a door's run goes, for as long as the block runs: the simulator (`simulate`), else the
+    server `base_url`, the job and `env` name (`endpoint.resolve`: also the key)."""
+    if simulate:
+        async with simulated() as ep:
+            yield ep
+    else:
+        yield endpoint.resolve(job, base_url, env)
 
 
 def kept_apart(job: Job) -> Job:

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from batch.errors import Stopped
 from batch.job import schema as structured
-from batch.render.prompts import Renderer
+from batch.job.config import Job
+from batch.render.prompts import Renderer, renderer_for
 from batch.report.timeline import Failures
 from batch.store.answers import Store
 from batch.store.fingerprints import FIELDS, ROW, KeysReader, RowKeys, struct_of
@@ -67,6 +68,25 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
             out.write_columns(chunk, cols["text"], cols, cells)
         written = out.rows
     return Written(written, ok, failed, from_store)
+
+
+def write_so_far(job: Job, rows: Rows, path: Path) -> bool:
+    """The rows so far, for a run that stopped, as Parquet at `path`: the answered ones with their
+    answers, the others with the error that they have none yet. Sends nothing and takes no lock; False
+    when there is nothing to write them from (no store) or the file cannot be written."""
+    try:
+        store = Store(job.state.path, readonly=True)
+    except Exception:  # the store never came to be: nothing was answered
+        return False
+    try:
+        write_output(rows, renderer_for(job), store, path=path, fmt="parquet",
+                     text_column=job.output.text_column, response_format=job.task.response_format,
+                     limit=None)
+    except OSError:
+        return False
+    finally:
+        store.close()
+    return True
 
 
 def _render(renderer: Renderer, chunk: pa.RecordBatch, row0: int) -> tuple[pa.Array, pa.Array, pa.Array]:

@@ -21,8 +21,7 @@ from batch.engine.preflight import check_job
 from batch.job import catalog
 from batch.job.catalog import usd as _usd
 from batch.job.config import Job
-from batch.job.endpoint import sends_max_tokens
-from batch.render.prompts import Renderer
+from batch.render.prompts import renderer_for
 from batch.store.answers import Store
 from batch.store.ledger import Ledger
 from batch.tables.source import Rows
@@ -55,7 +54,7 @@ class Plan:
 def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, data: Rows | None = None
               ) -> Plan:
     source = check_job(job, data)
-    renderer = Renderer(job.task, key=job.input.key, max_tokens=sends_max_tokens(job, env=os.environ))
+    renderer = renderer_for(job, env=os.environ)
     store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
     rows = invalid = answered = held = prompt = completion = 0
     files = ChunkCounter()

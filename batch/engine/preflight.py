@@ -17,7 +17,7 @@ from batch.errors import ApiError, FatalApiError, InputError, JobError
 from batch.job import catalog
 from batch.job import schema as structured
 from batch.job.config import Job, output_columns
-from batch.render.prompts import Renderer
+from batch.render.prompts import renderer_for
 from batch.send.client import Client
 from batch.tables.source import Rows, Source
 
@@ -44,7 +44,7 @@ def check_job(job: Job, rows: Rows | None = None) -> Rows:
     near = next((d for d in (job.state.path.parent, job.output.path.parent) if d.is_dir()), None)
     source = rows if rows is not None else Source(job.input.path, job.input.format, spool_in=near)
     columns = source.columns
-    renderer = Renderer(job.task, key=job.input.key)
+    renderer = renderer_for(job)
     absent = [c for c in renderer.columns if c not in columns]
     if absent:
         raise InputError(f"{job.file}: the job uses column(s) {', '.join(map(repr, absent))}, which "

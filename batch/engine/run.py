@@ -4,11 +4,11 @@
                                    pass 2: rows ─► answers ─► output (`output`) ─► report
 
 Every door is thin: the command line, the Python API and the cluster runner each build a `Job`, the
-`Rows` and an `Endpoint`, call `Run(...).execute()`, and turn its `Summary` or its exception
-(`errors`: JobError, Stopped, FatalApiError) into their own terms. Everything that can make the job
-fail is checked before the first request. A stopped run (signal, daily quota, fatal API error)
-writes no output, the previous output stays as it was, and the store keeps every answer, so the
-same call resumes.
+`Rows` and an `Endpoint`, run `Run(...)` (a door through `drive`, which also reports a stopped run),
+and turn its `Summary` or its exception (`errors`: JobError, Stopped, FatalApiError) into their own
+terms. Everything that can make the job fail is checked before the first request. A stopped run
+(signal, daily quota, fatal API error) writes no output, the previous output stays as it was, and the
+store keeps every answer, so the same call resumes.
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ from batch.engine.memory import give_back
 from batch.engine.online import OnlinePass, PacerFactory, local_pacer
 from batch.engine.output import write_output
 from batch.engine.preflight import check_job, check_model
-from batch.errors import FatalApiError, QuotaReached, Stopped
+from batch.errors import QuotaReached, Stopped
 from batch.job.config import Job
-from batch.job.endpoint import Endpoint, sends_max_tokens
+from batch.job.endpoint import Endpoint
 from batch.job.schema import shape_of
-from batch.render.prompts import Renderer
+from batch.render.prompts import Renderer, renderer_for
 from batch.report.html.write import report_path as report_path  # where the doors find the report
 from batch.report.html.write import write_reports
 from batch.report.progress import BatchProgress, Progress
 from batch.report.summary import RunStats, Summary
 from batch.report.timeline import Failures
-from batch.send.spendcap import SpendCap
+from batch.send.servers import spoken_by
+from batch.send.spendcap import CapFactory, SpendCap
 from batch.store.answers import Store
 from batch.store.fingerprints import RowKeys
 from batch.store.recall import RecallWriter
@@ -59,6 +60,8 @@ class RunOptions:
     shared_store: bool = False  # a store several processes use at once (the Python API's cache)
     pacer: PacerFactory = local_pacer  # a shared pacer: partitions of one input, a cluster's limiter
     model_checked: bool = False  # the door already asked the server's model list (once for many runs)
+    spend_cap: CapFactory = SpendCap  # one cap for many runs: the parts of a dataset, a cluster's ledger
+    run_token: str | None = None  # names the run across its parts and their attempts (a lost worker's)
 
 
 class Run:
@@ -69,7 +72,7 @@ class Run:
         self.stats = RunStats()
         self.mode = self.opts.mode or job.run.mode
         self.interrupted = False
-        self.summary: Summary | None = None
+        self.summary: Summary | None = None  # when it is over: set by `_finish`, or by `drive` if it stopped
         self._stage: OnlinePass | BatchPass | None = None
         self.budget: SpendCap | None = None  # [limits] max-cost-usd: what this run may still spend
         self._keys: list[RowKeys] = []  # pass 1's fingerprints of every row, for pass 2 (the last one)
@@ -78,23 +81,6 @@ class Run:
         self.interrupted = True
         if self._stage is not None:
             self._stage.stop()
-
-    def report_stop(self, exc: BaseException) -> Summary | None:
-        """A run that ended early (Stopped, FatalApiError) after sending something still tells what it
-        did: its summary, written beside the output as JSON and HTML (a warning if it cannot be)."""
-        stats = self.stats
-        if not isinstance(exc, Stopped | FatalApiError) or not (stats.requests or stats.batches
-                                                                or stats.batch_results):
-            return None
-        summary = Summary.build(stats, status="stopped" if isinstance(exc, Stopped) else "fatal",
-                                model=self.job.task.model, rows=0, rows_ok=stats.answered,
-                                rows_failed=stats.failed, rows_from_store=0, output=None, message=str(exc),
-                                mode=self.mode, max_cost_usd=self.job.limits.max_cost_usd)
-        try:
-            write_reports(self.job, summary, stats)  # the JSON, then the HTML beside it
-        except OSError as err:
-            log.warning("could not write %s: %s", report_path(self.job), err)
-        return summary
 
     async def execute(self) -> Summary:
         job, endpoint, opts = self.job, self.endpoint, self.opts
@@ -110,14 +96,14 @@ class Run:
                 check = None
         store = Store(job.state.path, shared=opts.shared_store)
         try:
-            store.begin_run()
+            store.begin_run(opts.run_token)
             if job.task.top_k is not None:
                 log.warning("top-k = %s is accepted for compatibility but not sent: Groq has no top_k "
                             "parameter and rejects requests that carry it", job.task.top_k)
-            renderer = Renderer(job.task, key=job.input.key,
-                                max_tokens=sends_max_tokens(job, endpoint.base_url))
+            renderer = renderer_for(job, endpoint.base_url, server=await spoken_by(job, endpoint))
             if job.limits.max_cost_usd is not None:
-                self.budget = SpendCap(job.limits.max_cost_usd, job.task.model, renderer.completion_budget)
+                self.budget = opts.spend_cap(job.limits.max_cost_usd, job.task.model,
+                                             renderer.completion_budget)
             expired = 0
             if self.mode == "batch":
                 log.info("run: %d rows from %s -> %s; model %s at %s; Batch API, completion window %s",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from batch.engine.preflight import check_job
 from batch.job.config import Job
-from batch.render.prompts import Renderer
+from batch.render.prompts import renderer_for
 from batch.store import runlog
 from batch.store.answers import Store
 from batch.store.database import size_bytes
@@ -17,7 +17,7 @@ from batch.store.ledger import Ledger
 def status(job: Job) -> dict[str, object]:
     """Where a job stands, from its input and its store; sends nothing and takes no lock."""
     source = check_job(job)
-    renderer = Renderer(job.task, key=job.input.key)
+    renderer = renderer_for(job)
     counts = {"rows": 0, "answered": 0, "failed_permanent": 0, "failed_retryable": 0, "pending": 0,
               "invalid_rows": 0, "in_batches": 0}
     if not job.state.path.exists():

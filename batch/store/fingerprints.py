@@ -18,21 +18,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch import fields
 from batch.render.prompts import Group
-from batch.store.answers import Store
+from batch.tables.rechunk import Rechunker
 from batch.tables.spool import Spool
 
-# The stored fields the output shows, and the Arrow type each comes back from SQLite as.
-FIELDS: dict[str, pa.DataType] = {
-    "text": pa.string(), "input_tokens": pa.int64(), "output_tokens": pa.int64(),
-    "total_tokens": pa.int64(), "reasoning_tokens": pa.int64(), "cached_tokens": pa.int64(),
-    "finish_reason": pa.string(), "request_id": pa.string(), "model": pa.string(),
-    "latency_s": pa.float64(), "queue_time": pa.float64(), "total_time": pa.float64(),
-    "reasoning": pa.string(), "attempts": pa.int64(), "error": pa.string(), "run": pa.int64(),
-}
-# A stored answer row (`Store.ANSWER_ROW`) as an Arrow struct (see `struct_of`).
-ROW = pa.struct([(name, {**FIELDS, "fingerprint": pa.string(), "permanent": pa.int64()}[name])
-                 for name in Store.ANSWER_ROW])
+# The stored fields the output shows, then the run that stored each, and the Arrow type each comes back
+# from SQLite as (pass 2 takes its columns from these).
+FIELDS: dict[str, pa.DataType] = {f.name: f.arrow for f in fields.STORED
+                                  if f.output is not None or f.name == "run"}
+# A stored answer row (`Store.ANSWER_ROW`: every stored field) as an Arrow struct (see `struct_of`).
+ROW = pa.struct([(f.name, f.arrow) for f in fields.STORED])
 SCHEMA = pa.schema([("fingerprint", pa.string()), ("error", pa.string()), ("answer", ROW)])
 Recalled = tuple[pa.Array, pa.BooleanArray, pa.StructArray]  # `recall.Recall.match`'s
 
@@ -89,19 +85,11 @@ class KeysReader:
     """The rows' keys in order, `take(n)` at a time, whatever sizes the groups had."""
 
     def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
-        self._batches = batches
-        self._held: list[pa.RecordBatch] = []
-        self._count = 0
+        self._rows = Rechunker(batches, SCHEMA)
 
     def take(self, n: int) -> tuple[pa.StringArray, pa.StringArray, pa.StructArray]:
         """The next `n` rows' fingerprints (null where the row failed), failure messages, and the
         answers pass 1 found (null where it found none)."""
-        while self._count < n:
-            batch = next(self._batches)  # StopIteration: fewer rows than the input
-            self._held.append(batch)
-            self._count += batch.num_rows
-        table = pa.Table.from_batches(self._held, SCHEMA)
-        head, rest = table.slice(0, n), table.slice(n)
-        self._held, self._count = rest.to_batches(), rest.num_rows
-        fps, errors, answers = (head.column(i).combine_chunks() for i in range(3))
+        fps, errors, answers = self._rows.take(n)
+        assert len(fps) == n, "pass 1 kept fewer rows than the input has"
         return fps, errors, answers

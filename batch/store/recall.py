@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 
 from batch.store.answers import Store
 from batch.store.fingerprints import ROW
+from batch.tables.rechunk import Rechunker
 
 log = logging.getLogger("batch")
 SCHEMA = pa.schema([("fingerprint", pa.string()), ("answer", ROW)])
@@ -53,10 +55,9 @@ class Recall:
 
     def __init__(self, store: Store) -> None:
         self._path = recall_path(store)
-        self._held: list[pa.RecordBatch] = []
-        self._count = 0
         self.unchanged = True  # every row so far had last time's request, and a good answer
         self._reader: pa.ipc.RecordBatchStreamReader | None = None
+        self._rows = Rechunker(self._chunks(), SCHEMA)
         try:
             reader = pa.ipc.open_stream(pa.OSFile(str(self._path)))
         except (OSError, pa.ArrowInvalid):
@@ -79,26 +80,23 @@ class Recall:
         return fps, hit, answers
 
     def _take(self, n: int) -> tuple[pa.Array, pa.StructArray]:
-        while self._count < n and self._reader is not None:
-            try:
-                batch = self._reader.read_next_batch()
-            except StopIteration:
-                self._reader = None
-                break
-            except (OSError, pa.ArrowInvalid) as exc:  # damaged on disk: look the rest up
-                log.info("could not read %s further (%s); the rest is looked up", self._path, exc)
-                self._reader = None
-                break
-            self._held.append(batch)
-            self._count += batch.num_rows
-        table = pa.Table.from_batches(self._held, SCHEMA)
-        head, rest = table.slice(0, n), table.slice(n)
-        self._held, self._count = rest.to_batches(), rest.num_rows
-        fps, answers = (head.column(i).combine_chunks() for i in range(2))
+        fps, answers = self._rows.take(n)
         if len(fps) < n:  # this run has more rows than the last one
             fps = pa.concat_arrays([fps, pa.nulls(n - len(fps), pa.string())])
             answers = pa.concat_arrays([answers, pa.nulls(n - len(answers), ROW)])
         return fps, answers
+
+    def _chunks(self) -> Iterator[pa.RecordBatch]:
+        """The file's chunks, up to its end, the first damage, or `close`, whichever comes first."""
+        while self._reader is not None:
+            try:
+                chunk = self._reader.read_next_batch()
+            except StopIteration:
+                return
+            except (OSError, pa.ArrowInvalid) as exc:  # damaged on disk: look the rest up
+                log.info("could not read %s further (%s); the rest is looked up", self._path, exc)
+                return
+            yield chunk
 
     def close(self) -> None:
         if self._reader is not None:
