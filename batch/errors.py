@@ -83,12 +83,14 @@ class ApiError(BatchError):
         code: str | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        param: str | None = None,
     ) -> None:
         self.message = message
         self.status = status
         self.code = code
         self.request_id = request_id
         self.retry_after = retry_after
+        self.param = param  # the request field the server named as the problem ("response_format.type")
         super().__init__(self.describe())
 
     def describe(self) -> str:

@@ -21,6 +21,7 @@ from batch.records import Answer
 from batch.render.prompts import Renderer
 from batch.store.answers import Store
 
+QWEN = "qwen/qwen3.8-27b"  # a model that takes reasoning_format (the gpt-oss models do not)
 RunBatch = Callable[..., subprocess.CompletedProcess[str]]
 WriteJob = Callable[..., Path]
 
@@ -51,8 +52,9 @@ def body(task: TaskSpec) -> dict[str, Any]:
 
 
 def test_extras_are_sent_in_a_fixed_order_and_unset_ones_are_not(tmp_path: Path) -> None:
-    t = job('stop = ["END", "\\n\\n"]\nreasoning-effort = "low"\nreasoning-format = "parsed"\n'
-            'service-tier = "flex"\nresponse-format = {type = "json_object"}\ntemperature = 0\n', tmp_path)
+    extras = ('stop = ["END", "\\n\\n"]\nreasoning-effort = "low"\nreasoning-format = "parsed"\n'
+              'service-tier = "flex"\nresponse-format = {type = "json_object"}\ntemperature = 0\n')
+    t = parse_job(HEAD.replace("openai/gpt-oss-20b", QWEN) + extras, tmp_path / "job.toml").task
     sent = body(t)
     assert list(sent) == ["model", "messages", "temperature", "stop", "reasoning_effort", "reasoning_format",
                           "service_tier", "response_format"]
@@ -193,8 +195,9 @@ def test_extras_reach_the_wire_and_reasoning_the_output(tmp_path: Path, backgrou
     capture = Capture()
     url = background_loop.run(capture.start())
     write_csv([{"id": str(i), "name": f"n{i}", "experience": f"e{i}"} for i in range(3)], tmp_path / "in.csv")
-    path = write_job("in.csv", task={"prompt": "${experience}", "stop": "END", "reasoning-effort": "high",
-                                     "reasoning-format": "parsed", "service-tier": "auto"})
+    path = write_job("in.csv", task={"model": QWEN, "prompt": "${experience}", "stop": "END",
+                                     "reasoning-effort": "high", "reasoning-format": "parsed",
+                                     "service-tier": "auto"})
     try:
         proc = run_batch(path, "--base-url", url)
     finally:

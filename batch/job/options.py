@@ -33,6 +33,8 @@ class Key:
 
 
 REASONING_EFFORTS = ("low", "medium", "high", "none", "default")
+# `[api] server`: "auto" and the kinds of server batch knows the spelling of (`render.spelling`).
+SERVERS = ("auto", "groq", "openai", "vllm", "llama.cpp")
 TABLES: dict[str, tuple[Key, ...]] = {
     "input": (
         Key("path", "path", "The input table, relative to the job file; or a partitioned dataset: a "
@@ -114,7 +116,13 @@ TABLES: dict[str, tuple[Key, ...]] = {
         Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),
         Key("send-max-tokens", "boolean", "Also send `max-new-tokens` as `max_tokens`, the older name that "
             "some servers (llama.cpp's) know instead of `max_completion_tokens`. Default: yes, except to "
-            "Groq and OpenAI (`api.groq.com`, `api.openai.com`, a base URL ending in `/openai/v1`)."),
+            "Groq and OpenAI (`[api] server`, else `api.groq.com`, `api.openai.com`, a base URL ending in "
+            "`/openai/v1`)."),
+        Key("server", "string", "The kind of server the base URL is, for the fields servers spell their own "
+            "way: structured output goes as `json_schema` to `groq`, `openai` and `vllm`, and as "
+            "`json_object` with a `schema` to `llama.cpp` (llama-server, llama-cpp-python). `auto`: Groq or "
+            "OpenAI by the URL; any other server is asked which it is before a json_schema job's first "
+            "request.", default="auto", choices=SERVERS),
     ),
     "state": (Key("path", "path", "The SQLite state; default: the output path + `.state.sqlite`. For a "
                   "partitioned input, a folder of per-partition journals (default: the output folder + "

@@ -112,7 +112,7 @@ class ColumnarRenderer:
                 fps[i] = got.fingerprint
             else:
                 fps[i], errors[i] = None, got.error
-        budget, alias = renderer.completion_budget, renderer.alias
+        budget, alias, cut = renderer.completion_budget, renderer.alias, renderer.cut
 
         def request(i: int) -> Request:
             if i in overrides:
@@ -120,7 +120,7 @@ class ColumnarRenderer:
             b = bodies[i]
             assert fps[i] is not None, "a failed row has no request"
             est = -(-len(b) // 4) + budget  # of the fingerprinted bytes, as one row's request counts
-            return Request(fingerprint=fps[i] or "", body=b if alias is None else b[:-1] + alias,
+            return Request(fingerprint=fps[i] or "", body=b if alias is None else b[:-cut] + alias,
                            est_tokens=est, row=first_row + i)
         return Group(first_row, fps, errors, request)
 

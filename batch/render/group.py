@@ -78,5 +78,6 @@ class RowRenderer(Protocol):
     images_column: str | None
     completion_budget: int
     alias: bytes | None
+    cut: int
 
     def row(self, row: int, cols: dict[str, list[Any]], i: int) -> Rendered: ...

@@ -11,8 +11,9 @@ each request on demand. Plain-text rows render a whole chunk at once (`columnar`
 or a chat history one by one, in groups bounded in bytes, so a chunk of large images is never held
 rendered whole.
 
-The one addition left out of it is `max_tokens` for servers that are not Groq: a copy of
-`max_completion_tokens` under its older name, appended last, which changes nothing about the answer.
+Left out of it are what only the wire needs: `max_tokens` for servers that are not Groq (a copy of
+`max_completion_tokens` under its older name, appended last) and the server's own spelling of the
+response format (`spelling`); neither changes what is asked.
 
 `top_k` is never sent: Groq has no such parameter and rejects requests that carry it. Groq's extras
 (stop, reasoning, service tier, response format) follow the original parameters, so a job that sets
@@ -22,21 +23,22 @@ none of them keeps the fingerprints it had before they existed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from batch.job.config import TaskSpec
+from batch.job.config import Job, TaskSpec
+from batch.job.endpoint import sends_max_tokens, server_kind
 from batch.job.template import Template
 from batch.records import Request
-from batch.render import messages
+from batch.render import messages, spelling
 from batch.render.columnar import ColumnarRenderer
 from batch.render.group import JSON, Group, Rendered, RowFailure, fingerprint
 from batch.render.messages import RowProblem
 
 # Named here too: the renderer's users take a group's parts from the renderer's module.
-__all__ = ["JSON", "Group", "Rendered", "Renderer", "RowFailure", "as_text", "fingerprint"]
+__all__ = ["JSON", "Group", "Rendered", "Renderer", "RowFailure", "as_text", "fingerprint", "renderer_for"]
 
 # Completion budget assumed for pacing when the job sets no max-new-tokens.
 DEFAULT_COMPLETION_BUDGET = 1024
@@ -68,7 +70,8 @@ def as_text(value: Any) -> str:
 class Renderer:
     """Turns record chunks into requests for one task."""
 
-    def __init__(self, task: TaskSpec, *, key: str | None = None, max_tokens: bool = False) -> None:
+    def __init__(self, task: TaskSpec, *, key: str | None = None, max_tokens: bool = False,
+                 server: str | None = None) -> None:
         self.model = task.model
         self.key = key  # a column that names a row in messages
         self.prompt = Template(task.prompt)
@@ -99,11 +102,12 @@ class Renderer:
         self.params = {k: v for k, v in params.items() if v is not None}
         self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
         self._columnar: ColumnarRenderer | bool | None = None  # False: row by row (made when first used)
-        # The budget again under its older name, for servers that know only that one
-        # (`endpoint.sends_max_tokens`); never for Groq. It repeats max_completion_tokens, so it is
-        # appended after the fingerprint is taken: answers do not depend on which name a server reads.
-        self.alias = b',"max_tokens":%d}' % task.max_new_tokens if max_tokens and task.max_new_tokens \
-            else None
+        # The bytes sent are the fingerprinted body with its last `cut` bytes replaced by `alias`
+        # (None: as it is): the budget again under its older name, for servers that know only that one
+        # (`endpoint.sends_max_tokens`; never Groq), and the response format in the server's own
+        # spelling (`spelling`). Both ask the same thing, so answers do not depend on the server.
+        self.cut, self.alias = spelling.tail(self.params, server,
+                                             task.max_new_tokens if max_tokens else None)
 
     def groups(self, chunk: pa.RecordBatch, first_row: int) -> Iterator[Group]:
         """The chunk's rows, rendered, in groups: plain-text rows all at once, others row by row in
@@ -178,8 +182,19 @@ class Renderer:
         est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * count
         fp = fingerprint(body)
         if self.alias is not None:
-            body = body[:-1] + self.alias
+            body = body[:-self.cut] + self.alias
         return Request(fingerprint=fp, body=body, row=row, est_tokens=est + self.completion_budget)
+
+
+def renderer_for(job: Job, base_url: str | None = None, env: Mapping[str, str] | None = None, *,
+                 server: str | None = None) -> Renderer:
+    """The renderer of a job's requests as they go to `base_url` (a run's endpoint) or, without it, to
+    the job's own base URL by the usual precedence over `env` (what `plan` shows). Where they go only
+    decides the `max_tokens` copy (`endpoint.sends_max_tokens`) and the server's spelling of structured
+    output (`server`, else what the job and the URL tell: `endpoint.server_kind`), never a fingerprint,
+    so a caller that reads fingerprints or columns and sends nothing may leave them all out."""
+    return Renderer(job.task, key=job.input.key, max_tokens=sends_max_tokens(job, base_url, env),
+                    server=server or server_kind(job, base_url, env))
 
 
 def estimate_prompt_tokens(body_bytes: int) -> int:

@@ -198,7 +198,7 @@ class Pool:
             self.budget.release(cost)
 
     def _failed(self, job: _Job, exc: ApiError) -> None:
-        req = job.request
+        req, exc = job.request, self._breaker.judged(exc)  # a refused request shape ends the run
         decision = self._policy.decide(exc, job.attempts, self._rng)
         self.stats.record_error(exc)
         if isinstance(exc, RateLimited):

@@ -34,6 +34,7 @@ _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _LIMIT_KIND = re.compile(r"\((RPM|TPM|RPD|TPD)\)")
 _LIMIT_VALUE = re.compile(r"Limit (\d+)")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
+_QUOTED_LOC = re.compile(r"'loc': \('body', ((?:'[^']*'|\d+)(?:, (?:'[^']*'|\d+))*)\)")
 _NO_RATE = RateInfo()  # frozen: one shared by every completion whose headers hold no limits
 
 
@@ -111,18 +112,30 @@ def parse_rate_headers(h: Mapping[str, str]) -> RateInfo:
 
 def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
     """Map a non-200 answer to its error class. The `code` field decides, never message wording,
-    except for naming *which* rate limit a 429 hit: Groq says that only in the message."""
-    message, code, kind_of = f"HTTP {status}", None, None
+    except for naming *which* rate limit a 429 hit (Groq says that only in the message), and for the
+    request field a server refused (`refused_field`)."""
+    message, code, kind_of, param = f"HTTP {status}", None, None, None
     try:
-        err = scrubbed(json.loads(body), body)["error"]
+        data = scrubbed(json.loads(body), body)
+    except ValueError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
         message = str(err.get("message") or message)
         code = err.get("code") or None
         kind_of = err.get("type")
-    except (ValueError, KeyError, TypeError, AttributeError):
+        param = refused_field(err.get("param"), message)
+    else:
         snippet = body[:200].decode("utf-8", "replace").strip()
         if snippet:
             message = f"HTTP {status}: {snippet}"
-    kw: dict[str, Any] = {"status": status, "code": code, "request_id": headers.get("x-request-id")}
+        detail = data.get("detail") if isinstance(data, dict) else None  # FastAPI's own 422
+        first = detail[0] if isinstance(detail, list) and detail else None
+        loc = first.get("loc") if isinstance(first, dict) else None
+        if isinstance(loc, list) and len(loc) > 1 and loc[0] == "body":
+            param = ".".join(map(str, loc[1:]))
+    kw: dict[str, Any] = {"status": status, "code": code, "request_id": headers.get("x-request-id"),
+                          "param": param}
     if status == 429:
         found = _LIMIT_KIND.search(message)
         limit = found.group(1).lower() if found else None
@@ -145,9 +158,21 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
         return FatalApiError(message, **kw)
     if status == 404:  # no such model or wrong base URL: the same for every row
         return FatalApiError(f"{message} (is the base URL right?)", **kw)
+    if status >= 500 and param is not None:  # the server validated the request and refused it
+        return BadRequest(message, **kw)
     if status in (408, 409, 498) or status >= 500:
         return ServerError(message, **kw)
     return BadRequest(message, **kw)
+
+
+def refused_field(param: object, message: str) -> str | None:
+    """The request field an error says it refused: OpenAI's and Groq's `param`, else the location of a
+    request validation error quoted in the message, as llama-cpp-python's 500 quotes pydantic's error
+    list (`'loc': ('body', 'response_format', 'type')`): "response_format.type"."""
+    if isinstance(param, str) and param:
+        return param
+    found = _QUOTED_LOC.search(message)
+    return ".".join(p.strip("'") for p in found.group(1).split(", ")) if found else None
 
 
 def parse_completion(data: Any, headers: Mapping[str, str], *, rate: bool = True) -> Completion:

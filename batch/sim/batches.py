@@ -2,7 +2,8 @@
 
 This module owns the Batch API's HTTP side and its store: files (upload, list, info, content, delete),
 batch creation and its checks (endpoint, completion window from ``24h`` to ``7d``, input file), list,
-retrieve and cancel, and each batch's output and error files once it is terminal. Beside it,
+retrieve and cancel, each batch's output and error files once it is terminal, and the 403
+``not_available_for_plan`` of a plan without the Batch API (``SimConfig.batch_available``). Beside it,
 :mod:`.batchinput` reads an upload and checks an input file line by line (through the very schema and
 model checks of the online chat route, plus ``SimConfig.batch_models``), and :mod:`.batchstate` runs
 each batch's lifecycle on no background task: :meth:`BatchApi.refresh` brings it up to date, on the
@@ -101,6 +102,10 @@ class BatchApi:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if not self._authorized(request):
                 return invalid_key().response({})
+            if not self._config().batch_available:
+                return HttpError(403, "The Batch API is not available for your plan. Upgrade your plan "
+                                 "to use it: https://console.groq.com/settings/billing",
+                                 type_="permission_error", code="not_available_for_plan").response({})
             try:
                 self.refresh()
                 return await handler(request)
@@ -205,6 +210,7 @@ class BatchApi:
             created=self._clock(), created_wall=time.time(), lines=lines, faulty=faulty, total=total,
             validation_errors=errors, validate_s=cfg.batch_validate_s, lines_per_s=cfg.batch_lines_per_s,
             finalize_s=cfg.batch_finalize_s, window_s=seconds / cfg.batch_time_scale,
+            empty_error_file_id=cfg.batch_empty_error_file_id,
         )
         self.batches[batch.id] = batch
         self.batches_created += 1

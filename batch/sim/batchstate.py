@@ -66,6 +66,7 @@ class SimBatch:
     lines_per_s: float
     finalize_s: float
     window_s: float  # real seconds
+    empty_error_file_id: bool = False  # Groq's quirk: `"error_file_id": {}` once it ended without one
     cancel_at: float | None = None
     status: str = "validating"
     answered: int = 0  # lines taken from `lines` so far, in order; faulty ones included
@@ -136,11 +137,13 @@ class SimBatch:
             return None if moment is None else self.wall(moment)
 
         counted = "in_progress" in self.stamps or self.status == "failed"  # Groq shows 0 while validating
+        quirk = self.settled and self.error_file_id is None and self.empty_error_file_id
+        errors: str | dict[str, Any] | None = {} if quirk else self.error_file_id
         return {
             "id": self.id, "object": "batch", "endpoint": ENDPOINT,
             "errors": {"object": "list", "data": self.validation_errors} if self.status == "failed" else None,
             "input_file_id": self.input_file_id, "completion_window": self.completion_window,
-            "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+            "status": self.status, "output_file_id": self.output_file_id, "error_file_id": errors,
             "created_at": int(self.created_wall), "in_progress_at": at("in_progress"),
             "expires_at": self.wall(self.created + self.window_s), "finalizing_at": at("finalizing"),
             "completed_at": at("completed"), "failed_at": at("failed"), "expired_at": at("expired"),

@@ -2,7 +2,8 @@
 
 This module owns what can be set on the Groq simulator and its checks: the per-model rate limits
 (RPM, TPM, RPD, TPD) and the burst, latency and jitter, the injectable faults (:data:`FAULT_KINDS`)
-and their rate, the length of the simulated day, and the Batch API's timings, models and fault rate.
+and their rate, the length of the simulated day, and the Batch API's timings, models, fault rate and
+quirks (an account whose plan has no Batch API, an empty object for "no error file").
 :func:`add_cli_arguments` and :func:`config_from_args` turn the same knobs into command-line options
 and back, with SimConfig's defaults.
 """
@@ -42,6 +43,11 @@ class SimConfig:
     batch_time_scale: float = 3600.0  # simulated seconds per real second: "24h" lasts 24 s
     batch_finalize_s: float = 0.2  # real seconds in `finalizing`, and in `cancelling`
     batch_fault_rate: float = 0.0  # probability that a batch line gets a 500 instead of an answer
+    # Groq's quirks seen by users of other clients (docs/groq.md, "Batch API"): an account whose plan has
+    # no Batch API gets 403 `not_available_for_plan` from every /files and /batches call; a batch that
+    # ends without an error file may show `"error_file_id": {}` (an empty object) instead of null.
+    batch_available: bool = True
+    batch_empty_error_file_id: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_models is not None:
@@ -116,6 +122,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults", default=",".join(d.faults), help="fault kinds (default %(default)s)")
     parser.add_argument("--batch-models", default=None,
                         help="comma-separated models the Batch API accepts (default: every known model)")
+    parser.add_argument("--no-batch-api", action="store_true",
+                        help="answer every Batch API call 403 not_available_for_plan, as Groq does for a "
+                             "plan without the Batch API")
+    parser.add_argument("--batch-empty-error-file-id", action="store_true",
+                        help='show "error_file_id": {} (not null) on a batch without an error file')
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
@@ -131,6 +142,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
             seed=ns.seed, batch_validate_s=ns.batch_validate_s, batch_lines_per_s=ns.batch_lines_per_s,
             batch_time_scale=ns.batch_time_scale, batch_finalize_s=ns.batch_finalize_s,
             batch_fault_rate=ns.batch_fault_rate,
+            batch_available=not ns.no_batch_api, batch_empty_error_file_id=ns.batch_empty_error_file_id,
             batch_models=None if ns.batch_models is None
             else tuple(m.strip() for m in ns.batch_models.split(",") if m.strip()),
         )

@@ -2,7 +2,8 @@
 
 This module owns Groq's strict schema and nothing else: the allowed top-level keys (an unknown key is
 a 400), the roles, the content parts of a message (text, and images only in user messages, at most 5
-a request), the type and range of each optional parameter, and the JSON body parse. It also owns the
+a request), the type and range of each optional parameter, the reasoning rules between parameters
+(gpt-oss refuses `reasoning_format`; `raw` refuses JSON mode), and the JSON body parse. It also owns the
 Groq-shaped error (:class:`HttpError`, rendered as ``{"error": {message, type, code, param}}``) that
 every simulator module raises, with its two most common cases, :func:`invalid` and
 :func:`invalid_key`. The Batch API checks each line's body with the very same :func:`validate`.
@@ -71,6 +72,8 @@ _ALLOWED_KEYS = frozenset((
     "metadata", "store",
 ))
 _ROLES = ("system", "user", "assistant", "tool")
+GPT_OSS = "openai/gpt-oss"  # the family that takes include_reasoning and refuses reasoning_format
+JSON_MODES = ("json_object", "json_schema")
 
 
 def _is_int(value: object) -> bool:
@@ -154,4 +157,16 @@ def validate(body: object) -> dict[str, Any]:
             raise invalid(key, message)
     if "reasoning_format" in given and "include_reasoning" in given:
         raise invalid("include_reasoning", "cannot be used together with reasoning_format")
+    _check_reasoning(body["model"], given)
     return body
+
+
+def _check_reasoning(model: str, given: Mapping[str, Any]) -> None:
+    """Groq's reasoning page: the gpt-oss models take `include_reasoning`, not `reasoning_format`; and
+    `raw` reasoning with JSON mode is a 400. (The messages are the simulator's; Groq's are unknown.)"""
+    fmt, response_format = given.get("reasoning_format"), given.get("response_format")
+    if fmt is not None and model.startswith(GPT_OSS):
+        raise invalid("reasoning_format", f"is not supported with {model}; use include_reasoning")
+    if fmt == "raw" and isinstance(response_format, dict) and response_format.get("type") in JSON_MODES:
+        raise invalid("reasoning_format", "raw is not supported with JSON mode or tool use; use parsed "
+                      "or hidden")
