@@ -26,18 +26,17 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from batch.doors.simulated import kept_apart, simulated
-from batch.engine.output import write_output
+from batch.doors.simulated import endpoint_for, kept_apart
+from batch.engine.drive import drive
+from batch.engine.output import write_so_far
 from batch.engine.plan import Plan, make_plan
 from batch.engine.preflight import check_job
 from batch.engine.run import Run, RunOptions
-from batch.errors import FatalApiError, JobError, Stopped
+from batch.errors import JobError, Stopped
 from batch.job import endpoint as endpoints
 from batch.job.config import Job, with_state
 from batch.job.keywords import build_job
-from batch.render.prompts import Renderer
 from batch.report.progress import stderr_handler
-from batch.store.answers import Store
 from batch.tables import frames
 from batch.tables.source import Rows
 
@@ -100,15 +99,16 @@ async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> A
                           progress=door.get("progress", True) is not False, tty=_interactive(),
                           notebook=_in_notebook(), shared_store=_cached(prepared.job))
         _show_progress_lines()
+        simulate = bool(door.get("simulate"))
         try:
-            summary = await _execute(prepared, opts, simulate=bool(door.get("simulate")),
-                                     env=os.environ)
+            async with endpoint_for(prepared.job, None, os.environ, simulate=simulate) as ep:
+                summary = await drive(Run(prepared.job, prepared.rows, ep, opts))  # reports a stop too
         except Stopped as exc:
             exc.partial = _partial(prepared, data)
             raise
         figures = json.loads(summary.to_json())
         figures["output"] = str(prepared.job.output.path) if door.get("output") else None
-        return frames.result(prepared.kind, data, prepared.job.output.path, figures)
+        return frames.result(prepared.kind, data, prepared.job.output.path, figures, prepared.rows)
 
 
 def plan(data: Any, job: str | Path | None = None, /, **options: Any) -> Plan:
@@ -147,38 +147,13 @@ def _prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any],
     return _Prepared(job, check_job(job, rows), kind, tmp)
 
 
-async def _execute(p: _Prepared, opts: RunOptions, *, simulate: bool, env: Mapping[str, str]) -> Any:
-    if simulate:
-        async with simulated() as ep:
-            return await _reported(Run(p.job, p.rows, ep, opts))
-    return await _reported(Run(p.job, p.rows, endpoints.resolve(p.job, None, env), opts))
-
-
-async def _reported(run: Run) -> Any:
-    try:
-        return await run.execute()
-    except (Stopped, FatalApiError) as exc:
-        run.report_stop(exc)  # beside output= when given: what the run did before it stopped
-        raise
-
-
 def _partial(p: _Prepared, data: Any) -> Any:
     """The rows so far, in the caller's kind: answered ones with their answers, the rest with an error
     saying they have no answer yet. None if even that cannot be written."""
-    try:
-        store = Store(p.job.state.path, readonly=True)
-    except Exception:  # the store never came to be: nothing was answered
-        return None
     partial = p.tmp / "partial.parquet"  # never over the caller's output=: a stopped run writes none
-    try:
-        write_output(p.rows, Renderer(p.job.task, key=p.job.input.key), store, path=partial,
-                     fmt="parquet", text_column=p.job.output.text_column,
-                     response_format=p.job.task.response_format, limit=None)
-    except OSError:
+    if not write_so_far(p.job, p.rows, partial):
         return None
-    finally:
-        store.close()
-    return frames.result(p.kind, data, partial, {"status": "stopped"})
+    return frames.result(p.kind, data, partial, {"status": "stopped"}, p.rows)
 
 
 def cache_dir(env: Mapping[str, str] = os.environ) -> Path:

@@ -1,6 +1,7 @@
 """The Python door's tables: what a caller hands in becomes `Rows`, and the answers go back in its kind.
 
-    pandas DataFrame        -> Arrow, in memory (it already is)       -> pandas, the caller's index kept
+    pandas DataFrame        -> Arrow, in memory (it already is)       -> pandas, the caller's frame kept
+    pandas Series (named)   -> a one-column DataFrame                 -> pandas DataFrame
     pyarrow Table           -> read in place                          -> pyarrow Table
     __arrow_c_stream__      -> spooled to an Arrow IPC file on disk   -> pyarrow Table
       (polars, DuckDB, a RecordBatchReader: read once, chunk by chunk, never held whole)
@@ -8,20 +9,27 @@
 
 A run reads its rows twice (to send, then to write), and a stream can be read only once: hence the
 spool, memory-mapped so that its pages belong to the OS cache, not to the process.
+
+The caller's columns come back as the caller gave them, values and types (a polars Categorical stays a
+dictionary of string_view, a DuckDB INTERVAL an interval), taken from the caller's table, not from the
+output file, which holds them as `storable` converts them. Whatever cannot be read (duplicate column
+names, a polars Object column, a stream that is not a table) is refused before anything is sent.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batch.errors import InputError
-from batch.tables.source import CHUNK_ROWS
+from batch.tables.readback import read_output
+from batch.tables.source import CHUNK_ROWS, Rows
+from batch.tables.storable import Storable
 
 PANDAS, ARROW, PATH = "pandas", "arrow", "path"
 
@@ -30,11 +38,13 @@ class TableRows:
     """Rows of an Arrow table held in memory (a pyarrow Table, or a DataFrame converted once)."""
 
     def __init__(self, table: pa.Table, name: str) -> None:
-        self.table, self.name = table, name
+        _distinct(table.column_names, name)
+        self.table, self.name = table, name  # the caller's columns, unconverted
+        self._storable = Storable(table, name)
 
     @property
     def schema(self) -> pa.Schema:
-        return self.table.schema
+        return self._storable.schema
 
     @property
     def num_rows(self) -> int:
@@ -49,36 +59,121 @@ class TableRows:
         row = 0
         for chunk in table.to_batches(max_chunksize=CHUNK_ROWS):
             if chunk.num_rows:
-                yield row, chunk
+                yield row, self._storable.apply(chunk)
                 row += chunk.num_rows
+
+    def caller_table(self) -> pa.Table:
+        """The caller's columns as given, for the result."""
+        return self.table
 
 
 class SpooledRows(TableRows):
     """An Arrow stream, written to `path` as it is read, then read back memory-mapped."""
 
     def __init__(self, stream: Any, path: Path, name: str) -> None:
-        reader = pa.RecordBatchReader.from_stream(stream)
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
-            for chunk in reader:
-                writer.write_batch(chunk)
+        try:
+            reader = pa.RecordBatchReader.from_stream(stream)
+        except pa.ArrowException as exc:
+            raise InputError(_unreadable(stream, name, exc)) from exc
+        except Exception as exc:  # the producer's own failure (a DuckDB query runs here): nothing sent
+            raise InputError(f"data: reading {name} failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
+                for chunk in reader:
+                    writer.write_batch(chunk)
+        except Exception as exc:  # the same, met while the rows stream in
+            raise InputError(f"data: reading {name} failed: {type(exc).__name__}: {exc}") from exc
+        self.path = path
         super().__init__(pa.ipc.open_file(pa.memory_map(str(path))).read_all(), name)
+
+    def caller_table(self) -> pa.Table:
+        # Read into memory: the result outlives the temporary folder that holds the spool.
+        with pa.OSFile(str(self.path)) as file:
+            return pa.ipc.open_file(file).read_all()
 
 
 def rows_of(data: Any, spool: Path) -> tuple[TableRows | None, str]:
     """The rows of an in-memory `data` and the kind the result takes; (None, PATH) for a path."""
     if isinstance(data, str | Path):
         return None, PATH
-    if _is_pandas(data):
-        return TableRows(_from_pandas(data), "the DataFrame"), PANDAS
+    pd = sys.modules.get("pandas")  # whatever the caller hands in from pandas, pandas is imported
+    if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
+        what = "the DataFrame" if isinstance(data, pd.DataFrame) else "the Series"
+        return TableRows(_from_pandas(_frame(data), what), what), PANDAS
     if isinstance(data, pa.Table):
         return TableRows(data, "the Arrow table"), ARROW
     if isinstance(data, pa.RecordBatch):
         return TableRows(pa.Table.from_batches([data]), "the Arrow record batch"), ARROW
     if hasattr(data, "__arrow_c_stream__"):
-        return SpooledRows(data, spool, f"the {type(data).__name__} stream"), ARROW
+        name = f"the {type(data).__name__} stream"
+        _no_objects(data, name)
+        return SpooledRows(data, spool, name), ARROW
     raise InputError(f"data: cannot read a {type(data).__module__}.{type(data).__name__}; pass a pandas "
                      "DataFrame, a pyarrow Table, an object with __arrow_c_stream__ (polars, DuckDB, "
                      "a RecordBatchReader), or the path of a .csv, .parquet or .jsonl file")
+
+
+def _frame(data: Any) -> Any:
+    """A pandas DataFrame as it is; a named Series as the one-column frame it reads as."""
+    if hasattr(data, "columns"):
+        return data
+    if data.name is None:
+        raise InputError("data: a pandas Series without a name; the prompt names its columns, so name it "
+                         "(series.rename('body')) or pass series.to_frame('body')")
+    return data.to_frame()
+
+
+def _distinct(names: Sequence[Any], name: str) -> None:
+    at: dict[Any, list[int]] = {}
+    for i, column in enumerate(names):
+        at.setdefault(column, []).append(i)
+    dupes = [f"{column!r} (columns {', '.join(map(str, where[:-1]))} and {where[-1]})"
+             for column, where in at.items() if len(where) > 1]
+    if dupes:
+        raise InputError(f"data: {name} has duplicate column names: {'; '.join(dupes[:5])}; the prompt "
+                         "names columns, so each needs its own name: rename them")
+
+
+def _from_pandas(df: Any, what: str) -> pa.Table:
+    bad = [c for c in df.columns if not isinstance(c, str)]
+    if bad:
+        raise InputError(f"data: column names must be strings (templates name them), got {bad[:5]!r}; "
+                         "rename them, e.g. df.columns = df.columns.astype(str)")
+    _distinct(list(df.columns), what)
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise InputError(f"data: a column of {what} cannot be stored as one Arrow type ({exc}); "
+                         "give that column one type, e.g. df[col] = df[col].astype(str)") from exc
+
+
+def _no_objects(data: Any, name: str) -> None:
+    """polars exports an Object column as the addresses of its Python objects: never a prompt's text."""
+    if not type(data).__module__.startswith("polars"):
+        return
+    objects = [c for c, dtype in getattr(data, "schema", {}).items() if str(dtype) == "Object"]
+    if objects:
+        raise InputError(f"data: {name} has polars Object column(s) {', '.join(map(repr, objects))}, "
+                         "which have no Arrow form; turn their values into text or numbers first")
+
+
+def _unreadable(stream: Any, name: str, exc: Exception) -> str:
+    """What to say when pyarrow cannot read a stream: which columns, or that it is not a table."""
+    try:
+        pa.chunked_array(stream)
+    except (pa.ArrowException, TypeError, ValueError):
+        pass
+    else:
+        return (f"data: {name} is one column, not a table ({exc}); pass a table, e.g. series.to_frame()")
+    culprits = []
+    for column in getattr(stream, "columns", []):  # a polars frame can be asked one column at a time
+        try:
+            pa.RecordBatchReader.from_stream(stream.select(column)).close()
+        except Exception as why:  # any failure names the column
+            dtype = getattr(stream, "schema", {}).get(column, "?")
+            culprits.append(f"{column!r} ({dtype}: {why})")
+    where = f": column(s) {', '.join(culprits)}" if culprits else f" ({exc})"
+    return f"data: pyarrow cannot read {name}{where}; cast such columns to a type Arrow has, e.g. a string"
 
 
 def _nullable(arrow_type: pa.DataType) -> Any:
@@ -92,29 +187,14 @@ def _series(column: pa.ChunkedArray) -> Any:
     return column.to_pandas(types_mapper=_nullable).array
 
 
-def _is_pandas(data: Any) -> bool:
-    return type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"
-
-
-def _from_pandas(df: Any) -> pa.Table:
-    bad = [c for c in df.columns if not isinstance(c, str)]
-    if bad:
-        raise InputError(f"data: column names must be strings (templates name them), got {bad[:5]!r}; "
-                         "rename them, e.g. df.columns = df.columns.astype(str)")
-    try:
-        return pa.Table.from_pandas(df, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InputError(f"data: a column cannot be stored as one Arrow type ({exc}); give that column "
-                         "one type, e.g. df[col] = df[col].astype(str)") from exc
-
-
-def result(kind: str, data: Any, output: Path, summary: dict[str, Any]) -> Any:
-    """The output file read back in the caller's kind, with the run's summary on it."""
-    table = pq.read_table(output)
+def result(kind: str, data: Any, output: Path, summary: dict[str, Any], rows: Rows | None = None) -> Any:
+    """The output file's answers in the caller's kind, after the caller's own columns (`rows`' when they
+    are a table), with the run's summary on it."""
+    table = read_output(output)
     if kind == PANDAS:
         # The caller's own columns, untouched (dtypes, index), then the answer columns.
-        frame = data.copy()
-        for name in table.column_names[len(data.columns):]:
+        frame = _frame(data).copy()
+        for name in table.column_names[len(frame.columns):]:
             frame[name] = _series(table.column(name))
         frame.attrs["batch"] = summary
         return frame
@@ -122,6 +202,11 @@ def result(kind: str, data: Any, output: Path, summary: dict[str, Any]) -> Any:
         frame = table.to_pandas(types_mapper=_nullable)
         frame.attrs["batch"] = summary
         return frame
+    if isinstance(rows, TableRows):
+        given = rows.caller_table()
+        answers = table.select(list(range(given.num_columns, table.num_columns)))
+        table = pa.Table.from_arrays([*given.columns, *answers.columns],
+                                     schema=pa.schema([*given.schema.remove_metadata(), *answers.schema]))
     meta = dict(table.schema.metadata or {})
     meta[b"batch"] = json.dumps(summary).encode()
     return table.replace_schema_metadata(meta)
