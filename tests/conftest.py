@@ -66,6 +66,19 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = HANG_G
         time.sleep(0.02)
 
 
+# Servers of a test's own, by the loop they listen on: the loop's fixture closes what its test left
+# open, so no listening socket outlives its test (an unclosed socket is a ResourceWarning, an error).
+_SERVING: dict[asyncio.AbstractEventLoop, list[web.AppRunner]] = {}
+
+
+async def serve_app(runner: web.AppRunner) -> str:
+    """Start `runner` on a loopback port (closed at the latest when its loop's fixture ends); its URL."""
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    _SERVING.setdefault(asyncio.get_running_loop(), []).append(runner)
+    return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 class BackgroundLoop:
     """An asyncio loop running forever in a daemon thread; `run()` executes a coroutine on it."""
 
@@ -78,6 +91,8 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
+        for runner in _SERVING.pop(self.loop, []):
+            self.run(runner.cleanup())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
@@ -206,9 +221,7 @@ class LocalServer:
         raise NotImplementedError
 
     async def start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+        return f"{await serve_app(self.runner)}/v1"
 
 
 def completion(content: str | dict[str, Any], *, model: str = "m") -> web.Response:

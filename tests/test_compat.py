@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import BackgroundLoop, LocalServer, cli_env, completion
+from conftest import BackgroundLoop, LocalServer, cli_env, completion, serve_app
 from nasty import write_csv
 
 from batch.job.config import parse_job
@@ -120,10 +120,7 @@ class Target:
 
 
 async def serve(app: web.Application) -> str:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return await serve_app(web.AppRunner(app))
 
 
 def test_redirects_never_carry_the_key_elsewhere(tmp_path: Path, background_loop: BackgroundLoop,

@@ -326,8 +326,10 @@ text-column = "answer"
                           stdin=subprocess.DEVNULL)
     assert KEY not in proc.stdout + proc.stderr
     out = tmp_path / "out.csv"
-    rows = list(csv.DictReader(out.open(newline=""))) if out.exists() else []
-    return proc, rows
+    if not out.exists():
+        return proc, []
+    with out.open(newline="") as f:
+        return proc, list(csv.DictReader(f))
 
 
 def test_aimock_full_run_retries_through_injected_faults(tmp_path: Path) -> None:
