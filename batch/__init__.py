@@ -22,7 +22,7 @@ __all__ = ["FatalApiError", "JobError", "Stopped", "__version__", "arun", "plan"
 
 def __getattr__(name: str) -> Any:
     if name in ("run", "arun", "plan"):
-        from batch.doors import python as api
+        from batch.doors import python as door
 
-        return getattr(api, name)
+        return getattr(door, name)
     raise AttributeError(f"module 'batch' has no attribute {name!r}")

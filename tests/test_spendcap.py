@@ -60,7 +60,7 @@ def capped_pool(cap: float, n: int, concurrency: int) -> tuple[Pool, list[Answer
     answers: list[Answer] = []
     budget = SpendCap(cap, MODEL, completion_budget=1000)
     pool = Pool(api, Pacer(10**9, 10**12), RetryPolicy(), concurrency=concurrency, on_answer=answers.append,
-                stats=RunStats(), budget=budget)
+                stats=RunStats(), spend_cap=budget)
     reqs: list[Request] = [request(i, est_tokens=1100) for i in range(n)]
     run_virtual(pool.run(reqs))
     return pool, answers, budget, api

@@ -57,13 +57,13 @@ class BatchMode:
     def __init__(self, client: BatchApi, store: Store, stats: RunStats, progress: BatchProgress, *,
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
                  retry_failed: bool = False, shape: Shape | None = None,
-                 budget: SpendCap | None = None) -> None:
+                 spend_cap: SpendCap | None = None) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
         self._ledger = Ledger(store)
         self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait
         self._retry_failed = retry_failed
         self._shape = shape  # a json_schema response format: results are judged as they are merged
-        self._budget = budget  # the spend cap: requests are submitted while their worst case fits
+        self._spend_cap = spend_cap  # the spend cap: requests are submitted while their worst case fits
         self._reserved: dict[str, float] = {}  # fingerprint -> worst case, for those submitted this run
         # Names are unique to this store, so a file found on Groq under one is ours and no other job's.
         self._prefix = "batch-" + store.meta("upload_prefix", f"{random.getrandbits(48):012x}")
@@ -110,8 +110,8 @@ class BatchMode:
                     break
                 if writer.holds(r.fingerprint):
                     continue
-                if self._budget is not None:
-                    cost = self._budget.try_reserve(r.est_tokens, batch=True)
+                if self._spend_cap is not None:
+                    cost = self._spend_cap.try_reserve(r.est_tokens, batch=True)
                     if cost is None:  # the spend cap: submit what fits; the next run continues
                         break
                     self._reserved[r.fingerprint] = cost
@@ -201,8 +201,8 @@ class BatchMode:
                 merged = []
                 for a in (judge(self._shape, a) for a in part.answers):
                     if a.fingerprint in expected:
-                        if self._budget is not None and a.fingerprint in self._reserved:
-                            self._budget.settle(self._reserved.pop(a.fingerprint), a, batch=True)
+                        if self._spend_cap is not None and a.fingerprint in self._reserved:
+                            self._spend_cap.settle(self._reserved.pop(a.fingerprint), a, batch=True)
                         merged.append(a)
                         self._stats.record_answer(a, batch=True)
                         left.discard(a.fingerprint)

@@ -24,7 +24,7 @@ from batch.report.summary import RunStats
 from batch.send.client import Client
 from batch.send.spendcap import SpendCap
 from batch.store.answers import Store
-from batch.store.fingerprints import RowKeys
+from batch.store.fingerprints import RowFingerprints
 from batch.store.ledger import Ledger
 from batch.store.recall import Recall, unrecalled
 from batch.tables.source import Rows
@@ -37,13 +37,15 @@ class BatchPass:
     """`stop()` ends the waiting (batches go on at Groq; the next run attaches), never a step half-done."""
 
     def __init__(self, job: Job, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *,
-                 limit: int | None, retry_failed: bool, wait: bool, budget: SpendCap | None = None) -> None:
+                 limit: int | None, retry_failed: bool, wait: bool,
+                 spend_cap: SpendCap | None = None) -> None:
         self._job, self._rows, self._renderer, self._store, self._stats = job, rows, renderer, store, stats
-        self._budget = budget
+        self._spend_cap = spend_cap
         self._limit, self._retry_failed, self._wait = limit, retry_failed, wait
         self._mode: BatchMode | None = None
         self.stopped = False
-        self.keys: RowKeys | None = None  # every row's fingerprint, from the first scan, for pass 2
+        # every row's fingerprint, from the first scan, for pass 2
+        self.fingerprints: RowFingerprints | None = None
 
     def stop(self) -> None:
         self.stopped = True
@@ -57,11 +59,11 @@ class BatchPass:
 
         def chunks() -> Iterator[Group]:
             # The first scan keeps every row's fingerprint for pass 2; a later round only re-reads.
-            if self.keys is not None:
+            if self.fingerprints is not None:
                 for row0, chunk in self._rows.numbered(self._limit):
                     yield from self._renderer.groups(chunk, row0)
                 return
-            keys = self.keys = RowKeys(self._store.path.parent)
+            keys = self.fingerprints = RowFingerprints(self._store.path.parent)
             recall = Recall(self._store)
             try:
                 for row0, chunk in self._rows.numbered(self._limit):
@@ -81,7 +83,7 @@ class BatchPass:
             mode = BatchMode(BatchApi(client), self._store, self._stats, progress, folder=folder,
                              window=job.run.completion_window, poll_max_s=job.run.poll_interval,
                              wait=self._wait, job_name=job.file.name, retry_failed=self._retry_failed,
-                             shape=shape_of(job.task.response_format), budget=self._budget)
+                             shape=shape_of(job.task.response_format), spend_cap=self._spend_cap)
             self._mode = mode
             if self.stopped:
                 mode.stop()
@@ -112,8 +114,8 @@ class BatchPass:
             raise Stopped(f"{why}: {len(got.waiting)} batch(es) still running at Groq ({ids}{more}). "
                           "Run the same command again to collect them: it attaches to these batches and "
                           "submits nothing twice (python -m batch cancel JOB.toml cancels them).")
-        if self._budget is not None and self._budget.reached:
-            raise Stopped(self._budget.message())
+        if self._spend_cap is not None and self._spend_cap.reached:
+            raise Stopped(self._spend_cap.message())
         if self.stopped:
             raise Stopped("interrupted before every request was submitted; run the same command again "
                           "to continue (batches already submitted are attached to, not sent again).")

@@ -6,7 +6,7 @@ Requests are produced lazily, in input order, one group of rows at a time (`prom
 or fewer rows when they are large), so memory follows what is in flight rather than the input.
 Identical requests (rows that would send the same bytes) go once. A row with the last run's request
 on its line takes the last run's answer without a search (`recall`). Every row's fingerprint and
-stored answer are kept for pass 2 (`rowkeys`), so no row is rendered or searched for twice. The
+stored answer are kept for pass 2 (`store.fingerprints`), so no row is rendered or searched for twice. The
 producer hands the loop back between groups, so however long the scan over answered rows, the loop
 (signals, answers, pacing) is never held long.
 """
@@ -31,7 +31,7 @@ from batch.send.retry import RetryPolicy
 from batch.send.spendcap import SpendCap
 from batch.store.answers import Store
 from batch.store.database import StoreWriteError
-from batch.store.fingerprints import RowKeys
+from batch.store.fingerprints import RowFingerprints
 from batch.store.recall import Recall, unrecalled
 from batch.tables.source import Rows
 
@@ -51,9 +51,9 @@ class OnlinePass:
 
     def __init__(self, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *, limits: LimitsSpec,
                  limit: int | None, retry_failed: bool, pacer: PacerFactory = local_pacer,
-                 shape: Shape | None = None, budget: SpendCap | None = None,
+                 shape: Shape | None = None, spend_cap: SpendCap | None = None,
                  before_first: Callable[[], Awaitable[None]] | None = None) -> None:
-        self._budget = budget  # the run's spend cap ([limits] max-cost-usd)
+        self._spend_cap = spend_cap  # the run's spend cap ([limits] max-cost-usd)
         self._before_first = before_first  # awaited before the first request leaves (the model check)
         self._rows, self._renderer, self._store, self._stats = rows, renderer, store, stats
         self._pacer = pacer
@@ -62,7 +62,8 @@ class OnlinePass:
         self.pool: Pool | None = None
         self.write_error: StoreWriteError | None = None
         self._stopped = False
-        self.keys: RowKeys | None = None  # every row's fingerprint, once pass 1 has seen every row
+        # every row's fingerprint, once pass 1 has seen every row
+        self.fingerprints: RowFingerprints | None = None
 
     def stop(self) -> None:
         self._stopped = True
@@ -93,7 +94,7 @@ class OnlinePass:
                           connections=limits.concurrency) as client:
             pool = Pool(client.chat, self._pacer(endpoint, limits),
                         RetryPolicy(max_attempts=limits.max_attempts), concurrency=limits.concurrency,
-                        on_answer=on_answer, stats=self._stats, budget=self._budget)
+                        on_answer=on_answer, stats=self._stats, spend_cap=self._spend_cap)
             self.pool = pool
             if self._stopped:
                 pool.stop("interrupted")
@@ -111,9 +112,9 @@ class OnlinePass:
 
     async def _pending(self, pool: Pool, progress: Progress) -> AsyncIterator[Request]:
         """The requests that still need sending, in input order, each once."""
-        if self.keys is not None:
-            self.keys.close()
-        keys = self.keys = RowKeys(self._store.path.parent)
+        if self.fingerprints is not None:
+            self.fingerprints.close()
+        keys = self.fingerprints = RowFingerprints(self._store.path.parent)
         recall = Recall(self._store)
         try:
             async for request in self._unanswered(pool, progress, keys, recall):
@@ -123,7 +124,7 @@ class OnlinePass:
         keys.finish()
         keys.unchanged = recall.unchanged
 
-    async def _unanswered(self, pool: Pool, progress: Progress, keys: RowKeys,
+    async def _unanswered(self, pool: Pool, progress: Progress, keys: RowFingerprints,
                           recall: Recall) -> AsyncIterator[Request]:
         for row0, chunk in self._rows.numbered(self._limit):
             for group in self._renderer.groups(chunk, row0):

@@ -1,6 +1,6 @@
 """Pass 2: every input row once, in input order, with its answer from the store, into the output file.
 
-    rows ─► fingerprints (pass 1's `RowKeys`, else rendered) ─► store.answer_rows ─► sink
+    rows ─► fingerprints (pass 1's `RowFingerprints`, else rendered) ─► store.answer_rows ─► sink
 
 Column-wise: a chunk's distinct fingerprints go to the store in one query, the answers come back as
 columns, and each row takes its answer's position (`index_in` / `take`), so no object is built per
@@ -27,7 +27,7 @@ from batch.job.config import Job
 from batch.render.prompts import Renderer, renderer_for
 from batch.report.timeline import Failures
 from batch.store.answers import Store
-from batch.store.fingerprints import FIELDS, ROW, KeysReader, RowKeys, struct_of
+from batch.store.fingerprints import FIELDS, ROW, FingerprintReader, RowFingerprints, struct_of
 from batch.store.recall import RecallWriter
 from batch.tables.sink import OutputWriter
 from batch.tables.source import Rows
@@ -43,7 +43,7 @@ class Written:
 
 def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fmt: str, text_column: str,
                  response_format: Mapping[str, Any] | None, limit: int | None,
-                 keys: RowKeys | None = None, failures: Failures | None = None,
+                 keys: RowFingerprints | None = None, failures: Failures | None = None,
                  halt: threading.Event | None = None, recall: RecallWriter | None = None) -> Written:
     """`keys`: pass 1's fingerprints of every row, when it kept them (else rows are rendered here).
     `failures`, when given, collects the failed rows (the first few, and their kinds) for the report.
@@ -51,7 +51,7 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
     `recall`, when given, gets every row's fingerprint and answer (the caller commits it)."""
     ok = failed = from_store = 0
     shape = structured.shape_of(response_format)
-    reader: KeysReader | None = keys.reader() if keys is not None and keys.complete else None
+    reader: FingerprintReader | None = keys.reader() if keys is not None and keys.complete else None
     with OutputWriter(path, fmt, rows.schema, text_column, shape) as out:
         for row0, chunk in rows.numbered(limit):
             if halt is not None and halt.is_set():

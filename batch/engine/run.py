@@ -39,7 +39,7 @@ from batch.report.timeline import Failures
 from batch.send.servers import spoken_by
 from batch.send.spendcap import CapFactory, SpendCap
 from batch.store.answers import Store
-from batch.store.fingerprints import RowKeys
+from batch.store.fingerprints import RowFingerprints
 from batch.store.recall import RecallWriter
 from batch.tables.source import Rows
 
@@ -74,8 +74,9 @@ class Run:
         self.interrupted = False
         self.summary: Summary | None = None  # when it is over: set by `_finish`, or by `drive` if it stopped
         self._stage: OnlinePass | BatchPass | None = None
-        self.budget: SpendCap | None = None  # [limits] max-cost-usd: what this run may still spend
-        self._keys: list[RowKeys] = []  # pass 1's fingerprints of every row, for pass 2 (the last one)
+        self.spend_cap: SpendCap | None = None  # [limits] max-cost-usd: what this run may still spend
+        # pass 1's fingerprints of every row, for pass 2 (the last one)
+        self._fingerprints: list[RowFingerprints] = []
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -102,7 +103,7 @@ class Run:
                             "parameter and rejects requests that carry it", job.task.top_k)
             renderer = renderer_for(job, endpoint.base_url, server=await spoken_by(job, endpoint))
             if job.limits.max_cost_usd is not None:
-                self.budget = opts.spend_cap(job.limits.max_cost_usd, job.task.model,
+                self.spend_cap = opts.spend_cap(job.limits.max_cost_usd, job.task.model,
                                              renderer.completion_budget)
             expired = 0
             if self.mode == "batch":
@@ -123,14 +124,14 @@ class Run:
                 await self._online(renderer, store, check)
             return await self._finish_off_loop(renderer, store)
         finally:
-            for keys in self._keys:
+            for keys in self._fingerprints:
                 keys.close()
             store.close()
 
     async def _via_batch_api(self, renderer: Renderer, store: Store) -> int:
         opts = self.opts
         stage = BatchPass(self.job, self.rows, renderer, store, self.stats, limit=opts.limit,
-                          retry_failed=opts.retry_failed, wait=opts.wait, budget=self.budget)
+                          retry_failed=opts.retry_failed, wait=opts.wait, spend_cap=self.spend_cap)
         self._stage = stage
         if self.interrupted:
             stage.stop()
@@ -142,7 +143,7 @@ class Run:
                           "and every submitted batch is recorded; free space, then run the same command "
                           "(nothing is submitted twice).") from exc
         finally:
-            self._keys += [stage.keys] if stage.keys else []
+            self._fingerprints += [stage.fingerprints] if stage.fingerprints else []
             progress.close()
 
     async def _online(self, renderer: Renderer, store: Store,
@@ -151,7 +152,7 @@ class Run:
         total = self.rows.num_rows if opts.limit is None else min(opts.limit, self.rows.num_rows)
         stage = OnlinePass(self.rows, renderer, store, self.stats, limits=job.limits, limit=opts.limit,
                            retry_failed=opts.retry_failed, pacer=opts.pacer,
-                           shape=shape_of(job.task.response_format), budget=self.budget,
+                           shape=shape_of(job.task.response_format), spend_cap=self.spend_cap,
                            before_first=check)
         self._stage = stage
         if self.interrupted:
@@ -160,14 +161,14 @@ class Run:
         try:
             pool = await stage.run(self.endpoint, progress)
         finally:
-            self._keys += [stage.keys] if stage.keys else []
+            self._fingerprints += [stage.fingerprints] if stage.fingerprints else []
             progress.close()
         if pool.fatal is not None:
             raise pool.fatal
         if pool.quota is not None:
             raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
-        if self.budget is not None and self.budget.reached:
-            raise Stopped(self.budget.message())
+        if self.spend_cap is not None and self.spend_cap.reached:
+            raise Stopped(self.spend_cap.message())
         if pool.stop_reason:
             raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
                           "(it sends only the rows that have no answer yet).")
@@ -188,7 +189,7 @@ class Run:
     def _finish(self, renderer: Renderer, store: Store, halt: threading.Event | None = None) -> Summary:
         job = self.job
         self.stats.failures = Failures()  # from here on, the report's failed rows are the output's
-        keys = self._keys[-1] if self._keys else None
+        keys = self._fingerprints[-1] if self._fingerprints else None
         # Each row's answer for the next run (`recall`), unless this run's rows were the last one's.
         recall = None if keys is not None and keys.unchanged else RecallWriter(store)
         try:

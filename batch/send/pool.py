@@ -31,7 +31,7 @@ from batch.report.summary import RunStats
 from batch.send.pacing import Pacing
 from batch.send.retry import Action, RetryPolicy
 from batch.send.spendcap import SpendCap
-from batch.send.stops import Breaker, Quota, daily_budget
+from batch.send.stops import Breaker, Quota, daily_quota
 
 log = logging.getLogger("batch.pool")
 
@@ -47,9 +47,9 @@ class _Job:
 class Pool:
     def __init__(self, send: Send, pacer: Pacing, policy: RetryPolicy, *, concurrency: int,
                  on_answer: Callable[[Answer], None], stats: RunStats,
-                 rng: random.Random | None = None, budget: SpendCap | None = None) -> None:
+                 rng: random.Random | None = None, spend_cap: SpendCap | None = None) -> None:
         self._send, self._pacer, self._policy = send, pacer, policy
-        self.budget = budget  # the run's spend cap: a request is sent only if its worst case fits
+        self.spend_cap = spend_cap  # the run's spend cap: a request is sent only if its worst case fits
         self._concurrency = concurrency
         self._on_answer = on_answer
         self.stats = stats
@@ -66,7 +66,7 @@ class Pool:
         self.fatal: FatalApiError | None = None
         self.quota: Quota | None = None  # set when a spent daily quota left requests unsent
         self._breaker = Breaker()
-        self._spent: Quota | None = None  # the daily request budget is used up (from the headers)
+        self._spent: Quota | None = None  # the daily request quota is used up (from the headers)
         self._crash: Exception | None = None
 
     async def run(self, requests: Iterable[Request] | AsyncIterable[Request]) -> None:
@@ -145,7 +145,7 @@ class Pool:
             self._finish(job)
             self.stop("daily quota reached")
             return
-        cost = await self.budget.reserve(req.est_tokens) if self.budget is not None else 0.0
+        cost = await self.spend_cap.reserve(req.est_tokens) if self.spend_cap is not None else 0.0
         if cost is None:  # the spend cap: take no new work; the next run continues
             self._finish(job)
             self.stop("spend cap reached")
@@ -180,8 +180,8 @@ class Pool:
         self._pacer.observe(completion.rate)
         answer = Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
                                         latency_s=round(latency, 4))
-        if self.budget is not None:
-            self.budget.settle(cost, answer)
+        if self.spend_cap is not None:
+            self.spend_cap.settle(cost, answer)
         if completion.text is None or (not completion.text and completion.finish_reason == "length"):
             # Paid for, but no answer: a reasoning model spent the whole budget thinking. The same
             # request would do the same again, so the row fails for good (usage is kept).
@@ -190,12 +190,12 @@ class Pool:
                 "finish_reason 'length' the completion budget ran out first: raise max-new-tokens"))
         self._breaker.succeeded(answer.ok)
         self._answer(job, answer)
-        self._spent = self._spent or daily_budget(completion.rate.requests_remaining_day,
+        self._spent = self._spent or daily_quota(completion.rate.requests_remaining_day,
                                                   completion.rate.requests_reset_s, self._pacer)
 
     def _refund(self, cost: float) -> None:
-        if self.budget is not None:
-            self.budget.release(cost)
+        if self.spend_cap is not None:
+            self.spend_cap.release(cost)
 
     def _failed(self, job: _Job, exc: ApiError) -> None:
         req, exc = job.request, self._breaker.judged(exc)  # a refused request shape ends the run

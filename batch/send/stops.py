@@ -1,7 +1,7 @@
-"""What ends a run from inside the pool, besides a signal: a spent daily budget, and the breaker.
+"""What ends a run from inside the pool, besides a signal: a spent daily quota, and the breaker.
 
 Groq's `x-ratelimit-*-requests` headers count the DAY's requests: when none is left, the run stops
-cleanly (exit 3) rather than collect 429s; a budget that refills within minutes (OpenAI-style servers,
+cleanly (exit 3) rather than collect 429s; a quota that refills within minutes (OpenAI-style servers,
 whose same headers count per minute) is waited out instead. The breaker: until a first success,
 the same permanent rejection again and again (same status and code) means the job, not its rows,
 is wrong for this server (say, max-new-tokens above the model's maximum); after one success, a
@@ -19,7 +19,7 @@ from batch.errors import ApiError, BadRequest, FatalApiError
 from batch.send.pacing import Pacing
 
 REJECTIONS_TO_STOP = 10  # identical permanent rejections, before any success, that end the run
-SHORT_RESET_S = 900.0  # a spent request budget that resets sooner than this is waited out, not quit
+SHORT_RESET_S = 900.0  # a spent request quota that resets sooner than this is waited out, not quit
 # Codes that name a field but speak of one row's answer or size, not of the request's shape.
 ROW_CODES = frozenset({"json_validate_failed", "context_length_exceeded"})
 # The job's setting behind each field a request may carry besides `messages`.
@@ -39,9 +39,9 @@ class Quota:
     reset_s: float | None
 
 
-def daily_budget(remaining: int | None, reset_s: float | None, pacer: Pacing) -> Quota | None:
+def daily_quota(remaining: int | None, reset_s: float | None, pacer: Pacing) -> Quota | None:
     """The quota spent, from one answer's headers; a short reset only cools the pacer down. The pool
-    stops when the next request would need the budget; if none does, the run completes."""
+    stops when the next request would need the quota; if none does, the run completes."""
     if remaining != 0:
         return None
     if reset_s is not None and reset_s <= SHORT_RESET_S:

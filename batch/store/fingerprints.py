@@ -43,7 +43,7 @@ def struct_of(rows: Sequence[tuple[Any, ...] | None]) -> pa.StructArray:
                                       fields=list(ROW))
 
 
-class RowKeys:
+class RowFingerprints:
     """Written by pass 1 (`add`, then `finish` once every row is in), read by pass 2 (`reader`)."""
 
     def __init__(self, folder: Path) -> None:
@@ -73,15 +73,15 @@ class RowKeys:
     def finish(self) -> None:
         self._spool.finish()
 
-    def reader(self) -> KeysReader:
+    def reader(self) -> FingerprintReader:
         assert self.complete, "pass 1 did not see every row"
-        return KeysReader(self._spool.chunks())
+        return FingerprintReader(self._spool.chunks())
 
     def close(self) -> None:
         self._spool.close()
 
 
-class KeysReader:
+class FingerprintReader:
     """The rows' keys in order, `take(n)` at a time, whatever sizes the groups had."""
 
     def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:

@@ -4,7 +4,7 @@ Two users: a CSV input is parsed once, by the scan that opens it, into a spool b
 the run's two passes read the chunks back from there (Arrow's streaming CSV reader reads up to 32
 blocks ahead of its reader, so a slow reader, the sending pass, held 35 MB of a large file that a
 spool read holds one chunk of); and pass 1 keeps every row's fingerprint and stored answer for pass 2
-(`rowkeys`). The file has no name, so it disappears with the process whatever happens.
+(`store.fingerprints`). The file has no name, so it disappears with the process whatever happens.
 
 A spool that cannot be written (a full disk, a file-size limit, a folder that takes no file) is not
 a reason to fail a run: it is dropped (`kept` stays False) and its user does the work again instead.
