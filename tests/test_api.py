@@ -89,7 +89,7 @@ def test_arrow_table_record_batch_reader_polars_and_duckdb(simulator: tuple[str,
     reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=7))
     con = duckdb.connect()
     con.register("t", table)
-    for data in (table, reader, pl.from_arrow(table), con.sql("SELECT n, body FROM t ORDER BY n")):
+    for data in (table, reader, con.sql("SELECT n, body FROM t ORDER BY n")):
         out = batch.run(data, **opts(url))
         assert isinstance(out, pa.Table), type(data)
         assert out.column_names[:2] == ["n", "body"] and out.num_rows == 50
@@ -97,6 +97,37 @@ def test_arrow_table_record_batch_reader_polars_and_duckdb(simulator: tuple[str,
         assert out.column("text").to_pylist() == [expected(b) for b in bodies]
         summary = json.loads((out.schema.metadata or {})[b"batch"])
         assert summary["rows_ok"] == 50
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["DataFrame", "LazyFrame"])
+def test_polars_in_polars_out(simulator: tuple[str, Simulator], lazy: bool) -> None:
+    """A polars DataFrame or LazyFrame comes back a polars DataFrame: the caller's columns and dtypes
+    (a Categorical stays one), every row in order, nulls kept, and the summary in `out.attrs`."""
+    url, sim = simulator
+    bodies: list[str | None] = [f"row {i}: {HOSTILE[i % len(HOSTILE)]}" for i in range(40)]
+    bodies[7] = None  # a null in the prompt's column fails its row, as a value
+    tags = pl.Series([("a", "b", "c")[i % 3] for i in range(40)], dtype=pl.Categorical)
+    frame = pl.DataFrame({"n": list(range(40)), "body": bodies, "tag": tags})
+    data = frame.lazy().filter(pl.col("n") < 30) if lazy else frame
+    before = chats(sim)
+    out = batch.run(data, **opts(url))
+    rows = 30 if lazy else 40
+    assert isinstance(out, pl.DataFrame)
+    assert out.columns[:3] == ["n", "body", "tag"] and out.height == rows
+    assert out.schema["tag"] == pl.Categorical and out["tag"].to_list() == frame["tag"].to_list()[:rows]
+    assert out["n"].to_list() == list(range(rows)) and out["body"].to_list() == bodies[:rows]
+    assert out["text"].to_list() == [None if b is None else expected(b) for b in bodies[:rows]]
+    assert out["error"][7] is not None and out["error"].null_count() == rows - 1
+    summary: dict[str, Any] = getattr(out, "attrs")["batch"]  # noqa: B009 (polars declares no attrs)
+    assert summary["rows_ok"] == rows - 1 and chats(sim) - before == rows - 1
+
+
+def test_a_polars_query_that_fails_is_a_job_error_and_sends_nothing(simulator: tuple[str, Simulator]) -> None:
+    url, sim = simulator
+    lazy = pl.DataFrame({"body": ["a"]}).lazy().select(pl.col("missing"))
+    with pytest.raises(batch.JobError, match="polars LazyFrame"):
+        batch.run(lazy, **opts(url))
+    assert chats(sim) == 0
 
 
 def test_a_path_in_pandas_out(tmp_path: Path, simulator: tuple[str, Simulator]) -> None:

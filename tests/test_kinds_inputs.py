@@ -48,6 +48,8 @@ def column(out: Any, name: str) -> list[Any]:
     if isinstance(out, pd.DataFrame):
         return [None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v
                 for v in out[name]]
+    if isinstance(out, pl.DataFrame):
+        return list(out[name].to_list())
     return list(out.column(name).to_pylist())
 
 

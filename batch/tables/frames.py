@@ -3,8 +3,10 @@
     pandas DataFrame        -> Arrow, in memory (it already is)       -> pandas, the caller's frame kept
     pandas Series (named)   -> a one-column DataFrame                 -> pandas DataFrame
     pyarrow Table           -> read in place                          -> pyarrow Table
+    polars DataFrame        -> spooled, as a stream (below)           -> polars DataFrame
+    polars LazyFrame        -> collected, then as a DataFrame         -> polars DataFrame
     __arrow_c_stream__      -> spooled to an Arrow IPC file on disk   -> pyarrow Table
-      (polars, DuckDB, a RecordBatchReader: read once, chunk by chunk, never held whole)
+      (DuckDB, a RecordBatchReader: read once, chunk by chunk, never held whole)
     a path (str or Path)    -> `source.Source`, as `[input] path`     -> pandas
 
 A run reads its rows twice (to send, then to write), and a stream can be read only once: hence the
@@ -31,7 +33,7 @@ from batch.tables.readback import read_output
 from batch.tables.source import CHUNK_ROWS, Rows
 from batch.tables.storable import Storable
 
-PANDAS, ARROW, PATH = "pandas", "arrow", "path"
+PANDAS, POLARS, ARROW, PATH = "pandas", "polars", "arrow", "path"
 
 
 class TableRows:
@@ -100,6 +102,16 @@ def rows_of(data: Any, spool: Path) -> tuple[TableRows | None, str]:
     if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
         what = "the DataFrame" if isinstance(data, pd.DataFrame) else "the Series"
         return TableRows(_from_pandas(_frame(data), what), what), PANDAS
+    pl = sys.modules.get("polars")  # likewise: a polars frame means polars is imported
+    if pl is not None and isinstance(data, pl.LazyFrame | pl.DataFrame):
+        # A LazyFrame is a query: it runs once, here, and its result is read like any frame.
+        name = f"the polars {type(data).__name__}"
+        try:
+            frame = data.collect() if isinstance(data, pl.LazyFrame) else data
+        except Exception as exc:  # the query's own failure: nothing sent
+            raise InputError(f"data: running {name} failed: {type(exc).__name__}: {exc}") from exc
+        _no_objects(frame, name)
+        return SpooledRows(frame, spool, name), POLARS
     if isinstance(data, pa.Table):
         return TableRows(data, "the Arrow table"), ARROW
     if isinstance(data, pa.RecordBatch):
@@ -207,6 +219,13 @@ def result(kind: str, data: Any, output: Path, summary: dict[str, Any], rows: Ro
         answers = table.select(list(range(given.num_columns, table.num_columns)))
         table = pa.Table.from_arrays([*given.columns, *answers.columns],
                                      schema=pa.schema([*given.schema.remove_metadata(), *answers.schema]))
+    if kind == POLARS:
+        # polars keeps no table metadata: the summary sits where pandas users find it, `out.attrs`.
+        import polars as pl
+
+        out: Any = pl.from_arrow(table.replace_schema_metadata(None))
+        out.attrs = {"batch": summary}
+        return out
     meta = dict(table.schema.metadata or {})
     meta[b"batch"] = json.dumps(summary).encode()
     return table.replace_schema_metadata(meta)
