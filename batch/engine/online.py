@@ -4,19 +4,22 @@
 
 Requests are produced lazily, in input order, one group of rows at a time (`prompts.Group`: a chunk,
 or fewer rows when they are large), so memory follows what is in flight rather than the input.
-Identical requests (rows that would send the same bytes) go once. A row with the last run's request
-on its line takes the last run's answer without a search (`recall`). Every row's fingerprint and
-stored answer are kept for pass 2 (`store.fingerprints`), so no row is rendered or searched for twice. The
-producer hands the loop back between groups, so however long the scan over answered rows, the loop
-(signals, answers, pacing) is never held long.
+Identical requests (rows that would send the same bytes) go once, and on a store other calls fill at
+the same time, a request one of them is sending is waited for rather than sent again (`shared`). A row
+with the last run's request on its line takes the last run's answer without a search (`recall`). Every
+row's fingerprint and stored answer are kept for pass 2 (`store.fingerprints`), so no row is rendered
+or searched for twice. The producer hands the loop back between groups, so however long the scan over
+answered rows, the loop (signals, answers, pacing) is never held long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from batch.engine.shared import Shared
 from batch.job.config import LimitsSpec
 from batch.job.endpoint import Endpoint
 from batch.job.schema import Shape, judge
@@ -64,6 +67,7 @@ class OnlinePass:
         self._stopped = False
         # every row's fingerprint, once pass 1 has seen every row
         self.fingerprints: RowFingerprints | None = None
+        self._shared: Shared | None = None  # claims on requests, when other calls fill the store too
 
     def stop(self) -> None:
         self._stopped = True
@@ -82,6 +86,8 @@ class OnlinePass:
                 self.pool.stop("the state cannot be written")
 
         committer = Committer(store, failed)
+        if store.shared:
+            self._shared = Shared(store, progress, retry_failed=self._retry_failed)
 
         def on_answer(answer: Answer) -> None:
             answer = judge(self._shape, answer)
@@ -98,14 +104,16 @@ class OnlinePass:
             self.pool = pool
             if self._stopped:
                 pool.stop("interrupted")
-            try:
-                await pool.run(self._pending(pool, progress))
-            finally:
-                await committer.drain()
+            # The claims outlive the commits: what is still claimed after them was never answered.
+            async with self._shared.renewing() if self._shared else contextlib.nullcontext():
                 try:
-                    store.flush()
-                except StoreWriteError as exc:
-                    failed(exc)
+                    await pool.run(self._pending(pool, progress))
+                finally:
+                    await committer.drain()
+                    try:
+                        store.flush()
+                    except StoreWriteError as exc:
+                        failed(exc)
         if self.write_error is not None:
             raise self.write_error
         return pool
@@ -136,16 +144,28 @@ class OnlinePass:
                 keys.add(group, stored, recalled)  # pass 2 takes these answers from here, not from the store
                 if not missing:
                     progress.advance(len(group))
-                for i, fp in enumerate(group.fingerprints if missing else ()):
+                shared = self._shared if missing else None
+                if shared is not None:  # what another call is sending already, this one waits for
+                    missing = shared.split(group, missing)
+                for i, fp in enumerate(group.fingerprints if missing or shared else ()):
                     if fp is not None and fp in missing and fp not in pool.outstanding:
                         missing.discard(fp)  # later rows with the same request share its answer
-                        if self._before_first is not None:
-                            check, self._before_first = self._before_first, None
-                            await check()  # raises (nothing sent) if the server refuses the job
+                        await self._first()
                         yield group.request(i)
-                    else:
+                    elif shared is None or not shared.wait(fp):
                         progress.advance()
                 await asyncio.sleep(0)  # the loop's turn: answers, signals and pacing wait no longer
+        if self._shared is not None:  # every request of ours is out: wait for the other calls'
+            async for request in self._shared.settle(pool):
+                await self._first()
+                yield request
+
+    async def _first(self) -> None:
+        """Before the first request leaves: the model check, which raises (nothing sent) if the server
+        refuses the job."""
+        if self._before_first is not None:
+            check, self._before_first = self._before_first, None
+            await check()
 
 
 class Committer:
@@ -180,6 +200,11 @@ class Committer:
                 journal.taken_done(True)
         finally:
             self._task = None
+
+    async def settled(self) -> None:
+        """Wait until what was held so far is committed (or its commit failed); commits go on after."""
+        while self._task is not None:
+            await asyncio.wait([self._task])
 
     async def drain(self) -> None:
         """Wait for the transaction being written (the store's `flush` writes the rest)."""

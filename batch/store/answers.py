@@ -1,5 +1,5 @@
-"""The store (with `storefile`, which opens it, and `journal`, which writes it, the only modules that
-speak SQLite): one answer per request fingerprint, beside the output.
+"""The store (with `storefile`, which opens it, `migrations`, which makes its tables, and `journal`,
+which writes it): one answer per request fingerprint, beside the output.
 
 The store is the run's record (a crashed run resumes from it), its cache (an unchanged row is never
 paid for twice) and the place the output is assembled from. Answers are buffered and committed in
@@ -13,9 +13,10 @@ an exclusive lock file keeps a second run of the same state away (it would pay f
 Commits go to a journal first, folded into the answers in key order (see `journal`); the answers are
 read only after a fold, and a read-only look sees the journal laid over them.
 
-Columns added after schema 1 (`reasoning`) are added to an older store when it is opened for a run
-(ALTER TABLE ... ADD COLUMN), and read as NULL from a read-only one, so a store keeps working across
-versions without a schema bump. Writes and reads name their columns, never rely on their order.
+The answers table's columns are the answer's fields (`batch.fields`); a store from an older version
+gains the later ones when it is opened for a run (`migrations`), and a read-only look at one reads
+those as NULL, so a store keeps working across versions. Writes and reads name their columns, never
+rely on the table's order.
 
 A failed answer is kept with `permanent`: the next run re-sends a transient one (retries exhausted),
 not a permanent one (400, 413, bad input). A good answer is never sent again, so never replaced (`recall`).
@@ -33,18 +34,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from batch import fields
 from batch.records import Answer
 from batch.store import database as storefile
-from batch.store.database import (
-    SCHEMA_VERSION,
-    StoreError,
-    StoreWriteError,
-    lock_exclusive,
-    lock_opening,
-    open_db,
-)
-from batch.store.journal import COLUMNS as _COLUMNS
+from batch.store.database import StoreError, StoreWriteError, lock_exclusive, lock_opening, open_db
 from batch.store.journal import Journal
+from batch.store.migrations import SCHEMA_VERSION
+
+RUN_TOKEN = "run-token:"  # meta key prefix: run-token:<store run id> -> the door's run token
 
 
 class Store:
@@ -53,7 +50,7 @@ class Store:
         """Open (creating if needed) and lock the store; `readonly` neither creates nor locks, so a
         reader can look while a run writes; `shared` does not lock either, for a cache that several
         processes fill at once (SQLite serialises their writes; each waits its turn)."""
-        self.path, self.readonly = path, readonly
+        self.path, self.readonly, self.shared = path, readonly, shared
         # One user of the connection at a time: the event loop's thread, or pass 2's.
         self._lock = threading.Lock()
         self.run_id = 0
@@ -72,8 +69,8 @@ class Store:
         self.journal = Journal(path, self._db, self._lock, present, direct=shared, flush_rows=flush_rows,
                                flush_s=flush_s)
         # A read-only look at an older store reads a column it lacks as NULL.
-        self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _COLUMNS)
-        self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in _COLUMNS)
+        self._select = ",".join(c if c in present else f"NULL AS {c}" for c in _RECORD)
+        self._select_a = ",".join(f"a.{c}" if c in present else f"NULL AS {c}" for c in self.ANSWER_ROW)
         if version != str(SCHEMA_VERSION):
             self._db.close()
             self._release()
@@ -96,9 +93,14 @@ class Store:
         return self._db
 
     # -- runs -------------------------------------------------------------------------------------
-    def begin_run(self) -> int:
+    def begin_run(self, token: str | None = None) -> int:
+        """A new run of this store. `token` names the run a door sees when it is made of several store
+        runs (a partition done again after its worker was lost): `runlog.bought_by` finds them."""
         with self.writing():
             cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
+            if token:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 (f"{RUN_TOKEN}{cur.lastrowid}", token))
         self.run_id = self.journal.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
@@ -137,7 +139,7 @@ class Store:
             return set()
         # One query: the fingerprints go as one JSON array, and only the missing ones come back.
         q = ("SELECT j.value FROM json_each(?) j WHERE NOT EXISTS (SELECT 1 FROM answers a "
-             f"WHERE a.fingerprint = j.value AND ({_answered(retry_failed)}))")
+             f"WHERE a.fingerprint = j.value AND ({answered_sql(retry_failed)}))")
         with self._lock:
             return {r[0] for r in self._db.execute(q, (json.dumps(todo), self.run_id))}
 
@@ -147,7 +149,7 @@ class Store:
         todo = self._unbuffered(fingerprints)
         if not todo:
             return set(), {}
-        q = (f"SELECT {self._select_a}, a.run, ({_answered(retry_failed)}) FROM json_each(?) j "
+        q = (f"SELECT {self._select_a}, ({answered_sql(retry_failed)}) FROM json_each(?) j "
              "JOIN answers a ON a.fingerprint = j.value")
         with self._lock:
             done = {r[0]: r[:-1] for r in self._db.execute(q, (self.run_id, json.dumps(todo))) if r[-1]}
@@ -159,16 +161,16 @@ class Store:
 
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
-        return {r[0]: (_answer(r[:-1]), r[-1] != self.run_id) for r in self.answer_rows(fingerprints)}
+        return {r[0]: (_answer(r), r[_RUN] != self.run_id) for r in self.answer_rows(fingerprints)}
 
-    ANSWER_ROW = (*_COLUMNS, "run")  # the fields of `answer_rows`' tuples
+    ANSWER_ROW = tuple(f.name for f in fields.STORED)  # the fields of `answer_rows`' tuples
 
     def answer_rows(self, fingerprints: Iterable[str]) -> list[tuple[Any, ...]]:
         """The stored answers of these fingerprints as plain tuples (fields `ANSWER_ROW`), in one query:
         what the output is assembled from, column-wise, without an object per row."""
         self._settle()
         todo = sorted(set(fingerprints))  # in key order, as in `missing`
-        q = f"SELECT {self._select_a}, a.run FROM json_each(?) j JOIN answers a ON a.fingerprint = j.value"
+        q = f"SELECT {self._select_a} FROM json_each(?) j JOIN answers a ON a.fingerprint = j.value"
         with self._lock:
             return self._db.execute(q, (json.dumps(todo),)).fetchall() if todo else []
 
@@ -208,16 +210,21 @@ class Store:
             yield _answer(r)
 
 
-_PERMANENT = _COLUMNS.index("permanent")
+_RECORD = [f.name for f in fields.RECORD]
+_RUN = Store.ANSWER_ROW.index("run")
+_BOOLS = [i for i, f in enumerate(fields.RECORD) if f.python is bool]  # SQLite hands them back as 0/1
 
 
-def _answered(retry_failed: bool) -> str:
+def answered_sql(retry_failed: bool) -> str:
     """SQL: a stored row needs no sending (`?`: this run's id); a failure of this run counts."""
     return "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
 
 
 def _answer(row: tuple[Any, ...]) -> Answer:
-    # Positional, in the dataclass's own field order (_COLUMNS): no dict per row on the output's path.
-    values = list(row)
-    values[_PERMANENT] = bool(values[_PERMANENT])  # SQLite hands it back as 0/1
+    """An Answer from a row whose leading values are its attributes (`_RECORD`; the store's own may
+    follow). Positional, in the record's order (checked by `batch.fields`): no dict per row on the
+    output's path."""
+    values = list(row[:len(_RECORD)])
+    for i in _BOOLS:
+        values[i] = bool(values[i])
     return Answer(*values)

@@ -22,7 +22,7 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from batch import fields
@@ -50,6 +50,8 @@ class Journal:
         self._journaled: set[str] = set()  # committed to the journal since the last fold
         self._rows, self._folded = 0, False
         self._writer: sqlite3.Connection | None = None  # the committing thread's own connection
+        # Also done in each commit's transaction, with its fingerprints (`claims`: ends their claims).
+        self.on_write: Callable[[sqlite3.Connection, Sequence[str]], None] | None = None
 
     def holds(self, fingerprint: str) -> bool:
         """Received by this run and not folded yet: stored, but not in the answers table."""
@@ -124,6 +126,8 @@ class Journal:
                                f"VALUES ({','.join('?' * len(fields.STORED))})", sorted(rows))
             else:
                 db.execute("INSERT INTO journal VALUES (?, ?)", (STORED, _JSON.encode(rows)))
+            if self.on_write is not None:
+                self.on_write(db, list(answers))
         self._rows += 0 if direct else len(rows)
 
     def fold(self, db: sqlite3.Connection | None = None) -> None:

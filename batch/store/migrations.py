@@ -93,6 +93,11 @@ _WRITTEN: tuple[Migration, ...] = (
     Migration(6, "the journal of commits not yet folded into the answers", (
         "CREATE TABLE IF NOT EXISTS journal (columns TEXT NOT NULL, answers TEXT NOT NULL)",
     )),
+    # A request in flight, by the call sending it, for calls sharing the store to wait on (`claims`).
+    Migration(7, "claims on requests in flight", (
+        "CREATE TABLE IF NOT EXISTS claims (fingerprint TEXT PRIMARY KEY, run INTEGER NOT NULL, "
+        "owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
+    )),
 )
 BASELINE = 6  # the migrations files from before user_version may hold without saying so
 

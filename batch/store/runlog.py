@@ -3,7 +3,8 @@ whatever the rows), kept in the same SQLite file for `status`, `report` and the 
 
 from __future__ import annotations
 
-from batch.store.answers import Store
+from batch import fields
+from batch.store.answers import RUN_TOKEN, Store
 
 
 def last_summary(store: Store) -> str | None:
@@ -31,6 +32,21 @@ def run_history(store: Store, n: int) -> list[tuple[int, float, str, str | None]
         "LEFT JOIN run_figures f ON f.run = r.id WHERE COALESCE(f.summary, r.summary) IS NOT NULL "
         "ORDER BY r.id DESC LIMIT ?", (n,))
     return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def bought_by(store: Store, token: str) -> dict[str, int]:
+    """What the store's runs named `token` (`Store.begin_run`) received: `answers` that stand (a good
+    one, or a failure that is not sent again), how many of them are `ok`, the `requests` they took,
+    and their usage counts (`fields.SUMMED`). A read-only look also sees what a killed process left
+    in the journal."""
+    usage = "".join(f", SUM(COALESCE({name}, 0))" for name in fields.SUMMED)
+    row = store.db.execute(
+        f"SELECT SUM(error IS NULL OR permanent = 1), SUM(error IS NULL), SUM(attempts){usage} "
+        f"FROM answers WHERE run IN (SELECT CAST(substr(key, {len(RUN_TOKEN) + 1}) AS INTEGER) FROM meta "
+        "WHERE key LIKE ? AND value = ?)", (f"{RUN_TOKEN}%", token)).fetchone()
+    counts = [int(v or 0) for v in row]
+    return {"answers": counts[0], "ok": counts[1], "requests": counts[2],
+            **dict(zip(fields.SUMMED, counts[3:], strict=True))}
 
 
 def _has(store: Store, table: str) -> bool:
