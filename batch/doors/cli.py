@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -25,7 +26,11 @@ from batch.errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, J
 from batch.job.checks import valid_cluster
 from batch.job.config import Job, load_job
 from batch.job.endpoint import Endpoint
-from batch.report.progress import stderr_handler
+from batch.job.watch import watch_of
+from batch.report.logs import say, stderr_handler
+from batch.report.metrics import MetricsFile
+from batch.report.summary import Summary
+from batch.send.client import MIN_SECRET
 from batch.tables.source import Rows, arrow_without_pandas
 
 log = logging.getLogger("batch")
@@ -50,6 +55,8 @@ def _parser(simulate_options: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--cluster", metavar="ADDRESS",
                      help="run on Dask (overrides [run] cluster): tcp://HOST:PORT of a scheduler, or local / "
                           "local:N worker processes on this machine")
+    run.add_argument("--metrics-file", type=Path, metavar="PATH",
+                     help="overrides [run] metrics-file: a Prometheus textfile of the run (see Monitoring)")
     _verbosity(run)
 
     cancel = sub.add_parser("cancel", help="cancel the job's Batch API batches that are still running")
@@ -105,12 +112,20 @@ def _positive(text: str) -> int:
 def _verbosity(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log every retry")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="overrides [run] log-format: text lines, or one JSON object a line on stderr")
 
 
-def _logging(verbose: bool, quiet: bool) -> None:
+def _logging(args: argparse.Namespace) -> None:
+    verbose, quiet, job = args.verbose, args.quiet, getattr(args, "job", None)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    # The job file's [run] log-format, read even from a job that will be refused, so that every line
+    # of a run is in one format; a key long enough to be a secret is blotted out of every line.
+    args.log_format = args.log_format or (watch_of(job).log_format if job is not None else "text")
+    key = os.environ.get("GROQ_API_KEY") or ""
     root = logging.getLogger("batch")
-    root.handlers[:] = [stderr_handler()]
+    root.handlers[:] = [stderr_handler(args.log_format, job.stem if job is not None else "",
+                                       key if len(key) >= MIN_SECRET else None)]
     root.setLevel(level)
     root.propagate = False
 
@@ -126,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     args = _parser(simulate_options="simulate" in given).parse_args(given)
-    _logging(args.verbose, args.quiet)
+    _logging(args)
     try:
         if args.command == "run":
             return _run(args)
@@ -159,6 +174,19 @@ def _fail(exc: BatchError) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The run, and its metrics file finished whatever the end (`drive` finishes it for a run that
+    started; here, for a job refused before it could)."""
+    path = args.metrics_file.resolve() if args.metrics_file else watch_of(args.job).metrics_file
+    metrics = MetricsFile(path, args.job.stem) if path is not None else None
+    try:
+        return _run_job(args, metrics)
+    except BatchError as exc:
+        if metrics is not None:
+            metrics.finish(exc.exit_code, None, 0.0)
+        raise
+
+
+def _run_job(args: argparse.Namespace, metrics: MetricsFile | None) -> int:
     with arrow_without_pandas():  # the command line never hands a table to pandas
         job = load_job(args.job)
         if args.cluster and not valid_cluster(args.cluster):
@@ -169,12 +197,13 @@ def _run(args: argparse.Namespace) -> int:
         # checks its partitions itself).
         rows = None if cluster is not None or job.input.dataset is not None else check_job(job)
         opts = RunOptions(limit=args.limit, retry_failed=args.retry_failed, mode=args.mode,
-                          wait=not args.no_wait, progress=not args.quiet, tty=sys.stderr.isatty())
+                          wait=not args.no_wait, progress=not args.quiet,
+                          tty=sys.stderr.isatty() and args.log_format == "text")  # no bar among JSON
 
         async def main_task() -> int:
             async with endpoint_for(job, args.base_url, os.environ, simulate=args.simulate) as ep:
                 run_job = kept_apart(job) if args.simulate else job
-                return await _drive(_runner(run_job, rows, ep, opts, cluster))
+                return await _drive(_runner(run_job, rows, ep, opts, cluster), metrics)
 
         return asyncio.run(main_task())
 
@@ -187,13 +216,18 @@ def _runner(job: Job, rows: Rows | None, ep: Endpoint, opts: RunOptions, cluster
     return PartitionedRun(job, ep, opts) if rows is None else Run(job, rows, ep, opts)
 
 
-async def _drive(run: Runner) -> int:
+async def _drive(run: Runner, metrics: MetricsFile | None) -> int:
     """The run to its end (signals stop it) and its summary on stderr, also when it stopped."""
     try:
-        summary = await drive(run, signals=True)
+        summary = await drive(run, signals=True, metrics=metrics)
     except BatchError:
         if run.summary is not None:  # what it did before it stopped (its report is written)
-            print(run.summary.human(), file=sys.stderr)
+            _summary(run.summary)
         raise
-    print(summary.human(), file=sys.stderr)
+    _summary(summary)
     return EXIT_OK if summary.rows_failed == 0 else EXIT_ROWS_FAILED
+
+
+def _summary(summary: Summary) -> None:
+    """The summary on stderr whatever the level: as text, or as a JSON line with the report's figures."""
+    say(logging.getLogger("batch").handlers[0], summary.human(), summary=dataclasses.asdict(summary))

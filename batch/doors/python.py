@@ -5,8 +5,9 @@
 
 The same engine, validation, store and exit conditions as the command line. Without `state=`, answers
 are kept in a per-user cache (`$XDG_CACHE_HOME/batch/`, else `~/.cache/batch/`), one store per task
-(model, messages, parameters), shared by every process: calling again pays nothing twice, and two
-processes may run at once. Row failures are values (the `error` column); `FatalApiError` (bad key,
+(model, messages, parameters), shared by every process: calling again pays nothing twice, and calls
+at once (one loop, threads, processes) pay each request once: one sends it, the others wait for its
+answer (`store.claims`). Row failures are values (the `error` column); `FatalApiError` (bad key,
 model gone), `Stopped` (interrupted, daily quota; `.partial` holds the rows so far) and `JobError`
 (invalid options or data; nothing sent) are exceptions. KeyboardInterrupt keeps every answer received.
 """
@@ -26,6 +27,7 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from batch.doors import watching
 from batch.doors.simulated import endpoint_for, kept_apart
 from batch.engine.drive import drive
 from batch.engine.output import write_so_far
@@ -36,7 +38,6 @@ from batch.errors import JobError, Stopped
 from batch.job import endpoint as endpoints
 from batch.job.config import Job, with_state
 from batch.job.keywords import build_job
-from batch.report.progress import stderr_handler
 from batch.tables import frames
 from batch.tables.source import Rows
 
@@ -55,10 +56,11 @@ def run(data: Any, job: str | Path | None = None, /, **options: Any) -> Any:
     file's keys in snake_case (model, prompt, system_message, max_new_tokens, temperature, top_p, seed,
     user, chat_history, prompt_images, image_dir, stop, response_format, reasoning_effort, ...,
     requests_per_minute, tokens_per_minute, concurrency, max_attempts, request_timeout, text_column,
-    mode, completion_window, on_expired, poll_interval, base_url), plus `state=` (the store's path),
-    `output=` (also write the output file and its report there), `simulate=True` (the built-in Groq
-    simulator: no key, no network), `retry_failed=True`, `wait=False` (batch mode: submit, then raise
-    Stopped), `progress=False`. The run's summary is `out.attrs["batch"]` (pandas) or the schema
+    mode, completion_window, on_expired, poll_interval, base_url, metrics_file (labelled job="python"
+    without a job file), log_format), plus `state=` (the store's path), `output=` (also write the
+    output file and its report there), `simulate=True` (the built-in Groq simulator: no key, no
+    network), `retry_failed=True`, `wait=False` (batch mode: submit, then raise Stopped),
+    `progress=False`. The run's summary is `out.attrs["batch"]` (pandas) or the schema
     metadata key `batch` (JSON, Arrow).
 
     Works inside a running event loop (Jupyter): the run then goes on in a thread of its own.
@@ -92,17 +94,18 @@ def _in_a_thread(work: Coroutine[Any, Any, Any]) -> Any:
 async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> Any:
     """`run`, for code already in an event loop."""
     door = {k: options.pop(k) for k in _DOOR if k in options}
-    with tempfile.TemporaryDirectory(prefix="batch-") as tmp:
+    metrics = watching.metrics_file(job, options)  # before validation: a refused call is recorded too
+    with tempfile.TemporaryDirectory(prefix="batch-") as tmp, watching.refused(metrics):
         prepared = _prepare(data, job, options, door, Path(tmp), caller="batch.run()")
         opts = RunOptions(retry_failed=bool(door.get("retry_failed")),
                           wait=door.get("wait", True) is not False,
                           progress=door.get("progress", True) is not False, tty=_interactive(),
                           notebook=_in_notebook(), shared_store=_cached(prepared.job))
-        _show_progress_lines()
+        watching.show_log_lines(prepared.job.run.log_format, watching.job_name(job))
         simulate = bool(door.get("simulate"))
         try:
             async with endpoint_for(prepared.job, None, os.environ, simulate=simulate) as ep:
-                summary = await drive(Run(prepared.job, prepared.rows, ep, opts))  # reports a stop too
+                summary = await drive(Run(prepared.job, prepared.rows, ep, opts), metrics=metrics)
         except Stopped as exc:
             exc.partial = _partial(prepared, data)
             raise
@@ -182,14 +185,6 @@ def _in_notebook() -> bool:
     shell = sys.modules.get("IPython")
     get = getattr(shell, "get_ipython", None)
     return get is not None and type(get()).__name__ == "ZMQInteractiveShell"
-
-
-def _show_progress_lines() -> None:
-    """Log lines reach the caller when nothing else was set up to show them (a plain script)."""
-    logger = logging.getLogger("batch")
-    if not logger.handlers and not logging.getLogger().handlers:
-        logger.addHandler(stderr_handler())
-        logger.setLevel(logging.INFO)
 
 
 __all__ = ["arun", "cache_dir", "plan", "run"]

@@ -8,18 +8,25 @@ A `Runner` is one file (`run.Run`), a partitioned input (`batch.dataset`) or a c
 (`batch.cluster`). A partitioned or cluster run writes its own report when it stops; for one file,
 the report of a run stopped after sending something is written here, beside the output (JSON and
 HTML), so that an interrupted or over-quota run still tells what it did and spent.
+
+With a `MetricsFile`, drive also keeps the run's Prometheus textfile: every `METRICS_EVERY_S` from
+the run's own counters (read, never added to), and once more at the end with the exit code the door
+gives, whatever the end: done, failed rows, refused, stopped, fatal, or a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from typing import Protocol
 
 from batch.engine.run import Run
-from batch.errors import BatchError, FatalApiError, Stopped
+from batch.errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from batch.report.html.write import report_path, write_reports
+from batch.report.metrics import MetricsFile
 from batch.report.summary import Summary
 
 log = logging.getLogger("batch")
@@ -35,17 +42,53 @@ class Runner(Protocol):
     async def execute(self) -> Summary: ...
 
 
-async def drive(run: Runner, *, signals: bool = False) -> Summary:
+METRICS_EVERY_S = 15.0
+
+
+async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | None = None) -> Summary:
     """`run.execute()`; when it stops (Stopped, FatalApiError), `run.summary` is what it did before.
 
     `signals` (for a process of its own, the command line): the first SIGINT or SIGTERM lets the
-    requests in flight finish, then stops the run; a second stops it at once, as `Stopped`."""
+    requests in flight finish, then stops the run; a second stops it at once, as `Stopped`.
+    `metrics`: the textfile to keep during the run and to finish at its end."""
+    started = time.monotonic()
+    watch = asyncio.create_task(_keep(metrics, run, started)) if metrics is not None else None
+    code = 1  # an unexpected exception ends the process with 1, as Python does
     try:
-        return await (_until_signalled(run) if signals else run.execute())
+        summary = await (_until_signalled(run) if signals else run.execute())
+        code = EXIT_OK if summary.rows_failed == 0 else EXIT_ROWS_FAILED
+        return summary
     except BatchError as exc:
+        code = exc.exit_code
         if isinstance(run, Run):
             run.summary = report_stop(run, exc)
         raise
+    except (asyncio.CancelledError, KeyboardInterrupt):  # a Python caller's stop: resumable
+        code = Stopped.exit_code
+        raise
+    finally:
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        if metrics is not None:
+            metrics.finish(code, run.summary or _so_far(run), time.monotonic() - started)
+
+
+async def _keep(metrics: MetricsFile, run: Runner, started: float) -> None:
+    """The textfile now (the last run's ending still in it), then every METRICS_EVERY_S."""
+    while True:
+        metrics.update(_so_far(run), time.monotonic() - started)
+        await asyncio.sleep(METRICS_EVERY_S)
+
+
+def _so_far(run: Runner) -> Summary | None:
+    """A one-file run's counts so far (a partitioned or cluster run counts in its parts: None)."""
+    if not isinstance(run, Run):
+        return None
+    return Summary.build(run.stats, status="running", model=run.job.task.model, rows=0,
+                         rows_ok=run.stats.answered, rows_failed=run.stats.failed, rows_from_store=0,
+                         output=None, mode=run.mode)
 
 
 async def _until_signalled(run: Runner) -> Summary:

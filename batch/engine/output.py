@@ -39,6 +39,7 @@ class Written:
     ok: int
     failed: int
     from_store: int  # answers an earlier run paid for
+    from_store_failed: int = 0  # of them, rows that failed (in that run, or now its answer's check)
 
 
 def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fmt: str, text_column: str,
@@ -49,7 +50,7 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
     `failures`, when given, collects the failed rows (the first few, and their kinds) for the report.
     `halt`, once set, stops the writing after the current chunk (the output is left as it was).
     `recall`, when given, gets every row's fingerprint and answer (the caller commits it)."""
-    ok = failed = from_store = 0
+    ok = failed = from_store = from_store_failed = 0
     shape = structured.shape_of(response_format)
     reader: FingerprintReader | None = keys.reader() if keys is not None and keys.complete else None
     with OutputWriter(path, fmt, rows.schema, text_column, shape) as out:
@@ -64,10 +65,11 @@ def write_output(rows: Rows, renderer: Renderer, store: Store, *, path: Path, fm
             good = cols["error"].null_count  # rows without an error
             if failures is not None and good < chunk.num_rows:
                 _note(failures, row0, errors, stored, cols["error"])
-            ok, failed, from_store = ok + good, failed + chunk.num_rows - good, from_store + earlier
+            ok, failed, from_store = ok + good, failed + chunk.num_rows - good, from_store + _count(earlier)
+            from_store_failed += _count(pc.and_(earlier, pc.is_valid(cols["error"])))
             out.write_columns(chunk, cols["text"], cols, cells)
         written = out.rows
-    return Written(written, ok, failed, from_store)
+    return Written(written, ok, failed, from_store, from_store_failed)
 
 
 def write_so_far(job: Job, rows: Rows, path: Path) -> bool:
@@ -99,8 +101,8 @@ def _render(renderer: Renderer, chunk: pa.RecordBatch, row0: int) -> tuple[pa.Ar
 
 
 def _answers(store: Store, fps: pa.Array, errors: pa.Array, held: pa.StructArray,
-             recall: RecallWriter | None) -> tuple[dict[str, pa.Array], int]:
-    """Each row's answer columns, and how many rows an earlier run's answer serves. `held`: the
+             recall: RecallWriter | None) -> tuple[dict[str, pa.Array], pa.Array]:
+    """Each row's answer columns, and which rows an earlier run's answer serves. `held`: the
     answers pass 1 found; only the other rows' (those sent this run) are looked up here. The rows
     and their answers go to `recall` for the next run."""
     sent = held.is_null()
@@ -116,8 +118,11 @@ def _answers(store: Store, fps: pa.Array, errors: pa.Array, held: pa.StructArray
     none = pa.scalar(None, pa.string())
     cols["error"] = pc.coalesce(errors, cols["error"], pc.if_else(unanswered, pa.scalar(NO_ANSWER), none))
     cols["attempts"] = cols["attempts"].fill_null(0)
-    earlier = pc.sum(pc.not_equal(cols.pop("run"), store.run_id)).as_py() or 0
-    return cols, earlier
+    return cols, pc.not_equal(cols.pop("run"), store.run_id)
+
+
+def _count(mask: pa.Array) -> int:
+    return int(pc.sum(mask).as_py() or 0)
 
 
 def _check(shape: structured.Shape, text: pa.Array,

@@ -212,6 +212,7 @@ class Run:
         summary = Summary.build(self.stats, status="complete" if failed == 0 else "failed-rows",
                                 model=job.task.model, rows=written.rows, rows_ok=written.ok,
                                 rows_failed=failed, rows_from_store=written.from_store,
+                                rows_from_store_failed=written.from_store_failed,
                                 output=job.output.path, message=message, mode=self.mode,
                                 max_cost_usd=job.limits.max_cost_usd)
         store.finish_run(summary.to_json())

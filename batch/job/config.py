@@ -109,6 +109,8 @@ class RunSpec:
     on_expired: str = "next-run"  # "next-run" | "online"
     poll_interval: float = 60.0  # the longest wait between two looks at a batch
     cluster: str | None = None  # a Dask scheduler "tcp://HOST:PORT", or "local" / "local:N"
+    metrics_file: Path | None = None  # a Prometheus textfile, resolved beside the job file
+    log_format: str = "text"  # "text" | "json"
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,11 @@ def job_from_tables(data: Mapping[str, Any], file: Path) -> Job:
         task["image_dir"] = _beside(job_file, task["image_dir"])
         if not task["image_dir"].is_dir():
             problems.append(f"{label}: [task] image-dir: {task['image_dir']} is not a folder")
+    run = values.get("run", {})
+    if run.get("metrics_file"):
+        run["metrics_file"] = _beside(job_file, run["metrics_file"])
     problems += task_conflicts(label, task)
-    problems += run_problems(label, values.get("run", {}))
+    problems += run_problems(label, run)
     if problems:
         raise ConfigError(problems)
     assert in_path and in_format is not None and out_path and out_format  # no problems: all derived

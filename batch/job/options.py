@@ -111,6 +111,13 @@ TABLES: dict[str, tuple[Key, ...]] = {
             "batch (they start at 1 s and back off).", default=60.0, lo=0, above=True),
         Key("cluster", "string", "Run on Dask: a scheduler address `tcp://HOST:PORT`, or `local` / `local:N` "
             "(N worker processes on this machine); needs `pip install \"batch[dask]\"`."),
+        Key("metrics-file", "path", "A Prometheus textfile (for node_exporter's textfile collector), "
+            "relative to the job file: the run's counts, exit code and last success time, replaced "
+            "atomically about every 15 s and when the run ends, however it ends (see Monitoring).",
+            example='metrics-file = "/var/lib/node_exporter/textfile/resumes.prom"'),
+        Key("log-format", "string", "`text`: compact log lines on stderr; `json`: one JSON object a line "
+            "(time, level, message, job, and the row, attempt, status and wait a line is about).",
+            default="text", choices=("text", "json")),
     ),
     "api": (
         Key("base-url", "url", "OpenAI-style base URL, e.g. `http://localhost:8080/v1`."),

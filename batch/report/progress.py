@@ -6,23 +6,16 @@ It only displays; the numbers come from `RunStats`.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import TYPE_CHECKING, Never
 
+from batch.report.logs import stderr_handler as stderr_handler  # every door's log lines
 from batch.report.summary import RunStats
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
 log = logging.getLogger("batch")
-
-
-def stderr_handler() -> logging.Handler:
-    """Compact, greppable log lines on stderr: `12:03:04 batch INFO ...` (every door's)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s batch %(levelname)s %(message)s", "%H:%M:%S"))
-    return handler
 
 
 class Progress:

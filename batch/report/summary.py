@@ -132,12 +132,13 @@ class Summary:
     latency_p99_s: float | None = None
     queue_time_p50_s: float | None = None  # Groq's queue time (usage.queue_time)
     queue_time_p95_s: float | None = None
+    rows_from_store_failed: int = 0  # of rows_from_store, those failed (also counted in rows_failed)
 
     @classmethod
     def build(cls, stats: RunStats, *, status: str, model: str, rows: int, rows_ok: int,
               rows_failed: int, rows_from_store: int, output: Path | None,
-              message: str | None = None, mode: str = "online",
-              max_cost_usd: float | None = None) -> Summary:
+              message: str | None = None, mode: str = "online", max_cost_usd: float | None = None,
+              rows_from_store_failed: int = 0) -> Summary:
         tokens = stats.input_tokens + stats.output_tokens
         cost = cost_usd(model, stats.input_tokens, stats.output_tokens, stats.cached_tokens)
         batch_cost = cost_usd(model, stats.batch_input_tokens, stats.batch_output_tokens,
@@ -146,7 +147,8 @@ class Summary:
             cost -= batch_cost / 2  # the Batch API bills half the list price
         return cls(
             status=status, rows=rows, rows_ok=rows_ok, rows_failed=rows_failed,
-            rows_from_store=rows_from_store, requests_sent=stats.requests, retries=stats.retries,
+            rows_from_store=rows_from_store, rows_from_store_failed=rows_from_store_failed,
+            requests_sent=stats.requests, retries=stats.retries,
             rate_limited_429=stats.rate_limited,
             **{name: getattr(stats, name) for name in fields.SUMMED},  # input, output, cached, ... tokens
             estimated_cost_usd=_round(cost, 6),

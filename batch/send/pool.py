@@ -7,9 +7,9 @@
                    ▲                                              │
                    └──────────── timer (backoff) ◄────────────────┘
 
-Memory is bounded by the intake, not by the input: the producer waits for a free place before it
-admits the next request. A request waiting out a backoff sits on a timer, not in a worker, so
-a backoff sleep holds no concurrency. A 429 cools every worker down together (`Pacing.cool_down`).
+Memory is bounded by the intake, not by the input: the producer waits for a free place before it admits
+the next request. A request waiting out a backoff sits on a timer, not in a worker, so a backoff sleep
+holds no concurrency. A 429 cools every worker down together (`Pacing.cool_down`).
 
 Stopping (a signal, a spent daily quota, a fatal API error) takes no new work: queued and backing-off
 requests are dropped unanswered (the next run sends them), workers waiting for the pacer are
@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from batch.errors import ApiError, FatalApiError, RateLimited
 from batch.records import Answer, Completion, Request
+from batch.report.logs import about
 from batch.report.summary import RunStats
 from batch.send.pacing import Pacing
 from batch.send.retry import Action, RetryPolicy
@@ -111,7 +112,6 @@ class Pool:
             if task not in self._sending:
                 task.cancel()
 
-    # -- internals --------------------------------------------------------------------------------
     def _finish(self, job: _Job) -> None:
         self.outstanding.discard(job.request.fingerprint)
         self._slots.release()
@@ -153,11 +153,10 @@ class Pool:
         if (job.attempts == 0 and not self._pacer.fits(req.est_tokens)) or \
                 not await self._pacer.acquire(req.est_tokens):
             self._refund(cost)
-            self._answer(job, Answer.failure(
-                req.fingerprint, permanent=True, attempts=job.attempts,
-                error=f"request too large: about {req.est_tokens} tokens (prompt + max-new-tokens) "
-                      f"but the limit is {self._pacer.tokens_per_minute:g} tokens per minute; "
-                      "shorten the prompt or lower max-new-tokens"))
+            self._answer(job, Answer.failure(req.fingerprint, permanent=True, attempts=job.attempts, error=(
+                f"request too large: about {req.est_tokens} tokens (prompt + max-new-tokens) "
+                f"but the limit is {self._pacer.tokens_per_minute:g} tokens per minute; "
+                "shorten the prompt or lower max-new-tokens")))
             return
         if self.stop_reason:
             self._refund(cost)
@@ -208,15 +207,16 @@ class Pool:
                 self._pacer.cool_down(decision.delay_s)
         if decision.action is Action.RETRY:
             self.stats.record_retry()
-            log.debug("retry row=%d attempt=%d in %.2fs: %s", req.row + 1, job.attempts,
-                      decision.delay_s, exc.describe())
+            log.debug("retry row=%d attempt=%d in %.2fs: %s", req.row + 1, job.attempts, decision.delay_s,
+                      exc.describe(), extra=about(req.row + 1, job.attempts, exc.status, decision.delay_s))
             if self.stop_reason:
                 self._finish(job)
                 return
             handle = asyncio.get_running_loop().call_later(decision.delay_s, self._requeue, job)
             self._timers[id(job)] = (handle, job)
         elif decision.action is Action.GIVE_UP:
-            log.debug("give up row=%d after %d attempts: %s", req.row + 1, job.attempts, exc.describe())
+            log.debug("give up row=%d after %d attempts: %s", req.row + 1, job.attempts, exc.describe(),
+                      extra=about(req.row + 1, job.attempts, exc.status))
             self._answer(job, Answer.failure(req.fingerprint, exc.describe(), permanent=decision.permanent,
                                              attempts=job.attempts, request_id=exc.request_id))
             if decision.permanent and (fatal := self._breaker.rejected(exc)) and self.fatal is None:

@@ -6,16 +6,23 @@ tokens not discounted. That worst case is reserved while the request is out; whe
 its real cost (from the usage the server reports) is counted and the rest handed back, so generous
 budgets do not end a run early. A request that failed is not billed: its reservation is handed back.
 The cap is per run: once a request no longer fits, the run stops (exit 3) and the next run continues
-from the store, with a fresh cap — a nightly budget.
+from the store, with a fresh cap — a nightly budget. A run of many parts keeps one cap for all of them:
+the parts of a partitioned input share one `SpendCap` (`CapFactory`), and a cluster's workers each hold
+a subclass that reserves from the one ledger in the Dask scheduler (`batch.cluster.spend`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from batch.job import catalog
 from batch.job.catalog import usd
 from batch.records import Answer
+
+# How a run gets its cap: (max-cost-usd, model, completion budget) -> the cap. `SpendCap` itself for a
+# cap of one run's own; a door whose run is made of parts hands every part the same one.
+CapFactory = Callable[[float, str, int], "SpendCap"]
 
 
 class SpendCap:
@@ -74,14 +81,22 @@ class SpendCap:
     def settle(self, reserved: float, answer: Answer, *, batch: bool = False) -> None:
         """Count what an answer really cost (its reservation, when the server reported no usage)."""
         self.release(reserved)
+        self.spent_usd += self.cost_of(reserved, answer, batch=batch)
+
+    def cost_of(self, reserved: float, answer: Answer, *, batch: bool = False) -> float:
+        """What an answer cost, from the usage the server reported (else its whole reservation)."""
         if answer.input_tokens is None and answer.output_tokens is None:
-            self.spent_usd += reserved
-            return
+            return reserved
         cost = catalog.cost_usd(self.model, answer.input_tokens or 0, answer.output_tokens or 0,
                                 answer.cached_tokens or 0) or 0.0
-        self.spent_usd += cost / 2 if batch else cost
+        return cost / 2 if batch else cost
 
     def message(self) -> str:
-        return (f"spend cap reached: {usd(self.spent_usd)} of {usd(self.cap_usd)} spent by this run "
-                "([limits] max-cost-usd; the next request's worst case did not fit). Answers so far are "
-                "saved; the next run continues (run the same command, e.g. tomorrow night).")
+        return cap_message(self.spent_usd, self.cap_usd)
+
+
+def cap_message(spent_usd: float, cap_usd: float) -> str:
+    """Why a run stopped at its cap; a run of many parts says it once, with the run's total."""
+    return (f"spend cap reached: {usd(spent_usd)} of {usd(cap_usd)} spent by this run "
+            "([limits] max-cost-usd; the next request's worst case did not fit). Answers so far are "
+            "saved; the next run continues (run the same command, e.g. tomorrow night).")
