@@ -3,8 +3,9 @@
     import batch
     out = batch.run(df, model="openai/gpt-oss-20b", prompt="Summarize: ${body}", max_new_tokens=64)
 
-`run`, `arun` and `plan` are the Python door (`batch.doors.python`); `python -m batch` the command line. Both
-are imported on first use, so that `python -m batch` pays only for what it runs.
+`run`, `arun` and `plan` are the Python door (`batch.doors.python`), `register_duckdb` the SQL door
+(`batch.doors.sql`: a DuckDB function), `python -m batch` the command line. Each is imported on first
+use, so that `python -m batch` pays only for what it runs.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from batch.errors import FatalApiError, JobError, Stopped
 
 if TYPE_CHECKING:
     from batch.doors.python import arun, plan, run
+    from batch.doors.sql import register_duckdb
 
 __version__ = "0.1.0"
-__all__ = ["FatalApiError", "JobError", "Stopped", "__version__", "arun", "plan", "run"]
+__all__ = ["FatalApiError", "JobError", "Stopped", "__version__", "arun", "plan", "register_duckdb", "run"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from batch.doors import python as door
 
         return getattr(door, name)
+    if name == "register_duckdb":
+        from batch.doors import sql
+
+        return sql.register_duckdb
     raise AttributeError(f"module 'batch' has no attribute {name!r}")
