@@ -1,14 +1,17 @@
 """Helpers for the cluster tests: a Dask cluster of real worker processes on 127.0.0.1, partitioned
-inputs, the simulator's log read as counts, and bounded waits on conditions."""
+inputs, the simulator's log read as counts, bounded waits on conditions, a port that accepts and never
+speaks, and a process's stderr read as it comes."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 from distributed import Client, LocalCluster
@@ -66,3 +69,69 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+class SilentPort:
+    """A TCP port on 127.0.0.1 that accepts connections and never says a word, nor reads one: a
+    scheduler address or an object store that hangs. `accepted` counts the connections it took."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)  # so that the accepting thread sees `close`
+        self.port: int = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._open = True
+        self._thread = threading.Thread(target=self._accept, name="silent-port", daemon=True)
+        self._thread.start()
+
+    @property
+    def accepted(self) -> int:
+        return len(self.conns)
+
+    def _accept(self) -> None:
+        while self._open:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join(5)
+        for conn in [*self.conns, self.sock]:
+            conn.close()
+
+
+@contextmanager
+def silent_port() -> Iterator[SilentPort]:
+    port = SilentPort()
+    try:
+        yield port
+    finally:
+        port.close()
+
+
+class Lines:
+    """A process's stderr read line by line in a thread, for a test to wait on what it says."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._stream = stream
+        self._thread = threading.Thread(target=self._read, args=(stream,), name="stderr", daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def says(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def text(self) -> str:
+        """Everything it said, once the process has ended (the stream is then closed)."""
+        self._thread.join(10)
+        self._stream.close()
+        return "".join(self.lines)

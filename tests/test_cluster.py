@@ -1,7 +1,8 @@
 """Cluster runs against real Dask processes on 127.0.0.1 (a scheduler and two worker processes, shared
-by the module) and the simulator: one rate limit for the whole cluster, a worker killed mid-run, the
-client killed and the run resumed, a re-run that sends nothing, and the refusals before anything is
-sent. The command line runs as a subprocess against the module's scheduler (`--cluster tcp://...`)."""
+by the module) and the simulator: one rate limit for the whole cluster, a worker killed mid-run (no
+answer lost, and what it bought counted in the report), the client killed and the run resumed, a
+signal that stops the run, a re-run that sends nothing, and the refusals before anything is sent.
+The command line runs as a subprocess against the module's scheduler (`--cluster tcp://...`)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def test_a_worker_killed_mid_run_loses_no_answer(dask: tuple[str, Client], start
     proc = subprocess.Popen([sys.executable, "-m", "batch", "run", str(job), "--cluster", address],
                             env=cli_env(api_key), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(sim.log) >= 8, "the first answers")
+        wait_for(lambda: len(sim.log) >= 12, "the first answers")
         graph = "\n".join(client.run(worker_tasks).values())
         assert str(job) in graph  # the tasks carry the job...
         assert api_key not in graph  # ...but not the key: not in a task, its name or its arguments
@@ -118,7 +119,15 @@ def test_a_worker_killed_mid_run_loses_no_answer(dask: tuple[str, Client], start
     assert len(out) == rows and out["error"].isna().all()
     counts = answered(sim)
     assert len(counts) == rows
-    assert sum(counts.values()) - rows <= 4  # at most the killed worker's requests in flight, again
+    paid = sum(counts.values())
+    assert paid - rows <= 4  # at most the killed worker's requests in flight, again
+    # The report counts what this run paid: the killed worker's committed answers were bought by this
+    # run, not found in the store (only the answers it had on the wire left no trace anywhere).
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert report["rows_from_store"] == 0 and report["rows_ok"] == rows
+    assert paid - 4 <= report["requests_sent"] <= paid
+    assert sum(e.tokens for e in sim.log) - report["input_tokens"] - report["output_tokens"] <= \
+        4 * max(e.tokens for e in sim.log)
 
 
 def test_the_client_killed_then_the_run_resumes(dask: tuple[str, Client], start_sim: StartSim,
@@ -153,6 +162,10 @@ def test_refusals_before_anything_is_sent(dask: tuple[str, Client], simulator: t
     one_file = write_job(tmp_path / "in" / "in-000.parquet", name="one.toml", api={"base-url": url})
     single = run_batch(one_file, "--cluster", dask[0])
     assert single.returncode == 2 and "partitioned input" in single.stderr
+    pd.DataFrame({"name": [1], "experience": ["x"]}).to_parquet(tmp_path / "in" / "in-001.parquet")
+    disagree = run_batch(job, "--cluster", dask[0])
+    assert disagree.returncode == 2
+    assert "Column 'name' is string in in-000.parquet, int64 in in-001.parquet." in disagree.stderr
     (tmp_path / "in" / "in-001.parquet").write_text("not parquet")
     broken = run_batch(job, "--cluster", dask[0])
     assert broken.returncode == 2 and "in-001.parquet" in broken.stderr
@@ -192,9 +205,11 @@ def test_a_daily_quota_stops_every_worker(dask: tuple[str, Client], start_sim: S
     assert len(outputs(tmp_path)) == rows and max(answered(sim).values()) == 1
 
 
-def test_ctrl_c_stops_the_cluster_run(dask: tuple[str, Client], start_sim: StartSim, api_key: str,
-                                      write_job: Callable[..., Path], run_batch: RunBatch,
-                                      tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_cluster_run(dask: tuple[str, Client], start_sim: StartSim, api_key: str,
+                                        write_job: Callable[..., Path], run_batch: RunBatch,
+                                        tmp_path: Path, sig: signal.Signals) -> None:
+    # One Ctrl-C, or one SIGTERM (a scheduler's stop), while answers come in: exit 3, then it resumes.
     url, sim = start_sim(latency_ms=100, api_key=api_key)
     rows = make_parts(tmp_path / "in", parts=4, rows=15)
     job = job_for(write_job, tmp_path / "in", url)
@@ -202,7 +217,7 @@ def test_ctrl_c_stops_the_cluster_run(dask: tuple[str, Client], start_sim: Start
                             env=cli_env(api_key), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: len(sim.log) >= 6, "the first answers")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()

@@ -93,3 +93,45 @@ def test_a_dataset_job_resolves_its_locations(tmp_path: Path) -> None:
                        tmp_path / "job.toml")
     assert remote.input.dataset == "s3://b/in/" and remote.output.dataset == "s3://b/in.enriched"
     assert remote.state.path == tmp_path / "job.state"
+
+
+def table(ids: list[object], **more: list[object]) -> pd.DataFrame:
+    return pd.DataFrame({"id": ids, "name": [f"n{i}" for i in range(len(ids))],
+                         "experience": ["x"] * len(ids), **more})
+
+
+@pytest.mark.parametrize(("odd", "column", "says"), [
+    (table(["a7", "b8"]), "id", "is int64 in a.parquet and c.parquet, string in b.parquet."),
+    (table([7, 8], note=["p", "q"]), "note", "is in b.parquet but not in a.parquet and c.parquet."),
+])
+def test_partitions_that_disagree_are_refused(simulator: tuple[str, Simulator],
+                                              write_job: Callable[..., Path], run_batch: RunBatch,
+                                              tmp_path: Path, odd: pd.DataFrame, column: str,
+                                              says: str) -> None:
+    # A reader of the output folder takes one part's schema for all: int64 here and string there fails
+    # the read; a column only one part has is dropped or not depending on which part it reads first.
+    url, sim = simulator
+    (tmp_path / "in").mkdir()
+    table([1, 2]).to_parquet(tmp_path / "in" / "a.parquet")
+    odd.to_parquet(tmp_path / "in" / "b.parquet")
+    table([5, 6]).to_parquet(tmp_path / "in" / "c.parquet")
+    job = write_job("in", api={"base-url": url}, output={"path": "out"})
+    proc = run_batch(job)
+    assert proc.returncode == 2, proc.stderr
+    assert f"Column '{column}' {says}" in proc.stderr
+    assert sim.log == [] and not (tmp_path / "out").exists()
+
+
+def test_a_new_partition_must_agree_with_the_parts_written(simulator: tuple[str, Simulator],
+                                                           write_job: Callable[..., Path],
+                                                           run_batch: RunBatch, tmp_path: Path) -> None:
+    url, sim = simulator
+    (tmp_path / "in").mkdir()
+    table([1, 2]).to_parquet(tmp_path / "in" / "a.parquet")
+    job = write_job("in", api={"base-url": url}, output={"path": "out"})
+    assert run_batch(job).returncode == 0
+    table([3], note=["p"]).to_parquet(tmp_path / "in" / "b.parquet")  # the part written has no `note`
+    proc = run_batch(job)
+    assert proc.returncode == 2, proc.stderr
+    assert "Column 'note' is in b.parquet but not in a.parquet." in proc.stderr
+    assert len(sim.log) == 2 and len(pd.read_parquet(tmp_path / "out")) == 2

@@ -1,7 +1,8 @@
-"""Runs a partitioned job on a Dask cluster, with one rate limit for the whole cluster.
+"""Runs a partitioned job on a Dask cluster, with one rate limit and one spend cap for the whole cluster.
 
-    client (`runner`) ─► scheduler: `extension` (one `budget` per job, the key, partition claims)
-                     ─► a task per partition (`work`) on the workers: the engine, paced by `lease`
+    client (`runner`, reaching the scheduler through `connect`)
+      ─► scheduler: `extension` (per job: one `budget`, one `spend` ledger, the key, partition claims)
+      ─► a task per partition (`work`) on the workers: the engine, paced by `lease`, capped by `spend`
 
 Dask is imported only in this package, and only when a run asks for a cluster (`--cluster`,
 `[run] cluster`); `pip install "batch[dask]"` brings it.

@@ -1,7 +1,8 @@
-"""The scheduler's side of a cluster run: one `Budget` per job, the job's API key, and which worker
-holds which partition — state that must outlive any worker, so it lives in the Dask scheduler, as
-distributed's own Semaphore does: a scheduler plugin that registers comm handlers, called by the
-client as `client.scheduler.batch_<op>(...)` and by workers as `worker.scheduler.batch_<op>(...)`.
+"""The scheduler's side of a cluster run: one `Budget` per job, its spend cap (`SpendLedger`), the
+job's API key, and which worker holds which partition — state that must outlive any worker, so it
+lives in the Dask scheduler, as distributed's own Semaphore does: a scheduler plugin that registers
+comm handlers, called by the client as `client.scheduler.batch_<op>(...)` and by workers as
+`worker.scheduler.batch_<op>(...)`.
 
 The plugin is registered idempotently under one name: a second run (or a client that comes back after
 being killed) finds the budgets, cool-downs and partition claims as they were. A partition is claimed
@@ -20,6 +21,7 @@ from typing import Any
 from distributed import Scheduler, SchedulerPlugin
 
 from batch.cluster.budget import Budget
+from batch.cluster.spend import SpendLedger
 
 log = logging.getLogger("batch.cluster")
 
@@ -30,6 +32,7 @@ class _JobState:
     def __init__(self, budget: Budget, key: str | None, limits: tuple[float, float, bool, bool]) -> None:
         self.budget, self.key, self.limits = budget, key, limits
         self.claims: dict[int, str] = {}  # partition -> worker address
+        self.spend: SpendLedger | None = None  # the run's spend cap, if the job has one
 
 
 class LimiterPlugin(SchedulerPlugin):
@@ -43,21 +46,24 @@ class LimiterPlugin(SchedulerPlugin):
         scheduler.handlers.update({
             "batch_open": self.open, "batch_lease": self.lease, "batch_stop": self.stop,
             "batch_secret": self.secret, "batch_claim": self.claim, "batch_release": self.release,
-            "batch_close": self.close_job, "batch_state": self.state,
+            "batch_close": self.close_job, "batch_state": self.state, "batch_spend": self.spend,
         })
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         for name, job in self.jobs.items():
+            if job.spend is not None:
+                job.spend.lost(worker)
             for part in [p for p, w in job.claims.items() if w == worker]:
                 del job.claims[part]
                 log.info("batch %s: partition %d released (worker %s left)", name, part, worker)
 
     # -- handlers: keyword arguments in, plain values out -----------------------------------------
     def open(self, job: str, rpm: float, tpm: float, learn_requests: bool, learn_tokens: bool,
-             key: str | None) -> bool:
+             key: str | None, cap_usd: float | None = None) -> bool:
         """Start (or resume) a job's budget. A new run of the same job, with the same limits, clears the
         last one's halt but keeps what was learned; with other limits it starts a new budget. A running
-        cool-down holds either way (the server's 429 was about the account, not the job file)."""
+        cool-down holds either way (the server's 429 was about the account, not the job file). Each
+        run has the whole spend cap again (`cap_usd`: max-cost-usd), as on one machine."""
         limits = (rpm, tpm, learn_requests, learn_tokens)
         found = self.jobs.get(job)
         if found is None or found.limits != limits:
@@ -69,6 +75,7 @@ class LimiterPlugin(SchedulerPlugin):
                 found.budget, found.limits = budget, limits
         found.key = key
         found.budget.halt = found.budget.message = None
+        found.spend = None if cap_usd is None else SpendLedger(cap_usd)
         return True
 
     def lease(self, job: str, **ask: Any) -> dict[str, Any]:
@@ -82,6 +89,28 @@ class LimiterPlugin(SchedulerPlugin):
         if job in self.jobs:
             self.jobs[job].budget.stop(reason, message)
         return True
+
+    async def spend(self, job: str, act: str, holder: str, usd: float = 0.0, reserved: float = 0.0,
+                    cost: float = 0.0) -> dict[str, Any]:
+        """The spend cap's acts: reserve (waits a little for others' reservations), settle, release,
+        finish (an attempt at a part is over).
+        (`act`, not `op`: distributed's comm calls take `op` as the handler's name.)"""
+        found = self.jobs.get(job)
+        ledger = None if found is None else found.spend
+        if found is None or ledger is None:  # the run was closed: take no new request
+            return {"verdict": "reached", "spent": 0.0}
+        if act == "reserve":
+            reply = await ledger.reserve(holder, usd)
+            if reply["verdict"] == "reached":  # parts not started yet need not start
+                found.budget.stop("spend-cap", None)
+            return reply
+        if act == "settle":
+            ledger.settle(holder, reserved, cost)
+        elif act == "finish":
+            ledger.finish(holder)
+        else:
+            ledger.release(holder, reserved)
+        return {"verdict": "ok", "spent": ledger.spent_usd}
 
     def secret(self, job: str) -> str | None:
         found = self.jobs.get(job)
@@ -112,5 +141,7 @@ class LimiterPlugin(SchedulerPlugin):
         if found is None:
             return {}
         b = found.budget
+        spend = found.spend
         return {"rpm": b.rpm, "tpm": b.tpm, "halt": b.halt, "message": b.message, "cooldowns": b.cooldowns,
-                "claims": dict(found.claims)}
+                "claims": dict(found.claims), "capped": spend is not None and spend.reached,
+                "spent": None if spend is None else spend.spent_usd}

@@ -4,33 +4,36 @@
     importable, the state folder shared, the input reachable) ─► the limiter plugin and the job's
     budget in the scheduler ─► one task per partition not done yet ─► outcomes ─► report, exit code
 
-Nothing is sent before every check has passed: a scheduler that cannot be reached, a worker without
-batch, a state folder a worker does not see, a missing bucket or prefix are exit 2. A daily quota or a
-fatal API error on one worker stops every worker (exit 3 or 4), as on one machine; Ctrl-C stops them
-too (exit 3), and the next run resumes: parts already published are not run again, and each
-partition's journal keeps every answer received.
+Nothing is sent before every check has passed: a scheduler that cannot be reached (`connect`), a
+worker without batch, a state folder a worker does not see, a missing bucket or prefix, partitions
+that disagree on their columns are exit 2. A daily quota, the spend cap (one for the run, in the
+scheduler) or a fatal API error on one worker stops every worker (exit 3 or 4), as on one machine;
+a signal stops them too (exit 3), wherever the run waits — connecting, for workers, for answers —
+and the next run resumes: parts already published are not run again, and each partition's journal
+keeps every answer received.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, as_completed
 
 from batch.cluster.checks import check_workers
+from batch.cluster.connect import Interrupted, connect, interruptible
 from batch.cluster.extension import LimiterPlugin
 from batch.cluster.work import PartTask, run_partition
 from batch.dataset import partitions
+from batch.dataset.agree import Found
 from batch.dataset.partitions import Partition
-from batch.dataset.parts import already_done, part_job, refuse_limit
+from batch.dataset.parts import already_done, check_partitions, refuse_limit
 from batch.dataset.summary import PartOutcome, finish, report_location
-from batch.engine.preflight import check_job, check_model
+from batch.engine.preflight import check_model
 from batch.engine.run import RunOptions
 from batch.errors import FatalApiError, JobError, QuotaReached, Stopped
 from batch.job.config import Job
@@ -38,32 +41,6 @@ from batch.job.endpoint import Endpoint
 from batch.report.summary import Summary
 
 log = logging.getLogger("batch.cluster")
-
-CONNECT_TIMEOUT_S = 5.0
-
-
-@contextlib.asynccontextmanager
-async def connect(address: str) -> AsyncIterator[Client]:
-    """A client of the scheduler at `address`, or of a LocalCluster started for `local` / `local:N`."""
-    if address.startswith("local"):
-        n = int(address.split(":")[1]) if ":" in address else None
-        # On loopback only; the scheduler's HTTP endpoint on a free loopback port, not the usual 8787.
-        async with LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=n, processes=True, threads_per_worker=1, host="127.0.0.1",
-                dashboard_address="127.0.0.1:0", asynchronous=True) as cluster, \
-                Client(cluster, asynchronous=True) as client:  # type: ignore[no-untyped-call]
-            yield client
-        return
-    try:
-        client = await Client(address, asynchronous=True,  # type: ignore[no-untyped-call]
-                              timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise JobError(f"cannot reach the Dask scheduler at {address}: {exc}; check the address (--cluster "
-                       "or [run] cluster) and that the scheduler is running") from None
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def job_key(job: Job) -> str:
@@ -76,14 +53,18 @@ class ClusterRun:
     def __init__(self, job: Job, endpoint: Endpoint, opts: RunOptions, address: str) -> None:
         self.job, self.endpoint, self.opts, self.address = job, endpoint, opts, address
         self.key = job_key(job)
+        self.token = secrets.token_hex(8)  # this run, in every partition's store (`dataset.bought`)
         self._client: Client | None = None
         self._stopping: set[asyncio.Task[Any]] = set()
         self.interrupted = False
-        self._quota: str | None = None
-        self.summary: Summary | None = None  # the budget stopped every worker: a daily quota is spent
+        self._signalled = asyncio.Event()  # ends a wait (connecting, for workers) at once
+        self._quota: str | None = None  # the budget stopped every worker: a daily quota is spent
+        self._capped = False  # ... or the run's spend cap was reached
+        self.summary: Summary | None = None
 
     def interrupt(self) -> None:
         self.interrupted = True
+        self._signalled.set()
         if self._client is not None:
             task = asyncio.get_running_loop().create_task(self._stop("interrupted", None))
             self._stopping.add(task)
@@ -104,27 +85,35 @@ class ClusterRun:
         parts = partitions.list_partitions(job.input.dataset, job.input.format or None)
         assert job.output.dataset is not None
         partitions.check_output(job.output.dataset)
+        # A bad partition stops the run before anything is sent: every local one; of a remote dataset
+        # the first (a later one is held to its columns on its worker).
+        expect = check_partitions(job, parts, every=not partitions.is_remote(job.input.dataset))
         todo = [p for p in parts if already_done(job, p) is None]
         done = [o for p in parts if (o := already_done(job, p)) is not None]
-        for part in todo if not partitions.is_remote(job.input.dataset) else todo[:1]:
-            check_job(part_job(job, part))  # a bad partition stops the run before anything is sent
         if todo and not self.endpoint.simulated:
             await check_model(job, self.endpoint.base_url, self.endpoint.key)
         outcomes = list(done)
         if todo:
-            async with connect(self.address) as client:
+            async with connect(self.address, self._signalled) as client:
                 self._client = client
                 try:
-                    outcomes += await self._on_cluster(client, todo)
+                    outcomes += await self._on_cluster(client, todo, expect)
                 finally:
                     self._client = None
-        self.summary = summary = finish(job, outcomes, total=len(parts), started=started)
+        self.summary = summary = finish(job, outcomes, total=len(parts), started=started,
+                                        capped=self._capped)
         log.info("report: %s", report_location(job))
-        return _verdict(summary, outcomes, self._quota)
+        return _verdict(summary, outcomes, self._quota, self._capped)
 
-    async def _on_cluster(self, client: Client, todo: list[Partition]) -> list[PartOutcome]:
+    async def _on_cluster(self, client: Client, todo: list[Partition], expect: Found | None
+                          ) -> list[PartOutcome]:
         job, ep = self.job, self.endpoint
-        workers = await check_workers(client, job, todo)
+        log.info("cluster: connected to the scheduler at %s; checking its workers", self.address)
+        try:
+            workers = await interruptible(check_workers(client, job, todo), self._signalled)
+        except Interrupted:
+            raise Stopped("interrupted while waiting for the Dask cluster's workers; nothing was sent. Run "
+                          "the same command again to start the run.") from None
         try:
             await client.register_plugin(LimiterPlugin())
         except Exception as exc:
@@ -132,12 +121,13 @@ class ClusterRun:
                            f"{exc}); install batch[dask] where the scheduler runs, too") from None
         await _rpc(client).batch_open(
             job=self.key, rpm=ep.rpm, tpm=ep.tpm, learn_requests=job.limits.requests_per_minute is None,
-            learn_tokens=job.limits.tokens_per_minute is None, key=ep.key)
+            learn_tokens=job.limits.tokens_per_minute is None, key=ep.key, cap_usd=job.limits.max_cost_usd)
         if self.interrupted:
             await self._stop("interrupted", None)
         nonce = hashlib.sha256(f"{time.time_ns()}".encode()).hexdigest()[:8]
         futures = [client.submit(run_partition, PartTask(job, part, self.key, ep.base_url, ep.rpm, ep.tpm,
-                                                         ep.simulated, self.opts.retry_failed),
+                                                         ep.simulated, self.opts.retry_failed, self.token,
+                                                         expect),
                                  key=f"batch-{self.key}-{nonce}-part-{part.index:05d}", pure=False)
                    for part in todo]
         index = {f.key: p for f, p in zip(futures, todo, strict=True)}
@@ -162,6 +152,7 @@ class ClusterRun:
         state = await _rpc(client).batch_state(job=self.key)
         if state.get("halt") == "quota":
             self._quota = state.get("message") or "the daily quota is used up"
+        self._capped = bool(state.get("capped"))
         return outcomes
 
 
@@ -170,7 +161,7 @@ def _rpc(client: Client) -> Any:
     return client.scheduler
 
 
-def _verdict(summary: Summary, outcomes: list[PartOutcome], quota: str | None) -> Summary:
+def _verdict(summary: Summary, outcomes: list[PartOutcome], quota: str | None, capped: bool) -> Summary:
     """The run's summary, or the exception that gives its exit code (3 stopped, 4 fatal, 2 invalid)."""
     by = {o.status: o for o in outcomes}
     if "fatal" in by:
@@ -179,6 +170,8 @@ def _verdict(summary: Summary, outcomes: list[PartOutcome], quota: str | None) -
         raise JobError(by["invalid"].message or "a partition is invalid")
     if quota is not None:
         raise QuotaReached(quota)
+    if capped:  # said once, with the run's cost as its report counts it (`finish`)
+        raise Stopped(summary.message or "spend cap reached")
     if "stopped" in by:
         raise Stopped(by["stopped"].message or "interrupted; answers so far are saved. Run the same command "
                       "again to resume.")

@@ -10,6 +10,12 @@ imports (lazily: a local run needs none of it). Credentials and endpoints come f
 environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...): s3fs reads them, whereas pyarrow's own
 S3FileSystem ignores AWS_ENDPOINT_URL, so it is never used here. A part is published atomically:
 renamed into place on a local disk; one PUT on an object store, which readers see whole or not at all.
+
+Waits on an S3 store are bounded: s3fs's defaults (a 15 s read timeout, botocore's retries inside
+s3fs's own five attempts) let an endpoint that accepts and never answers hold a run for minutes. Here
+each request has a connect and a read timeout (`BATCH_STORAGE_CONNECT_TIMEOUT`, `..._READ_TIMEOUT`,
+in seconds, on the client and on every worker) and is tried `ATTEMPTS` times, so a dead store fails
+the run (exit 2) within about ATTEMPTS x (connect + read) seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch.errors import InputError
+from batch.errors import InputError, JobError
 
 # What a dataset's locations are is the job's business (job.paths); named here too, for this wing's users.
 from batch.job.paths import Layout as Layout
@@ -30,6 +36,10 @@ from batch.job.paths import is_remote as is_remote
 from batch.job.paths import layout as layout
 
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+CONNECT_ENV, READ_ENV = "BATCH_STORAGE_CONNECT_TIMEOUT", "BATCH_STORAGE_READ_TIMEOUT"
+CONNECT_S, READ_S = 10.0, 30.0  # the defaults: a store that answers at all answers well within these
+ATTEMPTS = 2  # a request is tried twice: one blip is survived, a dead store fails fast
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,44 @@ def _fs(location: str) -> tuple[Any, str]:
     except ImportError:
         raise InputError(f"{location}: remote inputs and outputs need fsspec; "
                          'pip install "batch[dask]"') from None
+    s3 = location.split("://", 1)[0] in ("s3", "s3a")
+    connect, read = timeouts()
+    options = {"config_kwargs": {"connect_timeout": connect, "read_timeout": read,
+                                 "retries": {"max_attempts": ATTEMPTS, "mode": "standard"}}} if s3 else {}
     try:
-        return fsspec.core.url_to_fs(location)  # type: ignore[no-any-return]
+        fs, path = fsspec.core.url_to_fs(location, **options)
     except (ImportError, ValueError) as exc:
         raise InputError(f"{location}: no filesystem for this URL ({exc}); for s3:// install s3fs "
                          '(pip install "batch[dask]")') from exc
+    if s3:
+        fs.retries = 1  # botocore retries (above); s3fs's own loop around it would multiply the wait
+    return fs, path
+
+
+def timeouts() -> tuple[float, float]:
+    """The object store's connect and read timeouts, in seconds (from the environment, else defaults)."""
+    found = []
+    for name, default in ((CONNECT_ENV, CONNECT_S), (READ_ENV, READ_S)):
+        text = os.environ.get(name, "").strip()
+        try:
+            value = float(text) if text else default
+        except ValueError:
+            value = -1.0
+        if not 0 < value < float("inf"):
+            raise JobError(f"{name}: must be a number of seconds above 0, got {text!r}")
+        found.append(value)
+    return found[0], found[1]
+
+
+def trouble(exc: BaseException) -> str:
+    """An object store's error, for a message; a timeout says which settings bound the wait."""
+    text = f"{type(exc).__name__}: {exc}"
+    # botocore's Connect/ReadTimeoutError and aiohttp's timeouts share no base class with TimeoutError.
+    if isinstance(exc, TimeoutError) or any("Timeout" in k.__name__ for k in type(exc).__mro__):
+        connect, read = timeouts()
+        text += (f" — the object store did not answer in time (connect timeout {connect:g} s, read timeout "
+                 f"{read:g} s, {ATTEMPTS} attempts; {CONNECT_ENV} and {READ_ENV} set them)")
+    return text
 
 
 def list_partitions(location: str, fmt: str | None) -> list[Partition]:
@@ -66,8 +109,8 @@ def list_partitions(location: str, fmt: str | None) -> list[Partition]:
             infos = fs.glob(path, detail=True) if any(c in path for c in "*?[") else \
                 fs.find(path, detail=True)
         except Exception as exc:  # fsspec's backends raise their own kinds (botocore: no credentials)
-            raise InputError(f"[input] path: cannot list {location}: {type(exc).__name__}: {exc}; check the "
-                             "bucket and prefix, and the credentials in the environment (AWS_ACCESS_KEY_ID, "
+            raise InputError(f"[input] path: cannot list {location}: {trouble(exc)}; check the bucket and "
+                             "prefix, and the credentials in the environment (AWS_ACCESS_KEY_ID, "
                              "AWS_ENDPOINT_URL, ...)") from None
         for p, info in sorted(infos.items()):
             if info.get("type", "file") == "file":
@@ -107,8 +150,8 @@ def fetch(part: Partition, cache: Path) -> Path:
     tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
     try:
         fs.get(path, str(tmp))
-    except (FileNotFoundError, PermissionError, OSError) as exc:
-        raise InputError(f"cannot read {part.location}: {exc}") from exc
+    except Exception as exc:  # as in list_partitions: the backend's own kinds, timeouts among them
+        raise InputError(f"cannot read {part.location}: {trouble(exc)}") from None
     os.replace(tmp, local)
     stamp.write_text(part.version)
     return local
@@ -136,7 +179,7 @@ def check_output(output: str) -> None:
         try:
             there = fs.exists(bucket)
         except Exception as exc:  # as in list_partitions: the backend's own kinds
-            raise InputError(f"[output] path: cannot reach {output}: {type(exc).__name__}: {exc}") from None
+            raise InputError(f"[output] path: cannot reach {output}: {trouble(exc)}") from None
         if not there:
             raise InputError(f"[output] path: the bucket of {output} does not exist; create it, or fix "
                              "the path")
@@ -145,7 +188,10 @@ def check_output(output: str) -> None:
 def published(output: str, name: str) -> bool:
     if is_remote(output):
         fs, path = _fs(output)
-        return bool(fs.exists(f"{path}/{name}"))
+        try:
+            return bool(fs.exists(f"{path}/{name}"))
+        except Exception as exc:  # as in list_partitions
+            raise InputError(f"[output] path: cannot reach {output}: {trouble(exc)}") from None
     return (Path(output) / name).is_file()
 
 

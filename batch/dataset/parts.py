@@ -5,9 +5,12 @@
 
 A part whose done marker matches (same input file version, same task, same output) is not run again:
 a resumed or repeated run only runs the parts that are missing or changed, and every partition's
-journal means a part cut short is resumed, not paid twice. `PartitionedRun` runs the parts one after
-the other on this machine, sharing one pacer; the cluster runner (`batch.cluster`) runs the same
-`run_part` on Dask workers, with a pacer that leases from one limiter for the whole cluster.
+journal means a part cut short is resumed, not paid twice. Before anything is sent the partitions are
+checked, and must agree on their columns (`agree`). `PartitionedRun` runs the parts one after the
+other on this machine, sharing one pacer and one spend cap; the cluster runner (`batch.cluster`) runs
+the same `run_part` on Dask workers, with a pacer and a spend cap that lease from one limiter for the
+whole cluster. Every engine run of a part is named by the run's token, so that a part done again
+after its worker was lost counts what the lost attempt bought as this run's (`bought`).
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from batch.dataset import partitions
+from batch.dataset.agree import Found, check_agree, check_part, columns_of, from_json, part_name
+from batch.dataset.bought import Bought, bought_before, counted
 from batch.dataset.partitions import Partition
 from batch.dataset.summary import PartOutcome, finish
 from batch.engine.online import local_pacer
@@ -32,6 +38,7 @@ from batch.job.config import Job, StateSpec
 from batch.job.endpoint import Endpoint
 from batch.report.summary import Summary
 from batch.send.pacing import Pacing
+from batch.send.spendcap import SpendCap
 
 log = logging.getLogger("batch")
 
@@ -55,8 +62,8 @@ def done_marker(job: Job, part: Partition) -> Path:
     return job.state.path / part.name.replace(".parquet", ".done")
 
 
-def already_done(job: Job, part: Partition) -> PartOutcome | None:
-    """The outcome of an earlier run that wrote this very part, if it still stands."""
+def _marker(job: Job, part: Partition) -> dict[str, Any] | None:
+    """The done marker of an earlier run that wrote this very part, if it still stands."""
     try:
         mark = json.loads(done_marker(job, part).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -64,46 +71,92 @@ def already_done(job: Job, part: Partition) -> PartOutcome | None:
     assert job.output.dataset is not None
     if mark.get("digest") != _digest(job, part) or not partitions.published(job.output.dataset, part.name):
         return None
-    return PartOutcome(part.index, "skipped", mark.get("summary"))
+    return dict(mark)
+
+
+def already_done(job: Job, part: Partition) -> PartOutcome | None:
+    """The outcome of an earlier run that wrote this very part, if it still stands."""
+    mark = _marker(job, part)
+    return None if mark is None else PartOutcome(part.index, "skipped", mark.get("summary"))
+
+
+def check_partitions(job: Job, parts: list[Partition], *, every: bool = True) -> Found | None:
+    """Before anything is sent: the partitions to run are checked (`every` one, or the first: a
+    remote dataset on a cluster), and they and the parts already written must agree on their columns.
+    Returns the columns a part checked later (on a worker) is held to."""
+    assert job.input.dataset is not None
+    found: list[Found] = []
+    checked = False
+    for part in parts:
+        name = part_name(part.location, job.input.dataset)
+        mark = _marker(job, part)
+        if mark is not None:
+            columns = from_json(mark.get("columns"))
+            if columns is not None:
+                found.append((name, columns))
+        elif every or not checked:
+            found.append((name, columns_of(check_job(part_job(job, part)))))
+            checked = True
+    check_agree(found, job.input.dataset)
+    return found[0] if found else None
+
+
+@dataclass
+class Attempt:
+    """One attempt at a partition, as its caller sees it: `started` hears of the engine run (to
+    interrupt it), which stays here with what earlier attempts of the same run bought, for the report
+    of a part that stops."""
+
+    started: Callable[[Run], None] | None = None
+    run: Run | None = None
+    bought: Bought | None = None
 
 
 async def run_part(job: Job, part: Partition, endpoint: Endpoint, opts: RunOptions,
-                   on_run: Callable[[Run], None] | None = None) -> PartOutcome:
-    """Run one partition through the engine and publish its part; raises what `Run` raises."""
+                   attempt: Attempt | None = None, expect: Found | None = None) -> PartOutcome:
+    """Run one partition through the engine and publish its part; raises what `Run` raises. `expect`:
+    the columns it must have (a part not checked before the run, of a remote dataset)."""
     done = already_done(job, part)
     if done is not None:
         return done
+    attempt = attempt or Attempt()
+    assert job.input.dataset is not None
     pjob = part_job(job, part)
     rows = check_job(pjob)
-    run = Run(pjob, rows, endpoint, opts)
-    if on_run is not None:
-        on_run(run)
+    columns = columns_of(rows)
+    check_part(expect, (part_name(part.location, job.input.dataset), columns), job.input.dataset)
+    attempt.bought = bought_before(pjob.state.path, opts.run_token)
+    run = attempt.run = Run(pjob, rows, endpoint, opts)
+    if attempt.started is not None:
+        attempt.started(run)
     summary = await run.execute()
     assert job.output.dataset is not None
     try:
         partitions.publish(pjob.output.path, job.output.dataset, part.name)
     except Exception as exc:  # a disk, a bucket: the answers are all in the journal
-        raise Stopped(f"could not write {part.name} to {job.output.dataset}: {type(exc).__name__}: {exc}. "
+        raise Stopped(f"could not write {part.name} to {job.output.dataset}: {partitions.trouble(exc)}. "
                       "Every answer is saved; fix this and run the same command again.") from None
     pjob.output.path.unlink(missing_ok=True)  # published; the journal keeps every answer
-    result = json.loads(summary.to_json())
+    result = counted(json.loads(summary.to_json()), attempt.bought, job.task.model)
     marker = done_marker(job, part)
     tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({"digest": _digest(job, part), "summary": result}), encoding="utf-8")
+    tmp.write_text(json.dumps({"digest": _digest(job, part), "summary": result, "columns": columns}),
+                   encoding="utf-8")
     tmp.replace(marker)
     log.info("part %s: %s (%d rows)", part.name, summary.status, summary.rows)
     return PartOutcome(part.index, summary.status, result)
 
 
-def stopped_outcome(part: Partition, exc: BatchError, run: Run | None) -> PartOutcome:
+def stopped_outcome(part: Partition, exc: BatchError, attempt: Attempt) -> PartOutcome:
     """A part that ended with an exception, as an outcome (what it sent is still counted)."""
     status = "fatal" if isinstance(exc, FatalApiError) else "stopped" if isinstance(exc, Stopped) else \
         "invalid"
-    summary = None
+    summary, run = None, attempt.run
     if run is not None:
-        summary = json.loads(Summary.build(run.stats, status=status, model=run.job.task.model, rows=0,
-                                           rows_ok=run.stats.answered, rows_failed=run.stats.failed,
-                                           rows_from_store=0, output=None, message=str(exc)).to_json())
+        summary = counted(json.loads(Summary.build(
+            run.stats, status=status, model=run.job.task.model, rows=0, rows_ok=run.stats.answered,
+            rows_failed=run.stats.failed, rows_from_store=0, output=None, message=str(exc)).to_json()),
+            attempt.bought, run.job.task.model, stopped=True)
     return PartOutcome(part.index, status, summary, str(exc))
 
 
@@ -132,8 +185,9 @@ class PartitionedRun:
         if self.interrupted:
             run.interrupt()
 
-    def _finish(self, outcomes: list[PartOutcome], total: int, started: float) -> Summary:
-        self.summary = finish(self.job, outcomes, total=total, started=started)
+    def _finish(self, outcomes: list[PartOutcome], total: int, started: float,
+                capped: bool = False) -> Summary:
+        self.summary = finish(self.job, outcomes, total=total, started=started, capped=capped)
         return self.summary
 
     async def execute(self) -> Summary:
@@ -143,9 +197,7 @@ class PartitionedRun:
         parts = partitions.list_partitions(job.input.dataset, job.input.format or None)
         assert job.output.dataset is not None
         partitions.check_output(job.output.dataset)
-        for part in parts:  # every partition is checked before the first request
-            if already_done(job, part) is None:
-                check_job(part_job(job, part))
+        check_partitions(job, parts)  # every partition, before the first request
         if not endpoint.simulated:
             await check_model(job, endpoint.base_url, endpoint.key)
         shared: list[Pacing] = []
@@ -155,15 +207,27 @@ class PartitionedRun:
                 shared.append(local_pacer(ep, limits))
             return shared[0]
 
-        opts = replace(self.opts, pacer=pacer, model_checked=True)
+        caps: list[SpendCap] = []
+
+        def spend_cap(cap_usd: float, model: str, completion_budget: int) -> SpendCap:
+            if not caps:  # one cap for the run, whatever the number of parts
+                caps.append(SpendCap(cap_usd, model, completion_budget))
+            return caps[0]
+
+        opts = replace(self.opts, pacer=pacer, spend_cap=spend_cap, run_token=secrets.token_hex(8),
+                       model_checked=True)
         log.info("run: %d partitions of %s -> %s", len(parts), job.input.dataset, job.output.dataset)
         outcomes = []
         for part in parts:
+            attempt = Attempt(self._hold)
             try:
-                outcomes.append(await run_part(job, part, endpoint, opts, on_run=self._hold))
+                outcomes.append(await run_part(job, part, endpoint, opts, attempt))
             except (Stopped, FatalApiError) as exc:
-                outcomes.append(stopped_outcome(part, exc, self._run))
-                self._finish(outcomes, len(parts), started)
+                outcomes.append(stopped_outcome(part, exc, attempt))
+                capped = bool(caps) and caps[0].reached and not isinstance(exc, FatalApiError)
+                summary = self._finish(outcomes, len(parts), started, capped)
+                if capped:  # said once, with what the whole run spent (the report's figure)
+                    raise Stopped(summary.message or caps[0].message()) from None
                 raise
             finally:
                 self._run = None

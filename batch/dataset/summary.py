@@ -4,7 +4,8 @@ output folder as `<output>.report.json` (local or remote), with the same fields 
 Counts, tokens and cost add up; the pace is this run's requests over its wall-clock time; latency
 percentiles are approximations from the parts' own (p50: the mean of the parts' p50 weighted by their
 requests; p95: the highest part's p95), as the parts' histograms stay on the workers. A part done by an
-earlier run counts its rows (as answered from the store) and nothing else.
+earlier run counts its rows (as answered from the store) and nothing else. A run stopped by its spend
+cap (one cap for all the parts) says so once, with the run's cost as this report counts it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from batch.dataset import partitions
+from batch.fields import SUMMED as USAGE
 from batch.report.summary import Summary
+from batch.send.spendcap import cap_message
 
 if TYPE_CHECKING:
     from batch.job.config import Job
 
+# The counts that add up across parts: the run's, and the answer's usage counts (`batch.fields`).
 _SUMMED = ("rows", "rows_ok", "rows_failed", "rows_from_store", "requests_sent", "retries",
-           "rate_limited_429", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
-           "batch_requests", "batches", "batch_results")
+           "rate_limited_429", *USAGE, "batch_requests", "batches", "batch_results")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class PartOutcome:
     message: str | None = None
 
 
-def merge(job: Job, outcomes: Sequence[PartOutcome], *, total: int, elapsed_s: float) -> Summary:
+def merge(job: Job, outcomes: Sequence[PartOutcome], *, total: int, elapsed_s: float,
+          capped: bool = False) -> Summary:
     sums: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     cost: float | None = 0.0
@@ -45,6 +49,8 @@ def merge(job: Job, outcomes: Sequence[PartOutcome], *, total: int, elapsed_s: f
     rss: float | None = None
     for o in outcomes:
         s: dict[str, Any] = o.summary or {}
+        if not s:  # a part stopped before it started: nothing to add (its cost is not unknown, but 0)
+            continue
         if o.status == "skipped":
             for k in ("rows", "rows_ok", "rows_failed"):
                 sums[k] += int(s.get(k) or 0)
@@ -69,6 +75,8 @@ def merge(job: Job, outcomes: Sequence[PartOutcome], *, total: int, elapsed_s: f
     messages = [o.message for o in outcomes if o.message]
     message = messages[0] if messages else (f"{sums['rows_failed']} rows failed; see the error column."
                                             if sums["rows_failed"] else None)
+    if capped and job.limits.max_cost_usd is not None and "fatal" not in statuses:
+        message = cap_message(round(cost or 0.0, 6), job.limits.max_cost_usd)
     values: dict[str, Any] = {k: sums[k] for k in _SUMMED}
     values.update(
         status=status, estimated_cost_usd=None if cost is None else round(cost, 6),
@@ -87,9 +95,12 @@ def report_location(job: Job) -> str:
     return partitions.beside(job.output.dataset, ".report.json")
 
 
-def finish(job: Job, outcomes: Sequence[PartOutcome], *, total: int, started: float) -> Summary:
-    """The run's summary (`started`: its `time.monotonic()` start), written beside the output folder."""
+def finish(job: Job, outcomes: Sequence[PartOutcome], *, total: int, started: float,
+           capped: bool = False) -> Summary:
+    """The run's summary (`started`: its `time.monotonic()` start), written beside the output folder;
+    `capped`: the run stopped at its spend cap."""
     elapsed = time.monotonic() - started
-    summary = merge(job, sorted(outcomes, key=lambda o: o.index), total=total, elapsed_s=elapsed)
+    summary = merge(job, sorted(outcomes, key=lambda o: o.index), total=total, elapsed_s=elapsed,
+                    capped=capped)
     partitions.write_text(report_location(job), summary.to_json() + "\n")
     return summary
