@@ -1,11 +1,11 @@
-"""The scheduler's side of a cluster run: one `Budget` per job, its spend cap (`SpendLedger`), the
+"""The scheduler's side of a cluster run: one `SharedRate` per job, its spend cap (`SpendLedger`), the
 job's API key, and which worker holds which partition — state that must outlive any worker, so it
 lives in the Dask scheduler, as distributed's own Semaphore does: a scheduler plugin that registers
 comm handlers, called by the client as `client.scheduler.batch_<op>(...)` and by workers as
 `worker.scheduler.batch_<op>(...)`.
 
 The plugin is registered idempotently under one name: a second run (or a client that comes back after
-being killed) finds the budgets, cool-downs and partition claims as they were. A partition is claimed
+being killed) finds the rates, cool-downs and partition claims as they were. A partition is claimed
 by one worker at a time (the journal of a partition must have one writer); a worker that leaves the
 cluster (killed, lost) gives up its claims at once, so its partition can run elsewhere.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from distributed import Scheduler, SchedulerPlugin
 
-from batch.cluster.budget import Budget
+from batch.cluster.rate import SharedRate
 from batch.cluster.spend import SpendLedger
 
 log = logging.getLogger("batch.cluster")
@@ -29,8 +29,8 @@ NAME = "batch-limiter"
 
 
 class _JobState:
-    def __init__(self, budget: Budget, key: str | None, limits: tuple[float, float, bool, bool]) -> None:
-        self.budget, self.key, self.limits = budget, key, limits
+    def __init__(self, rate: SharedRate, key: str | None, limits: tuple[float, float, bool, bool]) -> None:
+        self.rate, self.key, self.limits = rate, key, limits
         self.claims: dict[int, str] = {}  # partition -> worker address
         self.spend: SpendLedger | None = None  # the run's spend cap, if the job has one
 
@@ -60,21 +60,21 @@ class LimiterPlugin(SchedulerPlugin):
     # -- handlers: keyword arguments in, plain values out -----------------------------------------
     def open(self, job: str, rpm: float, tpm: float, learn_requests: bool, learn_tokens: bool,
              key: str | None, cap_usd: float | None = None) -> bool:
-        """Start (or resume) a job's budget. A new run of the same job, with the same limits, clears the
-        last one's halt but keeps what was learned; with other limits it starts a new budget. A running
+        """Start (or resume) a job's rate. A new run of the same job, with the same limits, clears the
+        last one's halt but keeps what was learned; with other limits it starts a new rate. A running
         cool-down holds either way (the server's 429 was about the account, not the job file). Each
         run has the whole spend cap again (`cap_usd`: max-cost-usd), as on one machine."""
         limits = (rpm, tpm, learn_requests, learn_tokens)
         found = self.jobs.get(job)
         if found is None or found.limits != limits:
-            budget = Budget(rpm, tpm, learn_requests=learn_requests, learn_tokens=learn_tokens)
+            rate = SharedRate(rpm, tpm, learn_requests=learn_requests, learn_tokens=learn_tokens)
             if found is None:
-                found = self.jobs[job] = _JobState(budget, key, limits)
+                found = self.jobs[job] = _JobState(rate, key, limits)
             else:
-                budget.resume_at = found.budget.resume_at
-                found.budget, found.limits = budget, limits
+                rate.resume_at = found.rate.resume_at
+                found.rate, found.limits = rate, limits
         found.key = key
-        found.budget.halt = found.budget.message = None
+        found.rate.halt = found.rate.message = None
         found.spend = None if cap_usd is None else SpendLedger(cap_usd)
         return True
 
@@ -83,11 +83,11 @@ class LimiterPlugin(SchedulerPlugin):
         if found is None:
             return {"requests": 0, "tokens": 0.0, "wait": 0.0, "resume_in": 0.0, "halt": "closed",
                     "message": "the run was closed", "rpm": 0.0, "tpm": 0.0}
-        return found.budget.lease(**ask)
+        return found.rate.lease(**ask)
 
     def stop(self, job: str, reason: str, message: str | None = None) -> bool:
         if job in self.jobs:
-            self.jobs[job].budget.stop(reason, message)
+            self.jobs[job].rate.stop(reason, message)
         return True
 
     async def spend(self, job: str, act: str, holder: str, usd: float = 0.0, reserved: float = 0.0,
@@ -102,7 +102,7 @@ class LimiterPlugin(SchedulerPlugin):
         if act == "reserve":
             reply = await ledger.reserve(holder, usd)
             if reply["verdict"] == "reached":  # parts not started yet need not start
-                found.budget.stop("spend-cap", None)
+                found.rate.stop("spend-cap", None)
             return reply
         if act == "settle":
             ledger.settle(holder, reserved, cost)
@@ -130,7 +130,7 @@ class LimiterPlugin(SchedulerPlugin):
         return True
 
     def close_job(self, job: str) -> bool:
-        """The client is done: forget the key (budget and learned limits stay for the next run)."""
+        """The client is done: forget the key (rate and learned limits stay for the next run)."""
         found = self.jobs.get(job)
         if found is not None:
             found.key = None
@@ -140,7 +140,7 @@ class LimiterPlugin(SchedulerPlugin):
         found = self.jobs.get(job)
         if found is None:
             return {}
-        b = found.budget
+        b = found.rate
         spend = found.spend
         return {"rpm": b.rpm, "tpm": b.tpm, "halt": b.halt, "message": b.message, "cooldowns": b.cooldowns,
                 "claims": dict(found.claims), "capped": spend is not None and spend.reached,

@@ -1,16 +1,16 @@
 """A worker's pacer in a cluster run: the engine's pool paces through it (`limits.Pacing`) as through a
-local `Pacer`, but the budget comes from the cluster's one `Budget`, leased in slices of about
+local `Pacer`, but the rate comes from the cluster's one `SharedRate`, leased in slices of about
 `slice_s` seconds of the rate.
 
     pool.acquire ─► slice held here? ─ yes ─► send
                           │ no
                           ▼
-                 one lease call at a time ─► Budget (in the scheduler): grant | wait | cool down | halt
+                 one lease call at a time ─► SharedRate (in the scheduler): grant | wait | cool down | halt
 
 What the pool reports (usage, Groq's headers, a 429's limit and cool-down) is passed on with the next
 lease; a 429 is passed on at once, and this worker drops the requests it holds, so a cool-down holds
 every worker within about a slice. Tokens a request did not use stay here for the next request; more
-than two slices' worth go back to the budget. When the budget says halt (a daily quota spent, a fatal
+than two slices' worth go back to the rate. When the rate says halt (a daily quota spent, a fatal
 error elsewhere, the client interrupted), `on_halt` is called — it interrupts the run — and no more
 requests are admitted.
 """
@@ -26,7 +26,7 @@ from batch.records import RateInfo
 
 log = logging.getLogger("batch.cluster")
 
-Call = Callable[..., Awaitable[dict[str, Any]]]  # Call(**lease arguments) -> the budget's reply
+Call = Callable[..., Awaitable[dict[str, Any]]]  # Call(**lease arguments) -> the rate's reply
 
 
 class LeasedPacer:
@@ -146,7 +146,7 @@ class LeasedPacer:
             self._push()
 
     async def close(self) -> None:
-        """Give back what is held (the budget is the cluster's) and deliver the last report."""
+        """Give back what is held (the rate is the cluster's) and deliver the last report."""
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
         requests, self._requests = self._requests, 0
@@ -155,4 +155,4 @@ class LeasedPacer:
         try:
             await self._call(give_tokens=give, give_requests=requests, report=report)
         except Exception as exc:
-            log.warning("cluster limiter: could not give back the unspent budget: %s", exc)
+            log.warning("cluster limiter: could not give back the unspent rate: %s", exc)

@@ -2,7 +2,7 @@
 
     connect (a scheduler address, or a LocalCluster on 127.0.0.1) ─► check the workers (batch
     importable, the state folder shared, the input reachable) ─► the limiter plugin and the job's
-    budget in the scheduler ─► one task per partition not done yet ─► outcomes ─► report, exit code
+    shared rate in the scheduler ─► one task per partition not done yet ─► outcomes ─► report, exit code
 
 Nothing is sent before every check has passed: a scheduler that cannot be reached (`connect`), a
 worker without batch, a state folder a worker does not see, a missing bucket or prefix, partitions
@@ -44,7 +44,7 @@ log = logging.getLogger("batch.cluster")
 
 
 def job_key(job: Job) -> str:
-    """Names the job's budget and tasks: the same job (file, output) finds them again after a crash."""
+    """Names the job's rate and tasks: the same job (file, output) finds them again after a crash."""
     what = f"{job.file}\n{job.output.dataset}\n{job.task.model}"
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 
@@ -58,7 +58,7 @@ class ClusterRun:
         self._stopping: set[asyncio.Task[Any]] = set()
         self.interrupted = False
         self._signalled = asyncio.Event()  # ends a wait (connecting, for workers) at once
-        self._quota: str | None = None  # the budget stopped every worker: a daily quota is spent
+        self._quota: str | None = None  # the shared rate stopped every worker: a daily quota is spent
         self._capped = False  # ... or the run's spend cap was reached
         self.summary: Summary | None = None
 

@@ -1,5 +1,5 @@
 """The one spend cap of a cluster run (`[limits] max-cost-usd`), kept in the Dask scheduler like the
-rate budget: `SpendLedger` there, and on each worker a `SharedSpendCap` that the engine's pool uses as
+rate: `SpendLedger` there, and on each worker a `SharedSpendCap` that the engine's pool uses as
 it uses a `SpendCap` of its own.
 
     pool.reserve ─► SharedSpendCap ─► scheduler: SpendLedger.reserve ─► granted | wait | reached
@@ -9,7 +9,7 @@ The rule is one machine's (`batch.send.spendcap`), applied to the whole run: a r
 its worst case (prompt estimate plus its whole completion budget) fits beside what the run spent and
 what every worker holds reserved; when an answer arrives its real cost is counted and the rest handed
 back. The first request that no longer fits beside what is spent ends the run for every worker (the
-rate budget halts too, so parts not started yet do not start).
+rate halts too, so parts not started yet do not start).
 
 How far past the cap a run can go: a reservation is the request's worst case, so the cap is exceeded
 only by what requests in flight cost beyond their reserved worst case — their prompts' real token

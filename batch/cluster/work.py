@@ -47,7 +47,7 @@ class PartTask:
 
     job: Job
     part: Partition
-    job_key: str  # names the run's budget in the scheduler; a digest of the job, not a secret
+    job_key: str  # names the run's rate in the scheduler; a digest of the job, not a secret
     base_url: str
     rpm: float
     tpm: float

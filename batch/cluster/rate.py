@@ -1,4 +1,4 @@
-"""The one rate budget of a cluster run: requests and tokens per minute, shared by every worker.
+"""The one rate of a cluster run: requests and tokens per minute, shared by every worker.
 
 It lives in the Dask scheduler (`extension`), so it outlives any worker, and it is leased out in slices:
 a worker asks for about a second of the rate, spends it locally, and comes back, so pacing costs a
@@ -11,7 +11,7 @@ run had been sending at full rate), a request larger than the token burst is adm
 is full and leaves it in debt, and an unstated requests-per-minute limit is raised step by step while
 requests are what holds the run back, until a 429 names it. What one worker learns — the token limit
 in Groq's headers, the tokens the server says are left, a limit named by a 429, a cool-down after a
-429, a spent daily quota — changes the budget for all. Times are `clock()` seconds (monotonic).
+429, a spent daily quota — changes the rate for all. Times are `clock()` seconds (monotonic).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _Bucket:
 
 
 @dataclass
-class Budget:
+class SharedRate:
     rpm: float
     tpm: float
     learn_requests: bool = False  # the job did not state it: the server's figure replaces it

@@ -1,5 +1,5 @@
-"""The cluster's one budget and the workers' leasing pacers, in virtual time (no Dask, no sleeping):
-several pacers leasing from one `Budget` stay together at its rate, a 429 on one holds the others,
+"""The cluster's one rate and the workers' leasing pacers, in virtual time (no Dask, no sleeping):
+several pacers leasing from one `SharedRate` stay together at its rate, a 429 on one holds the others,
 a halt stops every one, and what the server says is learned once for all. Plus the boundary: dask
 and fsspec are imported only when a cluster or a remote location is asked for."""
 
@@ -13,19 +13,19 @@ from typing import Any
 import pytest
 from fakeclock import now, run_virtual
 
-from batch.cluster.budget import Budget
 from batch.cluster.lease import LeasedPacer
+from batch.cluster.rate import SharedRate
 from batch.records import RateInfo
 from batch.send.pacing import RPM_MARGIN
 
 
-def pacers(budget: Budget, n: int, halts: list[str] | None = None) -> list[LeasedPacer]:
+def pacers(rate: SharedRate, n: int, halts: list[str] | None = None) -> list[LeasedPacer]:
     async def call(**ask: Any) -> dict[str, Any]:
         await asyncio.sleep(0.002)  # a round trip to the scheduler
-        return budget.lease(**ask)
+        return rate.lease(**ask)
 
     told = halts if halts is not None else []
-    return [LeasedPacer(call, rpm=budget.rpm, tpm=budget.tpm, on_halt=told.append) for _ in range(n)]
+    return [LeasedPacer(call, rpm=rate.rpm, tpm=rate.tpm, on_halt=told.append) for _ in range(n)]
 
 
 async def send_for(pacer: LeasedPacer, seconds: float, stamps: list[float], tokens: int = 10) -> None:
@@ -39,9 +39,9 @@ async def send_for(pacer: LeasedPacer, seconds: float, stamps: list[float], toke
 
 def test_four_pacers_together_stay_at_the_rate() -> None:
     async def main() -> list[float]:
-        budget = Budget(600, 10**9, clock=now)
+        rate = SharedRate(600, 10**9, clock=now)
         stamps: list[float] = []
-        await asyncio.gather(*(send_for(p, 60.0, stamps) for p in pacers(budget, 4)))
+        await asyncio.gather(*(send_for(p, 60.0, stamps) for p in pacers(rate, 4)))
         return stamps
 
     stamps = run_virtual(main())
@@ -52,9 +52,9 @@ def test_four_pacers_together_stay_at_the_rate() -> None:
 
 def test_tokens_are_shared_and_a_big_request_goes_into_debt() -> None:
     async def main() -> tuple[int, bool]:
-        budget = Budget(10**6, 600, clock=now)  # 10 tokens/s, a 20-token burst
+        rate = SharedRate(10**6, 600, clock=now)  # 10 tokens/s, a 20-token burst
         stamps: list[float] = []
-        a, b = pacers(budget, 2)
+        a, b = pacers(rate, 2)
         await asyncio.gather(send_for(a, 30.0, stamps, tokens=5), send_for(b, 30.0, stamps, tokens=5))
         big = await asyncio.wait_for(a.acquire(100), 60)  # above the burst, within the minute
         return len(stamps), big
@@ -66,8 +66,8 @@ def test_tokens_are_shared_and_a_big_request_goes_into_debt() -> None:
 
 def test_a_429_on_one_worker_holds_the_others() -> None:
     async def main() -> list[float]:
-        budget = Budget(600, 10**9, clock=now)
-        a, b = pacers(budget, 2)
+        rate = SharedRate(600, 10**9, clock=now)
+        a, b = pacers(rate, 2)
         stamps: list[float] = []
         await send_for(b, 2.0, [])
         a.cool_down(10.0)
@@ -82,11 +82,11 @@ def test_a_429_on_one_worker_holds_the_others() -> None:
 
 def test_a_halt_stops_every_worker() -> None:
     async def main() -> tuple[list[str], bool]:
-        budget = Budget(600, 10**9, clock=now)
+        rate = SharedRate(600, 10**9, clock=now)
         halts: list[str] = []
-        a, b = pacers(budget, 2, halts)
+        a, b = pacers(rate, 2, halts)
         await send_for(a, 1.0, [])
-        budget.stop("quota", "the daily quota is spent")
+        rate.stop("quota", "the daily quota is spent")
         try:
             await asyncio.wait_for(send_for(b, 10.0, []), 30)
             stuck = False
@@ -100,13 +100,13 @@ def test_a_halt_stops_every_worker() -> None:
 
 def test_limits_learned_by_one_worker_hold_for_all() -> None:
     async def main() -> tuple[float, float, float]:
-        budget = Budget(600, 20_000, learn_requests=True, learn_tokens=True, clock=now)
-        a, b = pacers(budget, 2)
+        rate = SharedRate(600, 20_000, learn_requests=True, learn_tokens=True, clock=now)
+        a, b = pacers(rate, 2)
         a.learn_limit("rpm", 300)
         await asyncio.sleep(0.1)
         b.observe(RateInfo(tokens_limit_minute=12_000))
         await b.acquire(10)
-        return budget.rpm, budget.tpm, b.tpm
+        return rate.rpm, rate.tpm, b.tpm
 
     rpm, tpm, seen = run_virtual(main())
     assert rpm == pytest.approx(300 * RPM_MARGIN)
