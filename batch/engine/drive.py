@@ -11,7 +11,9 @@ HTML), so that an interrupted or over-quota run still tells what it did and spen
 
 With a `MetricsFile`, drive also keeps the run's Prometheus textfile: every `METRICS_EVERY_S` from
 the run's own counters (read, never added to), and once more at the end with the exit code the door
-gives, whatever the end: done, failed rows, refused, stopped, fatal, or a crash.
+gives, whatever the end: done, failed rows, refused, stopped, fatal, or a crash. When the OTEL_*
+variables ask for it (`report.otel`), the run is also a trace (its passes child spans) and the same
+metrics over OTLP, exported once at the end, bounded in time, never changing how the run ends.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Protocol
 from batch.engine.run import Run
 from batch.errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from batch.report.html.write import report_path, write_reports
-from batch.report.metrics import MetricsFile
+from batch.report.metrics import PYTHON_JOB, MetricsFile
+from batch.report.otel import Telemetry
 from batch.report.summary import Summary
 
 log = logging.getLogger("batch")
@@ -52,6 +55,9 @@ async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | No
     requests in flight finish, then stops the run; a second stops it at once, as `Stopped`.
     `metrics`: the textfile to keep during the run and to finish at its end."""
     started = time.monotonic()
+    telemetry = Telemetry.start(metrics.job if metrics is not None else _job_name(run))
+    if telemetry is not None and isinstance(run, Run):
+        run.phase = telemetry.phase
     watch = asyncio.create_task(_keep(metrics, run, started)) if metrics is not None else None
     code = 1  # an unexpected exception ends the process with 1, as Python does
     try:
@@ -73,6 +79,17 @@ async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | No
                 await watch
         if metrics is not None:
             metrics.finish(code, run.summary or _so_far(run), time.monotonic() - started)
+        if telemetry is not None:
+            model, mode = (run.job.task.model, run.mode) if isinstance(run, Run) else (None, None)
+            telemetry.finish(code, run.summary or _so_far(run), time.monotonic() - started,
+                             model=model, mode=mode)
+
+
+def _job_name(run: Runner) -> str:
+    """The `job` label without a metrics file, as the textfile's: the job file's stem, or "python" for
+    a Python call without one (its `file` is then the call's name, for messages, not a .toml)."""
+    file = getattr(getattr(run, "job", None), "file", None)
+    return file.stem if file is not None and file.suffix == ".toml" else PYTHON_JOB
 
 
 async def _keep(metrics: MetricsFile, run: Runner, started: float) -> None:

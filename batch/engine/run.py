@@ -14,10 +14,12 @@ store keeps every answer, so the same call resumes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -77,6 +79,8 @@ class Run:
         self.spend_cap: SpendCap | None = None  # [limits] max-cost-usd: what this run may still spend
         # pass 1's fingerprints of every row, for pass 2 (the last one)
         self._fingerprints: list[RowFingerprints] = []
+        # a block per phase (pass 1, pass 2): a trace's child spans (`drive`); entered once a phase
+        self.phase: Callable[[str], AbstractContextManager[object]] = contextlib.nullcontext
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -110,7 +114,8 @@ class Run:
                 log.info("run: %d rows from %s -> %s; model %s at %s; Batch API, completion window %s",
                          self.rows.num_rows, self.rows.name, job.output.path, job.task.model,
                          endpoint.base_url, job.run.completion_window)
-                expired = await self._via_batch_api(renderer, store)
+                with self.phase("batch.pass1.batch_api"):
+                    expired = await self._via_batch_api(renderer, store)
                 if expired:
                     log.info("batch: sending the %d requests the Batch API did not answer in time "
                              "online ([run] on-expired = \"online\")", expired)
@@ -121,8 +126,10 @@ class Run:
                          job.task.model, endpoint.base_url, endpoint.rpm, endpoint.tpm,
                          job.limits.concurrency)
             if self.mode == "online" or expired:
-                await self._online(renderer, store, check)
-            return await self._finish_off_loop(renderer, store)
+                with self.phase("batch.pass1.online"):
+                    await self._online(renderer, store, check)
+            with self.phase("batch.pass2.output"):
+                return await self._finish_off_loop(renderer, store)
         finally:
             for keys in self._fingerprints:
                 keys.close()

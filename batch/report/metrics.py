@@ -79,24 +79,8 @@ class MetricsFile:
                 log.warning("could not write the metrics file %s: %s", self.path, exc)
 
     def render(self, summary: Summary | None, elapsed_s: float, ending: dict[str, float]) -> str:
-        s = summary
-        from_store = s.rows_from_store if s else 0
-        earlier_failed = s.rows_from_store_failed if s else 0
-        samples: dict[str, list[tuple[str, float]]] = {
-            "batch_rows_total": [
-                ('outcome="answered"', max(0, s.rows_ok - (from_store - earlier_failed)) if s else 0),
-                ('outcome="failed"', max(0, s.rows_failed - earlier_failed) if s else 0),
-                ('outcome="from_store"', from_store)],
-            "batch_requests_total": [("", s.requests_sent if s else 0)],
-            "batch_http_429_total": [("", s.rate_limited_429 if s else 0)],
-            "batch_tokens_total": [('kind="input"', s.input_tokens if s else 0),
-                                   ('kind="output"', s.output_tokens if s else 0),
-                                   ('kind="cached"', s.cached_tokens if s else 0)],
-            # an unknown price (a model batch has no price for) is no sample rather than a made-up 0
-            "batch_cost_usd_total": [] if s and s.estimated_cost_usd is None else [
-                ("", (s.estimated_cost_usd or 0.0) if s else 0.0)],
-            "batch_run_duration_seconds": [("", round(elapsed_s, 3))],
-        }
+        samples = {name: [(_labels(labels), value) for labels, value in found]
+                   for name, found in run_samples(summary, elapsed_s).items()}
         samples.update({name: [("", ending[name])] for name in CARRIED if name in ending})
         lines = []
         for name, (kind, text) in HELP.items():
@@ -107,6 +91,36 @@ class MetricsFile:
                 lab = self._label if not labels else self._label[:-1] + "," + labels + "}"
                 lines.append(f"{name}{lab} {_number(value)}")
         return "\n".join(lines) + "\n"
+
+
+Sample = tuple[dict[str, str], float]  # (labels beside `job`, value)
+
+
+def run_samples(summary: Summary | None, elapsed_s: float) -> dict[str, list[Sample]]:
+    """This run's figures by metric name (`summary` None: nothing counted yet), the exit code and the
+    times aside; the one definition the textfile and OpenTelemetry (`report.otel`) both export."""
+    s = summary
+    from_store = s.rows_from_store if s else 0
+    earlier_failed = s.rows_from_store_failed if s else 0
+    return {
+        "batch_rows_total": [
+            ({"outcome": "answered"}, max(0, s.rows_ok - (from_store - earlier_failed)) if s else 0),
+            ({"outcome": "failed"}, max(0, s.rows_failed - earlier_failed) if s else 0),
+            ({"outcome": "from_store"}, from_store)],
+        "batch_requests_total": [({}, s.requests_sent if s else 0)],
+        "batch_http_429_total": [({}, s.rate_limited_429 if s else 0)],
+        "batch_tokens_total": [({"kind": "input"}, s.input_tokens if s else 0),
+                               ({"kind": "output"}, s.output_tokens if s else 0),
+                               ({"kind": "cached"}, s.cached_tokens if s else 0)],
+        # an unknown price (a model batch has no price for) is no sample rather than a made-up 0
+        "batch_cost_usd_total": [] if s and s.estimated_cost_usd is None else [
+            ({}, (s.estimated_cost_usd or 0.0) if s else 0.0)],
+        "batch_run_duration_seconds": [({}, round(elapsed_s, 3))],
+    }
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
 
 
 def replace_atomically(path: Path, text: str) -> None:
