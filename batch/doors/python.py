@@ -27,7 +27,7 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from batch.doors import watching
+from batch.doors import dask_door, watching
 from batch.doors.simulated import endpoint_for, kept_apart
 from batch.engine.drive import drive
 from batch.engine.output import write_so_far
@@ -51,17 +51,18 @@ def run(data: Any, job: str | Path | None = None, /, **options: Any) -> Any:
     """Ask the model about every row of `data`; the rows back, in order, with the answer columns.
 
     `data`: a pandas DataFrame (pandas back, its index kept), a pyarrow Table or any object with
-    `__arrow_c_stream__` such as a polars DataFrame or a DuckDB result (a pyarrow Table back), or the
-    path of a .csv/.parquet/.jsonl file (pandas back). `job`: an optional job file. `options`: the job
-    file's keys in snake_case (model, prompt, system_message, max_new_tokens, temperature, top_p, seed,
-    user, chat_history, prompt_images, image_dir, stop, response_format, reasoning_effort, ...,
-    requests_per_minute, tokens_per_minute, concurrency, max_attempts, request_timeout, text_column,
-    mode, completion_window, on_expired, poll_interval, base_url, metrics_file (labelled job="python"
-    without a job file), log_format), plus `state=` (the store's path), `output=` (also write the
-    output file and its report there), `simulate=True` (the built-in Groq simulator: no key, no
-    network), `retry_failed=True`, `wait=False` (batch mode: submit, then raise Stopped),
-    `progress=False`. The run's summary is `out.attrs["batch"]` (pandas) or the schema
-    metadata key `batch` (JSON, Arrow).
+    `__arrow_c_stream__` such as a polars DataFrame or a DuckDB result (a pyarrow Table back), a Dask
+    DataFrame (run on the Dask client in use, else a LocalCluster; a Dask DataFrame back; `cluster=`
+    names a scheduler), or the path of a .csv/.parquet/.jsonl file (pandas back). `job`: an optional
+    job file. `options`: the job file's keys in snake_case (model, prompt, system_message,
+    max_new_tokens, temperature, top_p, seed, user, chat_history, prompt_images, image_dir, stop,
+    response_format, reasoning_effort, ..., requests_per_minute, tokens_per_minute, concurrency,
+    max_attempts, request_timeout, text_column, mode, completion_window, on_expired, poll_interval,
+    base_url, metrics_file (labelled job="python" without a job file), log_format), plus `state=` (the
+    store's path), `output=` (also write the output file and its report there), `simulate=True` (the
+    built-in Groq simulator: no key, no network), `retry_failed=True`, `wait=False` (batch mode: submit,
+    then raise Stopped), `progress=False`. The run's summary is `out.attrs["batch"]` (pandas, Dask) or
+    the schema metadata key `batch` (JSON, Arrow).
 
     Works inside a running event loop (Jupyter): the run then goes on in a thread of its own.
     """
@@ -95,6 +96,11 @@ async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> A
     """`run`, for code already in an event loop."""
     door = {k: options.pop(k) for k in _DOOR if k in options}
     metrics = watching.metrics_file(job, options)  # before validation: a refused call is recorded too
+    if dask_door.is_dask(data):  # on the Dask cluster, a Dask DataFrame back
+        with watching.refused(metrics):
+            opts = RunOptions(retry_failed=bool(door.get("retry_failed")),
+                              progress=door.get("progress", True) is not False)
+            return await dask_door.arun(data, job, options, door, opts, metrics, _cache_path)
     with tempfile.TemporaryDirectory(prefix="batch-") as tmp, watching.refused(metrics):
         prepared = _prepare(data, job, options, door, Path(tmp), caller="batch.run()")
         opts = RunOptions(retry_failed=bool(door.get("retry_failed")),
@@ -117,6 +123,9 @@ async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> A
 def plan(data: Any, job: str | Path | None = None, /, **options: Any) -> Plan:
     """What `run` would send, cost and take (tokens, dollars, minutes); sends nothing, needs no key."""
     door = {k: options.pop(k) for k in _DOOR if k in options}
+    if dask_door.is_dask(data):  # planned from its rows, computed here (nothing is sent)
+        data = dask_door.computed(data)
+        door.pop("state", None)  # a Dask run's state= is a folder of journals, not one store
     with tempfile.TemporaryDirectory(prefix="batch-") as tmp:
         prepared = _prepare(data, job, options, door, Path(tmp), caller="batch.plan()")
         return make_plan(prepared.job, None, None, data=prepared.rows)
