@@ -17,6 +17,7 @@ rendered row by row by `prompts`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -30,7 +31,6 @@ from batch.render.group import JSON, Group, RowRenderer
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 _OTHER_CONTROL = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]"  # escaped by json as \b, \f or \u00XX
 _MARKS = ("\x01system", "\x01prompt")
-_EMPTY = pa.scalar("", pa.string())
 
 
 def _plain(t: pa.DataType) -> bool:
@@ -92,7 +92,7 @@ class ColumnarRenderer:
             pieces.append(literal)
             if template is not None:
                 pieces.append(_escape(_join(template, columns, n)))
-        body = pc.binary_join_element_wise(*pieces, _EMPTY)
+        body = pc.binary_join_element_wise(*pieces, _empty())
         bodies: list[bytes] = pc.cast(body, pa.binary()).to_pylist()
         sha256 = hashlib.sha256
         fps: list[str | None] = [sha256(b).hexdigest()[:32] for b in bodies]
@@ -130,10 +130,17 @@ def _join(template: Template, columns: dict[str, pa.Array], n: int) -> pa.Array:
              for p in template.parts]
     if len(parts) == 1:
         return parts[0]  # a template that is one placeholder (a literal alone is in the skeleton)
-    return pc.binary_join_element_wise(*parts, _EMPTY)
+    return pc.binary_join_element_wise(*parts, _empty())
 
 
 def _escape(text: pa.Array) -> pa.Array:
     for raw, escaped in _ESCAPES:
         text = pc.replace_substring(text, pattern=raw, replacement=escaped)
     return text
+
+
+@functools.cache
+def _empty() -> pa.Scalar[Any]:
+    # Made on first use, not at import: a str handed to pyarrow makes it import pandas to check for
+    # it, and the command line imports this module before it shuts pandas out (source.py).
+    return pa.scalar("", pa.string())
