@@ -31,6 +31,17 @@ CLOSE_TIMEOUT_S = 2.0  # closing a client that never connected must not become t
 T = TypeVar("T")
 
 
+# A LocalCluster for `local` / `local:N`: worker processes of one thread each, on loopback only, the
+# scheduler's HTTP endpoint on a free loopback port (not the usual 8787).
+LOCAL_CLUSTER = {"processes": True, "threads_per_worker": 1, "host": "127.0.0.1",
+                 "dashboard_address": "127.0.0.1:0"}
+
+
+def local_workers(address: str) -> int | None:
+    """The N of `local:N` (None for `local`: Dask's default)."""
+    return int(address.split(":")[1]) if ":" in address else None
+
+
 class Interrupted(Exception):
     """A signal came while the run was waiting."""
 
@@ -56,13 +67,10 @@ async def interruptible(work: Awaitable[T], interrupted: asyncio.Event, timeout:
 async def connect(address: str, interrupted: asyncio.Event) -> AsyncIterator[Client]:
     """A client of the scheduler at `address`, or of a LocalCluster started for `local` / `local:N`."""
     if address.startswith("local"):
-        n = int(address.split(":")[1]) if ":" in address else None
-        # On loopback only; the scheduler's HTTP endpoint on a free loopback port, not the usual 8787.
         # Its start is not cancelled by a signal (that could leave worker processes behind); the run
         # stops as soon as it is up.
         async with LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=n, processes=True, threads_per_worker=1, host="127.0.0.1",
-                dashboard_address="127.0.0.1:0", asynchronous=True) as cluster, \
+                n_workers=local_workers(address), asynchronous=True, **LOCAL_CLUSTER) as cluster, \
                 Client(cluster, asynchronous=True) as client:  # type: ignore[no-untyped-call]
             yield client
         return

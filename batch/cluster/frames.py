@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, LocalCluster, default_client
 
+from batch.cluster.connect import LOCAL_CLUSTER, local_workers
 from batch.errors import InputError
 
 # An unnamed index is staged under this name: Dask's own (`__null_dask_index__`) is a column Dask's
@@ -65,9 +66,9 @@ def cluster(address: str | None) -> Iterator[tuple[Client, str]]:
         else:
             yield client, str(client.scheduler.address)
             return
-    n = int(address.split(":")[1]) if address and ":" in address else None
-    with LocalCluster(n_workers=n, processes=True, threads_per_worker=1,  # type: ignore[no-untyped-call]
-                      host="127.0.0.1", dashboard_address="127.0.0.1:0") as local, \
+    n = local_workers(address) if address else None
+    with LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n, **LOCAL_CLUSTER) as local, \
             Client(local, set_as_default=False) as client:  # type: ignore[no-untyped-call]
         yield client, str(local.scheduler_address)
 

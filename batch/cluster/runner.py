@@ -88,8 +88,9 @@ class ClusterRun:
         # A bad partition stops the run before anything is sent: every local one; of a remote dataset
         # the first (a later one is held to its columns on its worker).
         expect = check_partitions(job, parts, every=not partitions.is_remote(job.input.dataset))
-        todo = [p for p in parts if already_done(job, p) is None]
-        done = [o for p in parts if (o := already_done(job, p)) is not None]
+        earlier = [already_done(job, p) for p in parts]  # one look per part (a remote marker, a HEAD)
+        todo = [p for p, o in zip(parts, earlier, strict=True) if o is None]
+        done = [o for o in earlier if o is not None]
         if todo and not self.endpoint.simulated:
             await check_model(job, self.endpoint.base_url, self.endpoint.key)
         outcomes = list(done)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from batch import sim
 from batch.dataset.parts import PartitionedRun
-from batch.doors import commands
+from batch.doors import commands, watching
 from batch.doors.simulated import endpoint_for, kept_apart
 from batch.engine.drive import Runner, drive
 from batch.engine.preflight import check_job
@@ -178,12 +178,8 @@ def _run(args: argparse.Namespace) -> int:
     started; here, for a job refused before it could)."""
     path = args.metrics_file.resolve() if args.metrics_file else watch_of(args.job).metrics_file
     metrics = MetricsFile(path, args.job.stem) if path is not None else None
-    try:
+    with watching.refused(metrics):
         return _run_job(args, metrics)
-    except BatchError as exc:
-        if metrics is not None:
-            metrics.finish(exc.exit_code, None, 0.0)
-        raise
 
 
 def _run_job(args: argparse.Namespace, metrics: MetricsFile | None) -> int:

@@ -102,7 +102,7 @@ async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> A
                               progress=door.get("progress", True) is not False)
             return await dask_door.arun(data, job, options, door, opts, metrics, _cache_path)
     with tempfile.TemporaryDirectory(prefix="batch-") as tmp, watching.refused(metrics):
-        prepared = _prepare(data, job, options, door, Path(tmp), caller="batch.run()")
+        prepared = prepare(data, job, options, door, Path(tmp), caller="batch.run()")
         opts = RunOptions(retry_failed=bool(door.get("retry_failed")),
                           wait=door.get("wait", True) is not False,
                           progress=door.get("progress", True) is not False, tty=_interactive(),
@@ -127,7 +127,7 @@ def plan(data: Any, job: str | Path | None = None, /, **options: Any) -> Plan:
         data = dask_door.computed(data)
         door.pop("state", None)  # a Dask run's state= is a folder of journals, not one store
     with tempfile.TemporaryDirectory(prefix="batch-") as tmp:
-        prepared = _prepare(data, job, options, door, Path(tmp), caller="batch.plan()")
+        prepared = prepare(data, job, options, door, Path(tmp), caller="batch.plan()")
         return make_plan(prepared.job, None, None, data=prepared.rows)
 
 
@@ -136,7 +136,7 @@ class _Prepared:
         self.job, self.rows, self.kind, self.tmp = job, rows, kind, tmp
 
 
-def _prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any], door: Mapping[str, Any],
+def prepare(data: Any, job_file: str | Path | None, options: Mapping[str, Any], door: Mapping[str, Any],
              tmp: Path, *, caller: str) -> _Prepared:
     rows, kind = frames.rows_of(data, tmp / "input.arrow")
     if rows is None:  # a path: read as the job file's [input] path would be (format= or the extension)

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from batch.doors.python import _prepare  # the very job batch.run builds: same validation, same store
+from batch.doors.python import prepare  # the very job batch.run builds: same validation, same store
 from batch.doors.simulated import endpoint_for
 from batch.engine.answers import PROMPT, Answering
 from batch.errors import JobError, Stopped
@@ -85,7 +85,7 @@ def _validated(job_file: str | Path | None, options: dict[str, Any]) -> tuple[Jo
         options["prompt"] = "${" + PROMPT + "}"
     no_rows = answered.chunk(PROMPT, [])  # a table of the function's one column: batch.run's checks
     with tempfile.TemporaryDirectory(prefix="batch-") as tmp:
-        job = _prepare(no_rows, job_file, options, door, Path(tmp), caller=_CALLER).job
+        job = prepare(no_rows, job_file, options, door, Path(tmp), caller=_CALLER).job
     problems = []
     used = Template(job.task.prompt).columns + Template(job.task.system_message or "").columns
     if PROMPT not in used:

@@ -19,13 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any
 
-from batch import fields
 from batch.engine.online import Committer, local_pacer
 from batch.engine.preflight import check_model
-from batch.engine.run import quota_message
-from batch.errors import QuotaReached, Stopped
+from batch.engine.run import raise_stop
 from batch.job.config import Job
 from batch.job.endpoint import Endpoint
 from batch.job.schema import judge, shape_of
@@ -37,12 +34,11 @@ from batch.send.pool import Pool
 from batch.send.retry import RetryPolicy
 from batch.send.servers import spoken_by
 from batch.send.spendcap import SpendCap
-from batch.store.answers import Store
+from batch.store.answers import Store, stored_answer
 from batch.store.database import StoreWriteError
 from batch.tables.answered import chunk as prompts_chunk
 
 PROMPT = "prompt"  # the column the prompts are rendered from: templates name it `${prompt}`
-_RECORD = [f.name for f in fields.RECORD]
 
 
 class Answering:
@@ -125,7 +121,7 @@ class Answering:
         waited = {fp: self._inflight[fp] for fp in todo if fp in self._inflight}
         rest = [fp for fp in todo if fp not in waited]
         _, stored = self._store.lookup(rest, retry_failed=self._retry_failed)
-        got = {fp: _answer(dict(zip(Store.ANSWER_ROW, row, strict=True))) for fp, row in stored.items()}
+        got = {fp: stored_answer(row) for fp, row in stored.items()}
         from_store |= got.keys()
         send = [requests[fp] for fp in rest if fp not in got]
         if send:
@@ -181,14 +177,8 @@ class Answering:
         """What stops every batch, not one row: raised as the run would."""
         if self._write_error is not None:
             raise self._write_error
-        if pool.fatal is not None:
-            raise pool.fatal
-        if pool.quota is not None:
-            raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
-        if self._spend_cap is not None and self._spend_cap.reached:
-            raise Stopped(self._spend_cap.message())
-        if pool.stop_reason:
-            raise Stopped(f"stopped ({pool.stop_reason}); answers so far are saved: ask again to resume")
+        raise_stop(pool, self._spend_cap,
+                   f"stopped ({pool.stop_reason}); answers so far are saved: ask again to resume")
 
     async def close(self) -> None:
         """Commit what is left, record the run in the store, and let go of the client and the store."""
@@ -209,7 +199,3 @@ class Answering:
                 self._store.close()
             self._client = self._store = self._committer = None
 
-
-def _answer(values: dict[str, Any]) -> Answer:
-    """A stored answer as an Answer (SQLite hands booleans back as 0 and 1)."""
-    return Answer(**{k: values[k] for k in _RECORD} | {"permanent": bool(values["permanent"])})

@@ -38,6 +38,7 @@ from batch.report.html.write import write_reports
 from batch.report.progress import BatchProgress, Progress
 from batch.report.summary import RunStats, Summary
 from batch.report.timeline import Failures
+from batch.send.pool import Pool
 from batch.send.servers import spoken_by
 from batch.send.spendcap import CapFactory, SpendCap
 from batch.store.answers import Store
@@ -170,15 +171,8 @@ class Run:
         finally:
             self._fingerprints += [stage.fingerprints] if stage.fingerprints else []
             progress.close()
-        if pool.fatal is not None:
-            raise pool.fatal
-        if pool.quota is not None:
-            raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
-        if self.spend_cap is not None and self.spend_cap.reached:
-            raise Stopped(self.spend_cap.message())
-        if pool.stop_reason:
-            raise Stopped("interrupted; answers so far are saved. Run the same command again to resume "
-                          "(it sends only the rows that have no answer yet).")
+        raise_stop(pool, self.spend_cap, "interrupted; answers so far are saved. Run the same command "
+                   "again to resume (it sends only the rows that have no answer yet).")
 
     async def _finish_off_loop(self, renderer: Renderer, store: Store) -> Summary:
         """Pass 2 in a worker thread, so that a signal is still heard at once. Cancelled (a second
@@ -231,6 +225,19 @@ class Run:
                           "and every answer is saved; free space, then run the same command.") from exc
         self.summary = summary
         return summary
+
+
+def raise_stop(pool: Pool, spend_cap: SpendCap | None, stopped: str) -> None:
+    """What ended a pool's sending early, raised: a fatal error, the daily quota, the spend cap, or a
+    stop (`stopped`, the door's words for it)."""
+    if pool.fatal is not None:
+        raise pool.fatal
+    if pool.quota is not None:
+        raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
+    if spend_cap is not None and spend_cap.reached:
+        raise Stopped(spend_cap.message())
+    if pool.stop_reason:
+        raise Stopped(stopped)
 
 
 def quota_message(limit: str | None, retry_after: float | None) -> str:

@@ -161,7 +161,7 @@ class Store:
 
     def get_many(self, fingerprints: Iterable[str]) -> dict[str, tuple[Answer, bool]]:
         """fingerprint -> (answer, whether an earlier run stored it)."""
-        return {r[0]: (_answer(r), r[_RUN] != self.run_id) for r in self.answer_rows(fingerprints)}
+        return {r[0]: (stored_answer(r), r[_RUN] != self.run_id) for r in self.answer_rows(fingerprints)}
 
     ANSWER_ROW = tuple(f.name for f in fields.STORED)  # the fields of `answer_rows`' tuples
 
@@ -207,7 +207,7 @@ class Store:
     def __iter__(self) -> Iterator[Answer]:  # for tools and tests: every stored answer
         self._settle()
         for r in self._db.execute(f"SELECT {self._select} FROM answers"):
-            yield _answer(r)
+            yield stored_answer(r)
 
 
 _RECORD = [f.name for f in fields.RECORD]
@@ -220,7 +220,7 @@ def answered_sql(retry_failed: bool) -> str:
     return "error IS NULL OR run = ?" + ("" if retry_failed else " OR permanent = 1")
 
 
-def _answer(row: tuple[Any, ...]) -> Answer:
+def stored_answer(row: tuple[Any, ...]) -> Answer:
     """An Answer from a row whose leading values are its attributes (`_RECORD`; the store's own may
     follow). Positional, in the record's order (checked by `batch.fields`): no dict per row on the
     output's path."""
