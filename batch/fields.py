@@ -64,6 +64,8 @@ FIELDS: tuple[Field, ...] = (
     Field("error", str | None, "TEXT", _STR, output=7, doc="why the row failed; null when it succeeded"),
     # 0/1 in SQLite and Arrow; the store hands the record a bool.
     Field("permanent", bool, "INTEGER NOT NULL", _INT, doc="re-sending the same request cannot help"),
+    Field("rows_in_request", int | None, "INTEGER", _INT, output=15, since=8,
+          doc="rows that shared the answering request (rows-per-request packs them)"),
     Field("run", int, "INTEGER NOT NULL", _INT, record=False, doc="the store's run that received it"),
 )
 

@@ -6,21 +6,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One chat request, rendered from one row (several rows may share it).
+    """One chat request, rendered from one row (several rows may share it), or a pack of rows.
 
     `body` is the exact JSON bytes that will be posted; `fingerprint` is a hash of those bytes, so
-    two rows that would send the same thing share one answer.
+    two rows that would send the same thing share one answer. A pack (`pack` set) carries several
+    rows' requests in one: its fingerprint only names it while it is in flight, each of its rows is
+    answered under the row's own fingerprint (`pack.fingerprints`).
     """
 
     fingerprint: str
     body: bytes
     est_tokens: int  # estimated prompt tokens + the completion budget (what Groq counts against TPM)
     row: int  # the first input row (0-based) that asked for it, for messages
+    pack: Carried | None = None
+
+    @property
+    def fingerprints(self) -> Sequence[str]:
+        """The fingerprints this request answers: its rows' in a pack, else its own."""
+        return self.pack.fingerprints if self.pack is not None else (self.fingerprint,)
+
+
+class Carried(Protocol):
+    """A pack's rows and how its answer comes apart (`render.packs.Pack`), as the pool sees them."""
+
+    @property
+    def fingerprints(self) -> Sequence[str]: ...
+
+    def answers(self, completion: Completion, *, attempts: int,
+                latency_s: float | None) -> tuple[list[Answer], list[Request]]:
+        """Each row's answer that came back whole, and the requests that carry the other rows again."""
+        ...
+
+    def split(self) -> list[Request]:
+        """The pack's rows in smaller packs (or alone): for a pack the server refused as a whole."""
+        ...
+
+    def failures(self, error: str, *, permanent: bool, attempts: int,
+                 request_id: str | None) -> list[Answer]:
+        """Each row's failure, when the pack's request failed for good."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +109,7 @@ class Answer:
     attempts: int = 0
     error: str | None = None
     permanent: bool = False  # for errors: True when re-sending the same request cannot help
+    rows_in_request: int | None = None  # how many rows shared the request that answered (a pack: > 1)
 
     @property
     def ok(self) -> bool:
@@ -101,6 +133,7 @@ class Answer:
             total_time=c.total_time,
             reasoning=c.reasoning,
             attempts=attempts,
+            rows_in_request=1,
         )
 
     @classmethod

@@ -27,18 +27,21 @@ from batch.tables.sink import OutputWriter
 FULL = Answer(fingerprint="fp", text="the answer", input_tokens=11, output_tokens=12, total_tokens=23,
               reasoning_tokens=4, cached_tokens=5, finish_reason="length", request_id="req_1", model="m",
               latency_s=1.5, queue_time=0.25, total_time=0.75, reasoning="because", attempts=3,
-              error="503: busy", permanent=True)
+              error="503: busy", permanent=True, rows_in_request=7)
 # The output's answer columns, as users have them (the job contract): names and order.
 CONTRACT = ("input_tokens", "output_tokens", "total_tokens", "reasoning_tokens", "cached_tokens",
             "finish_reason", "error", "attempts", "latency_s", "request_id", "model", "queue_time",
-            "total_time", "reasoning")
-# The recall file's rows as earlier versions wrote them: a file from one is read, not ignored.
+            "total_time", "reasoning", "rows_in_request")
+# The recall file's rows as this version writes them, and as the previous one did (without
+# rows_in_request): a file from either is read, not ignored.
 STR, INT, FLOAT = pa.string(), pa.int64(), pa.float64()
-RECALL_ROW = pa.struct([("fingerprint", STR), ("text", STR), ("input_tokens", INT), ("output_tokens", INT),
-                        ("total_tokens", INT), ("reasoning_tokens", INT), ("cached_tokens", INT),
-                        ("finish_reason", STR), ("request_id", STR), ("model", STR), ("latency_s", FLOAT),
-                        ("queue_time", FLOAT), ("total_time", FLOAT), ("reasoning", STR), ("attempts", INT),
-                        ("error", STR), ("permanent", INT), ("run", INT)])
+_EARLIER = [("fingerprint", STR), ("text", STR), ("input_tokens", INT), ("output_tokens", INT),
+            ("total_tokens", INT), ("reasoning_tokens", INT), ("cached_tokens", INT),
+            ("finish_reason", STR), ("request_id", STR), ("model", STR), ("latency_s", FLOAT),
+            ("queue_time", FLOAT), ("total_time", FLOAT), ("reasoning", STR), ("attempts", INT),
+            ("error", STR), ("permanent", INT)]
+RECALL_ROW = pa.struct([*_EARLIER, ("rows_in_request", INT), ("run", INT)])
+EARLIER_RECALL_ROW = pa.struct([*_EARLIER, ("run", INT)])
 
 
 def test_every_record_field_of_the_example_is_set() -> None:
@@ -67,7 +70,9 @@ def test_the_store_keeps_every_field(tmp_path: Path) -> None:
         assert store.get_many(["fp"])["fp"] == (FULL, False)  # every field, in its place
         rows = store.answer_rows(["fp"])
         assert tuple(f.name for f in STORED) == Store.ANSWER_ROW
-        assert rows == [(*(getattr(FULL, f.name) for f in RECORD[:-1]), 1, store.run_id)]
+        # SQLite holds `permanent` as 0/1
+        assert rows == [(*(int(FULL.permanent) if f.name == "permanent" else getattr(FULL, f.name)
+                           for f in RECORD), store.run_id)]
     finally:
         store.close()
     with sqlite3.connect(tmp_path / "s.sqlite") as db:
@@ -79,6 +84,7 @@ def test_the_store_keeps_every_field(tmp_path: Path) -> None:
 
 def test_the_arrow_rows_are_the_table_and_the_recall_file_keeps_its_format(tmp_path: Path) -> None:
     assert fingerprints.ROW == pa.struct([(f.name, f.arrow) for f in STORED]) == RECALL_ROW
+    assert recall._older(pa.schema([("fingerprint", STR), ("answer", EARLIER_RECALL_ROW)]))
     assert pa.schema([("fingerprint", STR), ("answer", RECALL_ROW)]) == recall.SCHEMA
     # What pass 2 takes from a row: the output's fields, in the store's order, and the run.
     assert list(fingerprints.FIELDS) == [f.name for f in STORED if f.output is not None] + ["run"]

@@ -27,7 +27,7 @@ from test_e2e import (
 from batch.sim import Simulator
 from batch.store.answers import Store
 from batch.store.fingerprints import ROW
-from batch.store.recall import Recall, RecallWriter, recall_path
+from batch.store.recall import Recall, RecallWriter, identity, recall_path
 
 RECALL = "out.parquet.state.sqlite.recall"
 
@@ -215,3 +215,22 @@ def test_batch_mode_submits_only_the_rows_the_recall_does_not_answer(
     assert sim.batches_created == 2
     after = (tmp_path / RECALL).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "rewritten unchanged"
+
+
+def test_an_earlier_versions_recall_file_is_read_with_the_new_fields_null(tmp_path: Path) -> None:
+    """A recall file written before rows_in_request existed still answers its rows (no lookups)."""
+    store = Store(tmp_path / "state.sqlite")
+    old_row = pa.struct([f for f in ROW if f.name != "rows_in_request"])
+    fps = [f"fp{i}" for i in range(3)]
+    rows = [{**dict.fromkeys(old_row.names), "fingerprint": fp, "text": f"answer {fp}", "permanent": 0,
+             "run": 1} for fp in fps]
+    old = pa.schema([("fingerprint", pa.string()), ("answer", old_row)])
+    with pa.ipc.new_stream(str(recall_path(store)), old.with_metadata({b"store": identity(store)})) as w:
+        w.write_batch(pa.record_batch([pa.array(fps), pa.array(rows, old_row)], schema=old))
+    recall = Recall(store)
+    _, hit, answers = recall.match(fps)
+    recall.close()
+    store.close()
+    assert hit.to_pylist() == [True, True, True] and recall.unchanged
+    assert pc.struct_field(answers, "text").to_pylist() == [f"answer {fp}" for fp in fps]
+    assert pc.struct_field(answers, "rows_in_request").to_pylist() == [None, None, None]

@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from batch.engine.shared import Shared
+from batch.job.catalog import limits_for
 from batch.job.config import LimitsSpec
 from batch.job.endpoint import Endpoint
 from batch.job.schema import Shape, judge
 from batch.records import Answer, Request
-from batch.render.prompts import Renderer
+from batch.render.packs import Packer
+from batch.render.prompts import Renderer, as_text
 from batch.report.progress import Progress
 from batch.report.summary import RunStats
 from batch.send.client import Client
@@ -132,9 +134,24 @@ class OnlinePass:
         keys.finish()
         keys.unchanged = recall.unchanged
 
+    def _packer(self, pool: Pool) -> Packer | None:
+        """Rows of text into packs of up to `rows-per-request` (None: one row a request), each small
+        enough for the tokens-per-minute limit as the pacer knows it and for the model's context."""
+        renderer = self._renderer
+        if not renderer.packs:
+            return None
+        context = limits_for(renderer.model).context_window
+        return Packer(renderer.rows_per_request, server=renderer.server, shape=self._shape,
+                      budget=renderer.completion_budget,
+                      limit=lambda: min(pool.pacer.tokens_per_minute, context))
+
     async def _unanswered(self, pool: Pool, progress: Progress, keys: RowFingerprints,
                           recall: Recall) -> AsyncIterator[Request]:
+        packer = self._packer(pool)
+        key = self._renderer.key
         for row0, chunk in self._rows.numbered(self._limit):
+            # A row's id in a pack: its key, else its place in the input (1 is the first row).
+            names = chunk.column(key).to_pylist() if packer is not None and key else None
             for group in self._renderer.groups(chunk, row0):
                 # A row with last run's request on its line has last run's answer: no search for it.
                 recalled = recall.match(group.fingerprints)
@@ -148,17 +165,32 @@ class OnlinePass:
                 if shared is not None:  # what another call is sending already, this one waits for
                     missing = shared.split(group, missing)
                 for i, fp in enumerate(group.fingerprints if missing or shared else ()):
-                    if fp is not None and fp in missing and fp not in pool.outstanding:
+                    if fp is not None and fp in missing and fp not in pool.outstanding and \
+                            (packer is None or fp not in packer):
                         missing.discard(fp)  # later rows with the same request share its answer
                         await self._first()
-                        yield group.request(i)
+                        if packer is None:
+                            yield group.request(i)
+                            continue
+                        row = group.first_row + i
+                        name = names[row - row0] if names is not None else None
+                        for request in packer.add(group.request(i), as_text(name) if name is not None
+                                                  else str(row + 1)):
+                            yield request
                     elif shared is None or not shared.wait(fp):
                         progress.advance()
                 await asyncio.sleep(0)  # the loop's turn: answers, signals and pacing wait no longer
+        for request in packer.flush() if packer is not None else ():
+            yield request
         if self._shared is not None:  # every request of ours is out: wait for the other calls'
             async for request in self._shared.settle(pool):
                 await self._first()
-                yield request
+                if packer is None:
+                    yield request
+                    continue
+                # Out at once, not held for a pack: another call may be waiting for it.
+                for each in [*packer.add(request, str(request.row + 1)), *packer.flush()]:
+                    yield each
 
     async def _first(self) -> None:
         """Before the first request leaves: the model check, which raises (nothing sent) if the server

@@ -177,6 +177,11 @@ def window_hours(text: str) -> float | None:
     return hours if hours is not None and 24 <= hours <= 168 else None
 
 
+# The fewest completion tokens one row's answer in a pack needs (its id, the JSON around it, a short
+# answer): a pack's budget (max-new-tokens, for the whole request) below this many a row is refused.
+ITEM_TOKENS = 16
+
+
 def task_conflicts(label: str, task: Mapping[str, Any]) -> list[str]:
     """Problems between [task] keys that are each valid alone, Groq's reasoning rules among them: a
     setting Groq answers with a 400 is refused here, before anything is sent."""
@@ -198,4 +203,10 @@ def task_conflicts(label: str, task: Mapping[str, Any]) -> list[str]:
     if effort is not None and rules is not None and effort not in rules.efforts:
         problems.append(f"{where} reasoning-effort: {model} takes {', '.join(rules.efforts)}, "
                         f"got {json.dumps(effort)}")
+    rows, budget = task.get("rows_per_request") or 1, task.get("max_new_tokens")
+    if rows > 1 and budget is not None and budget < ITEM_TOKENS * rows:
+        problems.append(f"{where} max-new-tokens, rows-per-request: with rows-per-request = {rows}, "
+                        f"max-new-tokens ({budget}) is the budget of the whole request, {budget // rows} "
+                        f"tokens a row, too few for {rows} answers (at least {ITEM_TOKENS} a row); raise "
+                        f"max-new-tokens to {ITEM_TOKENS * rows} or more, or lower rows-per-request")
     return problems

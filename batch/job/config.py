@@ -70,6 +70,7 @@ class TaskSpec:
     # with a schema-file read and parsed at load time.
     response_format: Mapping[str, Any] | None = None
     image_dir: Path | None = None
+    rows_per_request: int = 1  # rows of text sent together in one request (`render.packs`)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from batch.job.template import Placeholder, Template
 from batch.records import Request
-from batch.render.group import JSON, Group, RowRenderer
+from batch.render.group import JSON, Group, RowRenderer, packed
 
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 _OTHER_CONTROL = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]"  # escaped by json as \b, \f or \u00XX
@@ -95,7 +95,8 @@ class ColumnarRenderer:
         body = pc.binary_join_element_wise(*pieces, _empty())
         bodies: list[bytes] = pc.cast(body, pa.binary()).to_pylist()
         sha256 = hashlib.sha256
-        fps: list[str | None] = [sha256(b).hexdigest()[:32] for b in bodies]
+        fps: list[str | None] = [sha256(b).hexdigest()[:32] for b in bodies] if not renderer.packs \
+            else [packed(sha256(b).hexdigest()[:32]) for b in bodies]  # each row here is text alone
         errors: list[str | None] = [None] * n
         # Rows the reference path renders: a null (the row fails) or an unusual control character.
         special: Any = null

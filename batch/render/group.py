@@ -23,6 +23,13 @@ def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:32]
 
 
+def packed(fp: str) -> str:
+    """The fingerprint of a row that is asked inside a pack (`[task] rows-per-request` > 1) rather than
+    alone: the same row asked the other way is another question, so neither way takes the other's
+    stored answer, while packs of any size share theirs (the pack is how it travels, not what it asks)."""
+    return fingerprint(b"rows-per-request\x00" + fp.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class RowFailure:
     """A row that cannot become a request; `error` goes to the output's error column."""
@@ -77,6 +84,7 @@ class RowRenderer(Protocol):
     history_column: str | None
     images_column: str | None
     completion_budget: int
+    packs: bool  # rows of text are asked in packs: their fingerprints are `packed`
     alias: bytes | None
     cut: int
 

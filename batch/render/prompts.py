@@ -34,7 +34,7 @@ from batch.job.template import Template
 from batch.records import Request
 from batch.render import messages, spelling
 from batch.render.columnar import ColumnarRenderer
-from batch.render.group import JSON, Group, Rendered, RowFailure, fingerprint
+from batch.render.group import JSON, Group, Rendered, RowFailure, fingerprint, packed
 from batch.render.messages import RowProblem
 
 # Named here too: the renderer's users take a group's parts from the renderer's module.
@@ -101,6 +101,10 @@ class Renderer:
         }
         self.params = {k: v for k, v in params.items() if v is not None}
         self.completion_budget = task.max_new_tokens or DEFAULT_COMPLETION_BUDGET
+        # Rows of text alone go in packs of up to this many (`packs`); the others, one a request.
+        self.rows_per_request = task.rows_per_request
+        self.packs = task.rows_per_request > 1
+        self.server = server
         self._columnar: ColumnarRenderer | bool | None = None  # False: row by row (made when first used)
         # The bytes sent are the fingerprinted body with its last `cut` bytes replaced by `alias`
         # (None: as it is): the budget again under its older name, for servers that know only that one
@@ -181,6 +185,8 @@ class Renderer:
         # Inline image bytes are not text tokens: leave them out of the estimate.
         est = estimate_prompt_tokens(len(body) - inline) + IMAGE_TOKENS * count
         fp = fingerprint(body)
+        if self.packs and not (pictures or past):
+            fp = packed(fp)
         if self.alias is not None:
             body = body[:-self.cut] + self.alias
         return Request(fingerprint=fp, body=body, row=row, est_tokens=est + self.completion_budget)

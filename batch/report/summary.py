@@ -51,11 +51,20 @@ class RunStats:
     batch_input_tokens: int = 0
     batch_output_tokens: int = 0
     batch_cached_tokens: int = 0
+    # Packs (rows-per-request): answered packs by their number of rows, and rows sent again because
+    # their pack's answer had no good item for them.
+    pack_sizes: Counter[int] = field(default_factory=Counter)
+    rows_resent: int = 0
 
     def record_request(self, rpm: float, tpm: float) -> None:
         """An attempt left, paced at these requests- and tokens-per-minute limits."""
         self.requests += 1
         self.timeline.sent(rpm, tpm)
+
+    def record_pack(self, rows: int, resent: int) -> None:
+        """A pack of `rows` rows was answered; `resent` of them go again, in smaller packs."""
+        self.pack_sizes[rows] += 1
+        self.rows_resent += resent
 
     def record_retry(self) -> None:
         self.retries += 1
@@ -133,6 +142,8 @@ class Summary:
     queue_time_p50_s: float | None = None  # Groq's queue time (usage.queue_time)
     queue_time_p95_s: float | None = None
     rows_from_store_failed: int = 0  # of rows_from_store, those failed (also counted in rows_failed)
+    pack_sizes: dict[str, int] = field(default_factory=dict)  # rows-per-request: answered packs by size
+    rows_resent: int = 0  # rows sent again in a smaller pack (their pack had no good item for them)
 
     @classmethod
     def build(cls, stats: RunStats, *, status: str, model: str, rows: int, rows_ok: int,
@@ -163,7 +174,9 @@ class Summary:
             peak_rss_mb=peak_rss_mb(),
             model=model, output=str(output) if output else None,
             errors=dict(stats.errors), message=message, mode=mode, batch_requests=stats.batch_requests,
-            batches=stats.batches, batch_results=stats.batch_results, max_cost_usd=max_cost_usd)
+            batches=stats.batches, batch_results=stats.batch_results, max_cost_usd=max_cost_usd,
+            pack_sizes={str(k): v for k, v in sorted(stats.pack_sizes.items(), reverse=True)},
+            rows_resent=stats.rows_resent)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -197,6 +210,9 @@ class Summary:
             lines.insert(1, f"  Batch API (billed at half price): {self.batch_requests:,} requests submitted "
                             f"this run in {self.batches} batch{'es' if self.batches != 1 else ''}; "
                             f"{self.batch_results:,} results collected")
+        if self.pack_sizes:
+            sizes = ", ".join(f"{k} rows x{v}" for k, v in self.pack_sizes.items())
+            lines.append(f"  packs answered: {sizes}; {self.rows_resent:,} rows sent again in smaller packs")
         if self.errors:
             kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
             lines.append(f"  errors by kind: {kinds}")

@@ -14,6 +14,12 @@ holds no concurrency. A 429 cools every worker down together (`Pacing.cool_down`
 Stopping (a signal, a spent daily quota, a fatal API error) takes no new work: queued and backing-off
 requests are dropped unanswered (the next run sends them), workers waiting for the pacer are
 cancelled, and requests already on the wire are allowed to finish.
+
+A pack (several rows in one request, `render.packs`) is one request to the pacer, the spend cap and
+the retry policy, and its rows' answers come apart when it is answered: the rows it did not answer
+whole come back as smaller packs, which go straight to the queue (they hold no intake place: they
+are at most the rows of a pack already admitted). A pack the server refuses for good, or one too
+large for the limits, is split the same way; a row alone fails as any request does.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ Send = Callable[[bytes], Awaitable[Completion]]
 class _Job:
     request: Request
     attempts: int = 0
+    slot: bool = True  # holds an intake place (a pack's rows sent again do not)
 
 
 class Pool:
@@ -70,6 +77,10 @@ class Pool:
         self._spent: Quota | None = None  # the daily request quota is used up (from the headers)
         self._crash: Exception | None = None
 
+    @property
+    def pacer(self) -> Pacing:
+        return self._pacer
+
     async def run(self, requests: Iterable[Request] | AsyncIterable[Request]) -> None:
         """Send every request (until stopped); returns when none is left in the system. An async
         producer may hand the loop back while it prepares the next requests."""
@@ -82,7 +93,7 @@ class Pool:
                 if self.stop_reason:
                     self._slots.release()
                     break
-                self.outstanding.add(request.fingerprint)
+                self.outstanding.update(request.fingerprints)
                 self._unfinished += 1
                 self._idle.clear()
                 self._queue.put_nowait(_Job(request))
@@ -112,9 +123,12 @@ class Pool:
             if task not in self._sending:
                 task.cancel()
 
-    def _finish(self, job: _Job) -> None:
-        self.outstanding.discard(job.request.fingerprint)
-        self._slots.release()
+    def _finish(self, job: _Job, keep: frozenset[str] = frozenset()) -> None:
+        for fp in job.request.fingerprints:
+            if fp not in keep:
+                self.outstanding.discard(fp)
+        if job.slot:
+            self._slots.release()
         self._unfinished -= 1
         if self._unfinished == 0:
             self._idle.set()
@@ -122,6 +136,20 @@ class Pool:
     def _answer(self, job: _Job, answer: Answer) -> None:
         self._on_answer(answer)  # stored before the fingerprint leaves `outstanding`
         self._finish(job)
+
+    def _unpacked(self, job: _Job, answers: list[Answer], again: list[Request]) -> None:
+        """A pack's rows: those answered are stored, the others queued again in smaller packs (or
+        left for the next run, once the pool is stopping)."""
+        keep: set[str] = set()
+        if not self.stop_reason:
+            for request in again:
+                keep.update(request.fingerprints)
+                self.outstanding.update(request.fingerprints)
+                self._unfinished += 1
+                self._queue.put_nowait(_Job(request, slot=False))
+        for answer in answers:
+            self._on_answer(answer)
+        self._finish(job, frozenset(keep))
 
     async def _worker(self) -> None:
         me = asyncio.current_task()
@@ -153,6 +181,9 @@ class Pool:
         if (job.attempts == 0 and not self._pacer.fits(req.est_tokens)) or \
                 not await self._pacer.acquire(req.est_tokens):
             self._refund(cost)
+            if req.pack is not None and len(req.fingerprints) > 1:  # smaller packs may fit
+                self._unpacked(job, [], req.pack.split())
+                return
             self._answer(job, Answer.failure(req.fingerprint, permanent=True, attempts=job.attempts, error=(
                 f"request too large: about {req.est_tokens} tokens (prompt + max-new-tokens) "
                 f"but the limit is {self._pacer.tokens_per_minute:g} tokens per minute; "
@@ -181,6 +212,14 @@ class Pool:
                                         latency_s=round(latency, 4))
         if self.spend_cap is not None:
             self.spend_cap.settle(cost, answer)
+        self._spent = self._spent or daily_quota(completion.rate.requests_remaining_day,
+                                                  completion.rate.requests_reset_s, self._pacer)
+        if req.pack is not None:
+            answers, again = req.pack.answers(completion, attempts=job.attempts, latency_s=answer.latency_s)
+            self.stats.record_pack(len(req.fingerprints), sum(len(r.fingerprints) for r in again))
+            self._breaker.succeeded(True)
+            self._unpacked(job, answers, again)
+            return
         if completion.text is None or (not completion.text and completion.finish_reason == "length"):
             # Paid for, but no answer: a reasoning model spent the whole budget thinking. The same
             # request would do the same again, so the row fails for good (usage is kept).
@@ -189,8 +228,6 @@ class Pool:
                 "finish_reason 'length' the completion budget ran out first: raise max-new-tokens"))
         self._breaker.succeeded(answer.ok)
         self._answer(job, answer)
-        self._spent = self._spent or daily_quota(completion.rate.requests_remaining_day,
-                                                  completion.rate.requests_reset_s, self._pacer)
 
     def _refund(self, cost: float) -> None:
         if self.spend_cap is not None:
@@ -214,11 +251,20 @@ class Pool:
                 return
             handle = asyncio.get_running_loop().call_later(decision.delay_s, self._requeue, job)
             self._timers[id(job)] = (handle, job)
+        elif decision.action is Action.GIVE_UP and decision.permanent and req.pack is not None \
+                and len(req.fingerprints) > 1:
+            # A pack refused for good may be refused for one row, or for its size: smaller packs tell.
+            self._unpacked(job, [], req.pack.split())
         elif decision.action is Action.GIVE_UP:
             log.debug("give up row=%d after %d attempts: %s", req.row + 1, job.attempts, exc.describe(),
                       extra=about(req.row + 1, job.attempts, exc.status))
-            self._answer(job, Answer.failure(req.fingerprint, exc.describe(), permanent=decision.permanent,
-                                             attempts=job.attempts, request_id=exc.request_id))
+            if req.pack is not None:
+                self._unpacked(job, req.pack.failures(exc.describe(), permanent=decision.permanent,
+                                                      attempts=job.attempts, request_id=exc.request_id), [])
+            else:
+                self._answer(job, Answer.failure(req.fingerprint, exc.describe(),
+                                                 permanent=decision.permanent, attempts=job.attempts,
+                                                 request_id=exc.request_id))
             if decision.permanent and (fatal := self._breaker.rejected(exc)) and self.fatal is None:
                 self.fatal = fatal
                 self.stop("every request is rejected")

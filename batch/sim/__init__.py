@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         FAULT_KINDS,
         KNOWN_MODELS,
         ORG,
+        PACK_FAULT_KINDS,
         PREFIX,
         UPGRADE,
         LogEntry,
@@ -27,15 +28,18 @@ if TYPE_CHECKING:
         count_prompt_tokens,
         count_tokens,
         go_duration,
+        read_pack,
         serve,
         sim_answer,
         sim_json_answer,
+        sim_pack_answer,
     )
 
 __all__ = [
-    "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PREFIX", "UPGRADE", "LogEntry", "ServedModel",
-    "SimConfig", "Simulator", "add_cli_arguments", "config_from_args", "count_prompt_tokens", "count_tokens",
-    "go_duration", "serve", "sim_answer", "sim_json_answer",
+    "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PACK_FAULT_KINDS", "PREFIX", "UPGRADE",
+    "LogEntry", "ServedModel", "SimConfig", "Simulator", "add_cli_arguments", "config_from_args",
+    "count_prompt_tokens", "count_tokens", "go_duration", "read_pack", "serve", "sim_answer",
+    "sim_json_answer", "sim_pack_answer",
 ]
 
 

@@ -5,10 +5,11 @@ caps, :data:`DECOMMISSIONED` with their replacements, the ``GET /models`` object
 valid request: the model and size checks that come after the schema (decommissioned 400, unknown 404,
 cap and context window), the tokenizer (:func:`count_tokens`, :func:`count_prompt_tokens`), the text
 (:func:`sim_answer` echoes the last user message; a JSON ``response_format`` gets
-:func:`sim_json_answer`, an object that fits the schema's top level), its cut at the completion cap,
-Groq's usage block and the 200 body of a chat completion, which the Batch API wraps in its output
-lines. Every answer is a pure function of its request, so a test can prove that each answer landed on
-its own row.
+:func:`sim_json_answer`, an object that fits the schema's top level; a pack, several rows in one
+request as :mod:`.packs` reads it, gets :func:`sim_pack_answer`, each item answered exactly as it would
+be alone), its cut at the completion cap, Groq's usage block and the 200 body of a chat completion,
+which the Batch API wraps in its output lines. Every answer is a pure function of its request (and of
+the pack faults the caller drew for it), so a test can prove that each answer landed on its own row.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .packs import pack_text, read_pack
 from .schema import HttpError, image_url, invalid
 
 
@@ -98,17 +100,44 @@ def sim_json_answer(body: dict[str, Any]) -> str:
     user message's text, integers its length, numbers a quarter of it, booleans whether it is even.
     For json_object (no schema), the object holds the model and the prompt.
     """
-    prompt = _prompt_text(body)
     schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    return json.dumps(_json_object(body.get("model"), _prompt_text(body), schema), ensure_ascii=False)
+
+
+def _first_type(schema: Any) -> str | None:
+    declared = schema.get("type") if isinstance(schema, dict) else None
+    first = declared[0] if isinstance(declared, list) and declared else declared
+    return first if isinstance(first, str) else None
+
+
+def _json_object(model: Any, prompt: str, schema: Any) -> dict[str, Any]:
     props = schema.get("properties") if isinstance(schema, dict) else None
     if not isinstance(props, dict):
-        return json.dumps({"model": body.get("model"), "prompt": prompt}, ensure_ascii=False)
-    out: dict[str, Any] = {}
-    for name, sub in props.items():
-        declared = sub.get("type") if isinstance(sub, dict) else None
-        first = declared[0] if isinstance(declared, list) and declared else declared
-        out[name] = _sample(first if isinstance(first, str) else "string", prompt)
-    return json.dumps(out, ensure_ascii=False)
+        return {"model": model, "prompt": prompt}
+    return {name: _sample(_first_type(sub) or "string", prompt) for name, sub in props.items()}
+
+
+def _item_answer(model: str, prompt: str, item_schema: Any) -> Any:
+    """One pack item's answer: what a single request of that prompt would get (an object nested, not
+    its JSON text); a scalar type other than a string gets its sample."""
+    kind = _first_type(item_schema)
+    if kind == "object" or (isinstance(item_schema, dict) and "properties" in item_schema):
+        return _json_object(model, prompt, item_schema)
+    if kind is None or kind == "string":
+        return f"[{model}] {prompt}"
+    return _sample(kind, prompt)
+
+
+def sim_pack_answer(body: dict[str, Any], damage: Sequence[str | None] = ()) -> str | None:
+    """The answer to a pack, before any cut: ``{"answers": [{"id", "answer"}, ...]}``, each item
+    answered as it would be alone (the echo for a string ITEM, the object for an object ITEM), with the
+    pack faults in `damage` (by item) done to it; None when the request is no pack."""
+    pack = read_pack(body)
+    if pack is None:
+        return None
+    model = str(body.get("model"))
+    return pack_text(pack, [_item_answer(model, prompt, pack.item_schema) for _, prompt in pack.items],
+                     damage)
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -142,10 +171,13 @@ def size_up(body: dict[str, Any]) -> tuple[str, int | None, int, int]:
     return model, cap, prompt, requested
 
 
-def answer(body: dict[str, Any], cap: int | None) -> tuple[str, int, str]:
-    """The answer's text, completion tokens and finish reason, cut short at the cap as Groq does."""
+def answer(body: dict[str, Any], cap: int | None, damage: Sequence[str | None] = ()) -> tuple[str, int, str]:
+    """The answer's text, completion tokens and finish reason, cut short at the cap as Groq does; a
+    pack's text is cut as a whole. `damage`: the pack faults drawn for a pack's items (see .packs)."""
     kind = (body.get("response_format") or {}).get("type")
-    text = sim_json_answer(body) if kind in ("json_object", "json_schema") else sim_answer(body)
+    text = sim_pack_answer(body, damage)
+    if text is None:
+        text = sim_json_answer(body) if kind in ("json_object", "json_schema") else sim_answer(body)
     completion = count_tokens(text)
     if cap is None or completion <= cap:
         return text, completion, "stop"

@@ -8,7 +8,10 @@ retrieve and cancel, each batch's output and error files once it is terminal, an
 model checks of the online chat route, plus ``SimConfig.batch_models``), and :mod:`.batchstate` runs
 each batch's lifecycle on no background task: :meth:`BatchApi.refresh` brings it up to date, on the
 simulator's clock, whenever a batch or a file is asked for. Batch lines never touch the online
-rate-limit budgets (the Batch API's limits are separate on Groq) and are not in ``Simulator.log``.
+rate-limit budgets (the Batch API's limits are separate on Groq) and are not in ``Simulator.log``. A
+line that is a pack (:mod:`.packs`) is answered item by item, as online; its pack faults
+(``SimConfig.pack_fault_rate``) are drawn when the batch is created, in answering order, from a stream
+of the Batch API's own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from aiohttp import web
 from .batchinput import ENDPOINT, read_upload, validate_file
 from .batchstate import ENDED, SimBatch, SimFile, new_id
 from .config import SimConfig
+from .packs import draw_damage, pack_size
 from .schema import HttpError, invalid, invalid_key, parse_json
 
 __all__ = [
@@ -82,6 +86,7 @@ class BatchApi:
         # Streams of their own, so that batches do not shift the online route's faults, nor faults the order.
         self._order_rng = random.Random(seed + 2)
         self._fault_rng = random.Random(seed + 3)
+        self._pack_rng = random.Random(seed + 5)  # the online route's pack faults draw from seed + 4
 
     def add_routes(self, router: web.UrlDispatcher, prefix: str) -> None:
         routes: tuple[tuple[str, str, Handler], ...] = (
@@ -205,9 +210,12 @@ class BatchApi:
             lines = []
         self._order_rng.shuffle(lines)
         faulty = [cfg.batch_fault_rate > 0 and self._fault_rng.random() < cfg.batch_fault_rate for _ in lines]
+        damage = [draw_damage(pack_size(x.body), cfg.pack_fault_rate, cfg.pack_faults, self._pack_rng)
+                  for x in lines]
         batch = SimBatch(
             id=new_id("batch_"), input_file_id=file_id, completion_window=str(window), metadata=metadata,
-            created=self._clock(), created_wall=time.time(), lines=lines, faulty=faulty, total=total,
+            created=self._clock(), created_wall=time.time(), lines=lines, faulty=faulty, damage=damage,
+            total=total,
             validation_errors=errors, validate_s=cfg.batch_validate_s, lines_per_s=cfg.batch_lines_per_s,
             finalize_s=cfg.batch_finalize_s, window_s=seconds / cfg.batch_time_scale,
             empty_error_file_id=cfg.batch_empty_error_file_id,

@@ -8,8 +8,9 @@ asked for. A batch validates for ``batch_validate_s``, then answers its lines on
 random order, at ``batch_lines_per_s``; its completion window lasts the window divided by
 ``batch_time_scale`` in real seconds; it finalizes for ``batch_finalize_s``. Once it is terminal,
 :meth:`SimBatch.results` gives the lines of its output and error files. An answer is the body the
-online route would send for the same request (same text, same usage), so a test can hold both routes
-to one standard.
+online route would send for the same request (same text, same usage; a pack answered item by item,
+with the pack faults drawn for it when the batch was created), so a test can hold both routes to one
+standard.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class SimBatch:
     created_wall: float  # time.time() at the same moment, to turn clock moments into unix seconds
     lines: list[Line]  # the valid lines in the order they are answered (random); empty if validation failed
     faulty: list[bool]  # by answering position: that line gets a 500 instead of an answer
+    damage: list[tuple[str | None, ...]]  # by answering position: the pack faults of its items (.packs)
     total: int  # lines in the input file
     validation_errors: list[dict[str, Any]]
     validate_s: float
@@ -165,7 +167,7 @@ class SimBatch:
                 errors.append({"id": new_id("batch_req_"), "custom_id": line.custom_id, "response": response,
                                "error": None})
                 continue
-            text, completion, finish = answer(line.body, line.cap)
+            text, completion, finish = answer(line.body, line.cap, self.damage[position])
             # Queue time is the wait for its turn; no decoding latency is simulated, as online at latency 0.
             usage = usage_block(line.model, line.prompt, completion, position / self.lines_per_s, 0.0)
             body = chat_completion(line.model, text, finish, usage, request_id,

@@ -2,8 +2,9 @@
 
 This module owns what can be set on the Groq simulator and its checks: the per-model rate limits
 (RPM, TPM, RPD, TPD) and the burst, latency and jitter, the injectable faults (:data:`FAULT_KINDS`)
-and their rate, the length of the simulated day, and the Batch API's timings, models, fault rate and
-quirks (an account whose plan has no Batch API, an empty object for "no error file").
+and their rate, the pack faults (:data:`PACK_FAULT_KINDS`: an item of a packed request lost, repeated
+or renamed) and their rate, the length of the simulated day, and the Batch API's timings, models, fault
+rate and quirks (an account whose plan has no Batch API, an empty object for "no error file").
 :func:`add_cli_arguments` and :func:`config_from_args` turn the same knobs into command-line options
 and back, with SimConfig's defaults.
 """
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from .answers import KNOWN_MODELS
+from .packs import PACK_FAULT_KINDS
 
 FAULT_KINDS = ("500", "502", "503", "498", "drop", "malformed", "hang")
 
@@ -34,7 +36,11 @@ class SimConfig:
     fault_rate: float = 0.0
     faults: tuple[str, ...] = FAULT_KINDS
     hang_s: float = 300.0
-    seed: int = 0  # seeds the fault RNG once, when the Simulator is created
+    seed: int = 0  # seeds the fault RNGs once, when the Simulator is created
+    # Packs (several rows in one request, see .packs): the probability, per item, that an item of a pack
+    # is damaged, and how (drawn from a stream of the seed's own, online and in the Batch API alike).
+    pack_fault_rate: float = 0.0
+    pack_faults: tuple[str, ...] = PACK_FAULT_KINDS
     day_s: float = 86400.0  # length of the simulated day for RPD/TPD, short in tests
     # Batch API. A batch keeps the timing knobs it was created with, so its schedule never jumps.
     batch_validate_s: float = 0.2  # real seconds a batch spends in `validating`
@@ -61,6 +67,10 @@ class SimConfig:
         unknown = sorted(set(self.faults) - set(FAULT_KINDS))
         if unknown:
             return "faults", f"has unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}"
+        unknown = sorted(set(self.pack_faults) - set(PACK_FAULT_KINDS))
+        if unknown:
+            return "pack_faults", (f"has unknown pack fault kinds {unknown}; choose from "
+                                   f"{', '.join(PACK_FAULT_KINDS)}")
         for name in ("rpm", "tpm", "rpd", "tpd"):
             if getattr(self, name) < 1:
                 return name, f"must be at least 1, not {getattr(self, name)}"
@@ -73,7 +83,7 @@ class SimConfig:
             if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
                 bound = "above 0" if name in positive else "of at least 0"
                 return name, f"must be a finite number {bound}, not {value}"
-        for name in ("fault_rate", "batch_fault_rate"):
+        for name in ("fault_rate", "pack_fault_rate", "batch_fault_rate"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:  # False for NaN too
                 return name, f"must be a probability within 0..1, not {value}"
@@ -109,7 +119,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         ("--jitter-ms", float, d.jitter_ms, "extra uniform random delay"),
         ("--fault-rate", float, d.fault_rate, "probability that a request gets a fault"),
         ("--hang-s", float, d.hang_s, "how long a 'hang' fault holds the request"),
-        ("--seed", int, d.seed, "seed of the fault RNG (and of the Batch API's order and faults)"),
+        ("--pack-fault-rate", float, d.pack_fault_rate,
+         "probability that an item of a packed request is lost, repeated or renamed (see --pack-faults)"),
+        ("--seed", int, d.seed, "seed of the fault RNGs (and of the Batch API's order and faults)"),
         ("--batch-validate-s", float, d.batch_validate_s, "seconds a batch spends validating"),
         ("--batch-lines-per-s", float, d.batch_lines_per_s, "batch lines answered per second"),
         ("--batch-time-scale", float, d.batch_time_scale,
@@ -120,6 +132,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, kind, default, text in options:
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     parser.add_argument("--faults", default=",".join(d.faults), help="fault kinds (default %(default)s)")
+    parser.add_argument("--pack-faults", default=",".join(d.pack_faults),
+                        help="pack fault kinds: lose (an item left out), repeat (an item given twice, the "
+                             "second time with a wrong answer), rename (an item under an unknown id) "
+                             "(default %(default)s)")
     parser.add_argument("--batch-models", default=None,
                         help="comma-separated models the Batch API accepts (default: every known model)")
     parser.add_argument("--no-batch-api", action="store_true",
@@ -139,7 +155,9 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
             api_key=ns.api_key, rpm=ns.rpm, tpm=ns.tpm, rpd=ns.rpd, tpd=ns.tpd, burst_s=ns.burst_s,
             latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, fault_rate=ns.fault_rate,
             faults=tuple(k.strip() for k in ns.faults.split(",") if k.strip()), hang_s=ns.hang_s,
-            seed=ns.seed, batch_validate_s=ns.batch_validate_s, batch_lines_per_s=ns.batch_lines_per_s,
+            seed=ns.seed, pack_fault_rate=ns.pack_fault_rate,
+            pack_faults=tuple(k.strip() for k in ns.pack_faults.split(",") if k.strip()),
+            batch_validate_s=ns.batch_validate_s, batch_lines_per_s=ns.batch_lines_per_s,
             batch_time_scale=ns.batch_time_scale, batch_finalize_s=ns.batch_finalize_s,
             batch_fault_rate=ns.batch_fault_rate,
             batch_available=not ns.no_batch_api, batch_empty_error_file_id=ns.batch_empty_error_file_id,

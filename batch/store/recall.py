@@ -27,12 +27,33 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch import fields
 from batch.store.answers import Store
 from batch.store.fingerprints import ROW
 from batch.tables.rechunk import Rechunker
 
 log = logging.getLogger("batch")
 SCHEMA = pa.schema([("fingerprint", pa.string()), ("answer", ROW)])
+
+
+def _older(schema: pa.Schema) -> bool:
+    """Whether a recall file of this schema is this version's, or an earlier one's: the same rows
+    less fields a later store migration added (which it then holds as nulls)."""
+    if schema == SCHEMA:
+        return True
+    if schema.names != SCHEMA.names or not pa.types.is_struct(schema.field("answer").type):
+        return False
+    theirs = {f.name: f.type for f in schema.field("answer").type}
+    return all(theirs.get(f.name, f.arrow if f.since > 1 else None) == f.arrow for f in fields.STORED)
+
+
+def _widened(chunk: pa.RecordBatch) -> pa.RecordBatch:
+    """An earlier version's chunk in this version's rows: the fields it lacks, null."""
+    old = chunk.column(1)
+    have = {f.name for f in old.type}
+    parts = [old.field(f.name) if f.name in have else pa.nulls(len(old), f.arrow) for f in fields.STORED]
+    answer = pa.StructArray.from_arrays(parts, fields=list(ROW), mask=old.is_null())
+    return pa.record_batch([chunk.column(0), answer], schema=SCHEMA)
 
 
 def unrecalled(fingerprints: list[str | None], hit: pa.BooleanArray) -> list[str | None]:
@@ -57,6 +78,7 @@ class Recall:
         self._path = recall_path(store)
         self.unchanged = True  # every row so far had last time's request, and a good answer
         self._reader: pa.ipc.RecordBatchStreamReader | None = None
+        self._widen = False  # the file is an earlier version's: its rows lack fields added since
         self._rows = Rechunker(self._chunks(), SCHEMA)
         try:
             reader = pa.ipc.open_stream(pa.OSFile(str(self._path)))
@@ -64,8 +86,9 @@ class Recall:
             self.unchanged = False
             return
         meta = reader.schema.metadata or {}
-        if meta.get(b"store") == identity(store) and reader.schema.remove_metadata() == SCHEMA:
+        if meta.get(b"store") == identity(store) and _older(reader.schema.remove_metadata()):
             self._reader = reader
+            self._widen = reader.schema.remove_metadata() != SCHEMA
         else:
             self.unchanged = False
 
@@ -96,7 +119,7 @@ class Recall:
             except (OSError, pa.ArrowInvalid) as exc:  # damaged on disk: look the rest up
                 log.info("could not read %s further (%s); the rest is looked up", self._path, exc)
                 return
-            yield chunk
+            yield _widened(chunk) if self._widen else chunk
 
     def close(self) -> None:
         if self._reader is not None:

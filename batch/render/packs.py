@@ -1,0 +1,315 @@
+"""More rows per request (`[task] rows-per-request`): a pack's request, and its answer taken apart.
+
+    row requests ─► Packer ─► Pack (one request) ─► pool ─► Pack.answers(completion)
+                                                              ├─► each row's Answer (its own item)
+                                                              └─► the other rows, in smaller packs
+
+The wire format: the rows' shared messages once (the system message), then one user message: a
+short instruction and, on its last line, a JSON array of `{"id": ..., "prompt": ...}` objects; the
+answer is asked for with a json_schema response format: `{"answers": [{"id": ..., "answer": ...}]}`,
+the answer a string for a text job, the job's own schema nested for a structured one.
+
+A row takes the one item that carries its id and an answer of the right shape, and nothing else: an
+item missing, repeated or invalid, an unknown id, or a pack cut short (`finish_reason` length) or
+not JSON, sends the rows without a good item again, in packs of half the size, down to one row; a
+row alone whose answer is still unusable fails (with --retry-failed, it is sent again). A model
+that swaps two items' ids cannot be caught by ids alone; nothing else gives a row another's answer.
+
+Usage is apportioned so a run's columns add up to what the server counted (`shares`): the prompt
+tokens by each row's estimated share (the shared part in equal shares, then its item), completion
+and reasoning tokens by each row's share of the answer's items; the tokens of a pack that had to
+be sent again stay with the rows it carried, added to what their later packs cost.
+
+Which rows pack: those whose request is one user message of text after at most a system message
+(the renderer gives exactly those a packed fingerprint, `group.packed`); a row with images or a
+chat history goes alone, as before. Rows pack only with rows that share the model, the system
+message and every parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from batch.job.schema import Shape, check
+from batch.records import Answer, Completion, Request
+from batch.render import spelling
+from batch.render.group import JSON, fingerprint
+from batch.render.shares import Spent, shares
+
+INSTRUCTION = (
+    'Each item of the JSON array on the last line is a separate request: answer its "prompt" on its own, '
+    "as if it were the only one. Reply with a JSON object whose \"answers\" array holds one object for "
+    'each item: its "id", copied exactly, and its "answer".\n')
+SCHEMA_NAME = "rows"
+# Open packs of different shared parts (a templated system message) held at once; the oldest goes out.
+OPEN_PACKS = 16
+_BUDGET_KEYS = ("max_completion_tokens", "max_tokens")
+
+
+def pack_schema(item: Any) -> dict[str, Any]:
+    """The pack's answer: an object whose one array holds `{"id", "answer"}` objects (strict-ready)."""
+    one = {"type": "object", "properties": {"id": {"type": "string"}, "answer": item},
+           "required": ["id", "answer"], "additionalProperties": False}
+    return {"type": "object", "properties": {"answers": {"type": "array", "items": one}},
+            "required": ["answers"], "additionalProperties": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One row in a pack: its fingerprint (its answer's key), its item, what earlier packs cost it."""
+
+    fingerprint: str
+    row: int
+    id: str
+    item: str  # {"id": ..., "prompt": ...}, encoded once
+    tokens: int  # the item's estimated prompt tokens
+    spent: Spent = Spent.NONE
+    attempts: int = 0  # requests made for it before this pack
+
+
+@dataclass(frozen=True, slots=True)
+class Base:
+    """What a pack's rows share: the body around the array, and how its answer is checked."""
+
+    head: bytes  # the body up to the array (inside the user message's JSON string)
+    tail: bytes  # the body after it
+    shared_tokens: int  # the estimate of head + tail
+    budget: int  # the completion budget counted against the limits
+    text_job: bool  # the answer is a string (else the job's JSON)
+    shape: Shape | None  # the job's own schema, each item's answer checked against it
+
+    def body(self, members: Sequence[Member]) -> bytes:
+        # The array goes inside a JSON string: its own quotes and backslashes escaped once more.
+        array = JSON.encode("[" + ",".join(m.item for m in members) + "]")
+        return self.head + array[1:-1].encode() + self.tail
+
+
+class Pack:
+    """A pack in flight: its rows, and how its answer comes apart (`records.Carried`)."""
+
+    __slots__ = ("base", "members")
+
+    def __init__(self, base: Base, members: tuple[Member, ...]) -> None:
+        self.base, self.members = base, members
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        return tuple(m.fingerprint for m in self.members)
+
+    def request(self) -> Request:
+        body = self.base.body(self.members)
+        est = self.base.shared_tokens + sum(m.tokens for m in self.members) + self.base.budget
+        return Request(fingerprint=fingerprint(body), body=body, est_tokens=est, row=self.members[0].row,
+                       pack=self)
+
+    def answers(self, completion: Completion, *, attempts: int,
+                latency_s: float | None) -> tuple[list[Answer], list[Request]]:
+        items, problem = _items(completion)
+        by_id: dict[str, list[Any]] = {}
+        sizes: dict[str, int] = {}
+        for item in items:
+            key = _id(item.get("id"))
+            by_id.setdefault(key, []).append(item.get("answer"))
+            sizes[key] = sizes.get(key, 0) + len(JSON.encode(item))
+        lone = len(self.members) == 1 and len(items) == 1  # one row, one item: it can be no one else's
+        texts: list[str | None] = []
+        whys: list[str] = []
+        for m in self.members:
+            got = by_id.get(m.id) or (next(iter(by_id.values())) if lone else [])
+            text, why = (None, problem) if problem else self._one(got)
+            texts.append(text)
+            whys.append(why or "")
+        spent = self._spent(completion, [sizes.get(m.id, 0) for m in self.members])
+        good: list[Answer] = []
+        again: list[Member] = []
+        for m, text, why, cost in zip(self.members, texts, whys, spent, strict=True):
+            paid = m.spent + cost
+            if text is not None:
+                good.append(_answer(m, paid, completion, text=text, attempts=m.attempts + attempts,
+                                    latency_s=latency_s, rows=len(self.members)))
+            elif len(self.members) > 1:
+                again.append(replace(m, spent=paid, attempts=m.attempts + attempts))
+            else:
+                good.append(_answer(m, paid, completion, text=None, attempts=m.attempts + attempts,
+                                    latency_s=latency_s, rows=1, error=why, permanent=True))
+        return good, self._regroup(again, max(1, len(self.members) // 2))
+
+    def split(self) -> list[Request]:
+        return self._regroup(list(self.members), max(1, len(self.members) // 2))
+
+    def failures(self, error: str, *, permanent: bool, attempts: int,
+                 request_id: str | None) -> list[Answer]:
+        return [m.spent.charged(Answer.failure(m.fingerprint, error, permanent=permanent,
+                                               attempts=m.attempts + attempts, request_id=request_id))
+                for m in self.members]
+
+    def _one(self, got: list[Any]) -> tuple[str | None, str | None]:
+        """A row's answer from the items that carry its id, or why there is none."""
+        if not got:
+            return None, "the pack's answer holds no item with this row's id"
+        if len(got) > 1:
+            return None, f"the pack's answer holds {len(got)} items with this row's id"
+        value = got[0]
+        if self.base.text_job:
+            if not isinstance(value, str):
+                return None, f"the item's answer is {type(value).__name__}, not text"
+            return value, None
+        text = JSON.encode(value)
+        if self.base.shape is not None:
+            _, why = check(self.base.shape, text)
+            if why is not None:
+                return None, why
+        elif not isinstance(value, dict):
+            return None, f"the item's answer is {type(value).__name__}, not a JSON object"
+        return text, None
+
+    def _spent(self, c: Completion, sizes: list[int]) -> list[Spent]:
+        """This request's usage, a share for each row (see the module's docstring)."""
+        n = len(self.members)
+        shared = self.base.shared_tokens / n
+        prompt = [shared + m.tokens for m in self.members]
+        answer = [float(s) for s in sizes] if any(sizes) else [1.0] * n
+        ins = shares(c.input_tokens, prompt)
+        outs = shares(c.output_tokens, answer)
+        cached = shares(c.cached_tokens, prompt)
+        thought = shares(c.reasoning_tokens, answer)
+        return [Spent.of(*t) for t in zip(ins, outs, cached, thought, strict=True)]
+
+    def _regroup(self, members: list[Member], size: int) -> list[Request]:
+        return [Pack(self.base, tuple(members[i:i + size])).request() for i in range(0, len(members), size)]
+
+
+def _answer(m: Member, paid: Spent, c: Completion, *, text: str | None, attempts: int,
+            latency_s: float | None, rows: int, error: str | None = None, permanent: bool = False) -> Answer:
+    return paid.charged(Answer(fingerprint=m.fingerprint, text=text, finish_reason=c.finish_reason,
+                  request_id=c.request_id, model=c.model, latency_s=latency_s, queue_time=c.queue_time,
+                  total_time=c.total_time,
+                  attempts=attempts, error=error, permanent=permanent, rows_in_request=rows))
+
+
+def _items(c: Completion) -> tuple[list[dict[str, Any]], str | None]:
+    """The answer's items, or why it has none (then every row is sent again, or fails alone)."""
+    if c.text is None or c.finish_reason == "length":
+        return [], (f"the model's answer was cut short (finish_reason {c.finish_reason!r}): raise "
+                    "max-new-tokens, or lower rows-per-request" if c.finish_reason == "length"
+                    else "the model returned no text")
+    try:
+        data = json.loads(c.text)
+    except ValueError as exc:
+        return [], f"the pack's answer is not valid JSON ({exc})"
+    found = data.get("answers") if isinstance(data, dict) else None
+    if not isinstance(found, list):
+        return [], 'the pack\'s answer is not an object with an "answers" array'
+    return [i for i in found if isinstance(i, dict)], None
+
+
+def _id(value: Any) -> str:
+    # An id answered as a number is still that id (a model may drop the quotes of "17").
+    return value if isinstance(value, str) else JSON.encode(value) if value is not None else ""
+
+
+def _tokens(text: str) -> int:
+    """Estimated tokens, as `prompts.estimate_prompt_tokens` counts them: UTF-8 bytes / 4."""
+    return -(-len(text.encode()) // 4)
+
+
+class Packer:
+    """Collects row requests into packs: at most `size` rows, sharing everything but their prompt, and
+    small enough that the shared part, the items and the budget fit `limit()` tokens (the tokens-per-
+    minute limit and the model's context). A row that cannot be packed is handed back as it is."""
+
+    def __init__(self, size: int, *, server: str | None, shape: Shape | None, budget: int,
+                 limit: Callable[[], float]) -> None:
+        self.size, self._server, self._shape, self._budget, self._limit = size, server, shape, budget, limit
+        self._open: dict[bytes, tuple[Base, list[Member]]] = {}
+        self._bases: dict[bytes, Base] = {}
+        self.held: set[str] = set()  # fingerprints in open packs: not yet with the pool
+
+    def __contains__(self, fp: str) -> bool:
+        return fp in self.held
+
+    def add(self, request: Request, item_id: str) -> Iterator[Request]:
+        """What goes out now: the request itself (a row that does not pack), a full pack, or nothing."""
+        parsed = _parse(request.body)
+        if parsed is None:
+            yield request
+            return
+        key, prompt, body = parsed
+        base = self._bases.get(key) or self._base(key, body)
+        item = JSON.encode({"id": item_id, "prompt": prompt})
+        tokens = _tokens(item)
+        open_ = self._open.get(key)
+        if open_ is not None and (any(m.id == item_id for m in open_[1])
+                                  or not self._fits(base, open_[1], tokens)):
+            yield self._close(key)
+            open_ = None
+        if open_ is None:
+            if len(self._open) >= OPEN_PACKS:
+                yield self._close(next(iter(self._open)))
+            open_ = self._open[key] = (base, [])
+        open_[1].append(Member(request.fingerprint, request.row, item_id, item, tokens))
+        self.held.add(request.fingerprint)
+        if len(open_[1]) >= self.size:
+            yield self._close(key)
+
+    def flush(self) -> Iterator[Request]:
+        while self._open:
+            yield self._close(next(iter(self._open)))
+
+    def _fits(self, base: Base, members: list[Member], tokens: int) -> bool:
+        total = base.shared_tokens + base.budget + sum(m.tokens for m in members) + tokens
+        return total <= self._limit()
+
+    def _close(self, key: bytes) -> Request:
+        base, members = self._open.pop(key)
+        self.held.difference_update(m.fingerprint for m in members)
+        return Pack(base, tuple(members)).request()
+
+    def _base(self, key: bytes, body: dict[str, Any]) -> Base:
+        fmt = body.pop("response_format", None)
+        item, strict = _item_schema(fmt)
+        sent_budget = {k: body.pop(k) for k in _BUDGET_KEYS if k in body}
+        rf: dict[str, Any] = {"type": "json_schema",
+                              "json_schema": {"name": SCHEMA_NAME, "schema": pack_schema(item)}}
+        if strict or (strict is None and str(body.get("model", "")).startswith("openai/gpt-oss")):
+            rf["json_schema"]["strict"] = True  # constrained decoding where Groq offers it
+        mark = "\x00rows\x00"
+        body["messages"][-1]["content"] = INSTRUCTION + mark
+        whole = JSON.encode({**body, **sent_budget,
+                             "response_format": spelling.response_format_for(self._server, rf)})
+        head, tail = whole.split(JSON.encode(mark)[1:-1], 1)
+        base = Base(head=head.encode(), tail=tail.encode(), shared_tokens=_tokens(whole),
+                    budget=self._budget, text_job=fmt is None, shape=self._shape)
+        self._bases[key] = base
+        return base
+
+
+def _item_schema(fmt: Any) -> tuple[Any, bool | None]:
+    """An item's answer schema from the job's response format (in either server's spelling), and
+    whether the job asked for strict decoding (None: it did not say)."""
+    if not isinstance(fmt, dict):
+        return {"type": "string"}, None
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") or {}
+        return spec.get("schema") or {"type": "object"}, spec.get("strict")
+    return fmt.get("schema") or {"type": "object"}, None
+
+
+def _parse(body: bytes) -> tuple[bytes, str, dict[str, Any]] | None:
+    """A row request's shared part (a key), its prompt text and its body; None when it does not pack:
+    anything but one user message of text after at most a system message."""
+    data = json.loads(body)
+    chat = data.get("messages")
+    if not isinstance(chat, list) or not chat or len(chat) > 2:
+        return None
+    *before, last = chat
+    if last.get("role") != "user" or not isinstance(last.get("content"), str):
+        return None
+    if any(m.get("role") != "system" or not isinstance(m.get("content"), str) for m in before):
+        return None
+    prompt = last["content"]
+    last["content"] = ""
+    return JSON.encode(data).encode(), prompt, data
