@@ -25,8 +25,8 @@ from batch.job.config import LimitsSpec
 from batch.job.endpoint import Endpoint
 from batch.job.schema import Shape, judge
 from batch.records import Answer, Request
-from batch.render.packs import Packer
-from batch.render.prompts import Renderer, as_text
+from batch.render.packer import Packer
+from batch.render.prompts import Renderer
 from batch.report.progress import Progress
 from batch.report.summary import RunStats
 from batch.send.client import Client
@@ -148,10 +148,7 @@ class OnlinePass:
     async def _unanswered(self, pool: Pool, progress: Progress, keys: RowFingerprints,
                           recall: Recall) -> AsyncIterator[Request]:
         packer = self._packer(pool)
-        key = self._renderer.key
         for row0, chunk in self._rows.numbered(self._limit):
-            # A row's id in a pack: its key, else its place in the input (1 is the first row).
-            names = chunk.column(key).to_pylist() if packer is not None and key else None
             for group in self._renderer.groups(chunk, row0):
                 # A row with last run's request on its line has last run's answer: no search for it.
                 recalled = recall.match(group.fingerprints)
@@ -172,10 +169,7 @@ class OnlinePass:
                         if packer is None:
                             yield group.request(i)
                             continue
-                        row = group.first_row + i
-                        name = names[row - row0] if names is not None else None
-                        for request in packer.add(group.request(i), as_text(name) if name is not None
-                                                  else str(row + 1)):
+                        for request in packer.add(group.request(i)):
                             yield request
                     elif shared is None or not shared.wait(fp):
                         progress.advance()
@@ -189,7 +183,7 @@ class OnlinePass:
                     yield request
                     continue
                 # Out at once, not held for a pack: another call may be waiting for it.
-                for each in [*packer.add(request, str(request.row + 1)), *packer.flush()]:
+                for each in [*packer.add(request), *packer.flush()]:
                     yield each
 
     async def _first(self) -> None:

@@ -1,6 +1,6 @@
 """More rows per request (`[task] rows-per-request`): a pack's request, and its answer taken apart.
 
-    row requests ─► Packer ─► Pack (one request) ─► pool ─► Pack.answers(completion)
+    row requests ─► packer.Packer ─► Pack (one request) ─► pool ─► Pack.answers(completion)
                                                               ├─► each row's Answer (its own item)
                                                               └─► the other rows, in smaller packs
 
@@ -20,41 +20,20 @@ tokens by each row's estimated share (the shared part in equal shares, then its 
 and reasoning tokens by each row's share of the answer's items; the tokens of a pack that had to
 be sent again stay with the rows it carried, added to what their later packs cost.
 
-Which rows pack: those whose request is one user message of text after at most a system message
-(the renderer gives exactly those a packed fingerprint, `group.packed`); a row with images or a
-chat history goes alone, as before. Rows pack only with rows that share the model, the system
-message and every parameter.
+How rows become packs is `packer`'s.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from batch.job.schema import Shape, check
 from batch.records import Answer, Completion, Request
-from batch.render import spelling
 from batch.render.group import JSON, fingerprint
 from batch.render.shares import Spent, shares
-
-INSTRUCTION = (
-    'Each item of the JSON array on the last line is a separate request: answer its "prompt" on its own, '
-    "as if it were the only one. Reply with a JSON object whose \"answers\" array holds one object for "
-    'each item: its "id", copied exactly, and its "answer".\n')
-SCHEMA_NAME = "rows"
-# Open packs of different shared parts (a templated system message) held at once; the oldest goes out.
-OPEN_PACKS = 16
-_BUDGET_KEYS = ("max_completion_tokens", "max_tokens")
-
-
-def pack_schema(item: Any) -> dict[str, Any]:
-    """The pack's answer: an object whose one array holds `{"id", "answer"}` objects (strict-ready)."""
-    one = {"type": "object", "properties": {"id": {"type": "string"}, "answer": item},
-           "required": ["id", "answer"], "additionalProperties": False}
-    return {"type": "object", "properties": {"answers": {"type": "array", "items": one}},
-            "required": ["answers"], "additionalProperties": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +86,18 @@ class Pack:
 
     def answers(self, completion: Completion, *, attempts: int,
                 latency_s: float | None) -> tuple[list[Answer], list[Request]]:
+        good, again = self.outcome(completion, attempts=attempts, latency_s=latency_s)
+        return good, self._regroup(again, self.smaller)
+
+    @property
+    def smaller(self) -> int:
+        """The size of the packs its rows go in when they are sent again."""
+        return max(1, len(self.members) // 2)
+
+    def outcome(self, completion: Completion, *, attempts: int,
+                latency_s: float | None) -> tuple[list[Answer], list[Member]]:
+        """Each row's answer that came back whole (or, for a row alone, its failure), and the rows to
+        send again, each charged its share of this request and counting it among its attempts."""
         items, problem = _items(completion)
         by_id: dict[str, list[Any]] = {}
         sizes: dict[str, int] = {}
@@ -135,10 +126,10 @@ class Pack:
             else:
                 good.append(_answer(m, paid, completion, text=None, attempts=m.attempts + attempts,
                                     latency_s=latency_s, rows=1, error=why, permanent=True))
-        return good, self._regroup(again, max(1, len(self.members) // 2))
+        return good, again
 
     def split(self) -> list[Request]:
-        return self._regroup(list(self.members), max(1, len(self.members) // 2))
+        return self._regroup(list(self.members), self.smaller)
 
     def failures(self, error: str, *, permanent: bool, attempts: int,
                  request_id: str | None) -> list[Answer]:
@@ -211,105 +202,6 @@ def _id(value: Any) -> str:
     return value if isinstance(value, str) else JSON.encode(value) if value is not None else ""
 
 
-def _tokens(text: str) -> int:
+def tokens(text: str) -> int:
     """Estimated tokens, as `prompts.estimate_prompt_tokens` counts them: UTF-8 bytes / 4."""
     return -(-len(text.encode()) // 4)
-
-
-class Packer:
-    """Collects row requests into packs: at most `size` rows, sharing everything but their prompt, and
-    small enough that the shared part, the items and the budget fit `limit()` tokens (the tokens-per-
-    minute limit and the model's context). A row that cannot be packed is handed back as it is."""
-
-    def __init__(self, size: int, *, server: str | None, shape: Shape | None, budget: int,
-                 limit: Callable[[], float]) -> None:
-        self.size, self._server, self._shape, self._budget, self._limit = size, server, shape, budget, limit
-        self._open: dict[bytes, tuple[Base, list[Member]]] = {}
-        self._bases: dict[bytes, Base] = {}
-        self.held: set[str] = set()  # fingerprints in open packs: not yet with the pool
-
-    def __contains__(self, fp: str) -> bool:
-        return fp in self.held
-
-    def add(self, request: Request, item_id: str) -> Iterator[Request]:
-        """What goes out now: the request itself (a row that does not pack), a full pack, or nothing."""
-        parsed = _parse(request.body)
-        if parsed is None:
-            yield request
-            return
-        key, prompt, body = parsed
-        base = self._bases.get(key) or self._base(key, body)
-        item = JSON.encode({"id": item_id, "prompt": prompt})
-        tokens = _tokens(item)
-        open_ = self._open.get(key)
-        if open_ is not None and (any(m.id == item_id for m in open_[1])
-                                  or not self._fits(base, open_[1], tokens)):
-            yield self._close(key)
-            open_ = None
-        if open_ is None:
-            if len(self._open) >= OPEN_PACKS:
-                yield self._close(next(iter(self._open)))
-            open_ = self._open[key] = (base, [])
-        open_[1].append(Member(request.fingerprint, request.row, item_id, item, tokens))
-        self.held.add(request.fingerprint)
-        if len(open_[1]) >= self.size:
-            yield self._close(key)
-
-    def flush(self) -> Iterator[Request]:
-        while self._open:
-            yield self._close(next(iter(self._open)))
-
-    def _fits(self, base: Base, members: list[Member], tokens: int) -> bool:
-        total = base.shared_tokens + base.budget + sum(m.tokens for m in members) + tokens
-        return total <= self._limit()
-
-    def _close(self, key: bytes) -> Request:
-        base, members = self._open.pop(key)
-        self.held.difference_update(m.fingerprint for m in members)
-        return Pack(base, tuple(members)).request()
-
-    def _base(self, key: bytes, body: dict[str, Any]) -> Base:
-        fmt = body.pop("response_format", None)
-        item, strict = _item_schema(fmt)
-        sent_budget = {k: body.pop(k) for k in _BUDGET_KEYS if k in body}
-        rf: dict[str, Any] = {"type": "json_schema",
-                              "json_schema": {"name": SCHEMA_NAME, "schema": pack_schema(item)}}
-        if strict or (strict is None and str(body.get("model", "")).startswith("openai/gpt-oss")):
-            rf["json_schema"]["strict"] = True  # constrained decoding where Groq offers it
-        mark = "\x00rows\x00"
-        body["messages"][-1]["content"] = INSTRUCTION + mark
-        whole = JSON.encode({**body, **sent_budget,
-                             "response_format": spelling.response_format_for(self._server, rf)})
-        head, tail = whole.split(JSON.encode(mark)[1:-1], 1)
-        base = Base(head=head.encode(), tail=tail.encode(), shared_tokens=_tokens(whole),
-                    budget=self._budget, text_job=fmt is None, shape=self._shape)
-        self._bases[key] = base
-        return base
-
-
-def _item_schema(fmt: Any) -> tuple[Any, bool | None]:
-    """An item's answer schema from the job's response format (in either server's spelling), and
-    whether the job asked for strict decoding (None: it did not say)."""
-    if not isinstance(fmt, dict):
-        return {"type": "string"}, None
-    if fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema") or {}
-        return spec.get("schema") or {"type": "object"}, spec.get("strict")
-    return fmt.get("schema") or {"type": "object"}, None
-
-
-def _parse(body: bytes) -> tuple[bytes, str, dict[str, Any]] | None:
-    """A row request's shared part (a key), its prompt text and its body; None when it does not pack:
-    anything but one user message of text after at most a system message."""
-    data = json.loads(body)
-    chat = data.get("messages")
-    if not isinstance(chat, list) or not chat or len(chat) > 2:
-        return None
-    *before, last = chat
-    if last.get("role") != "user" or not isinstance(last.get("content"), str):
-        return None
-    if any(m.get("role") != "system" or not isinstance(m.get("content"), str) for m in before):
-        return None
-    prompt = last["content"]
-    last["content"] = ""
-    return JSON.encode(data).encode(), prompt, data
