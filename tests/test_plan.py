@@ -77,3 +77,31 @@ def test_plan_cli_sends_nothing_and_needs_no_key(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "10 distinct requests" in proc.stdout and "Batch API" in proc.stdout
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_plan_packs_rows_as_a_run_would_and_shows_the_figures_one_a_request(tmp_path: Path) -> None:
+    """rows-per-request = 4: the 10 distinct requests go in 3 packs (4, 4, 2), the shared part paid
+    once a pack and max-new-tokens once a pack; `unpacked` keeps the same rows one a request."""
+    job = write(tmp_path)
+    job.write_text(JOB.replace("max-new-tokens = 100", "max-new-tokens = 100\nrows-per-request = 4"))
+    plan = make_plan(load_job(job))
+    assert (plan.rows, plan.requests, plan.packed_requests, plan.rows_per_request) == (13, 10, 3, 4)
+    assert plan.completion_tokens == 3 * 100  # the pack's whole budget, once a pack
+    one = plan.unpacked
+    assert one is not None and one["requests"] == 10 and one["completion_tokens"] == 10 * 25
+    assert one["prompt_tokens"] == sum(math.ceil(len(body(f"question {i}")) / 4) for i in range(10))
+    assert plan.minutes == max(3 / 6, (plan.prompt_tokens + 300) / 1000)
+    body0 = plan.examples[0]
+    assert body0["response_format"]["json_schema"]["name"] == "rows"
+    assert body0["messages"][0] == {"role": "system", "content": "S"}  # once, for the pack
+    assert body0["messages"][1]["content"].startswith("Each item of the JSON array")
+
+
+def test_a_budget_that_cannot_hold_the_packs_answers_is_refused_before_anything(tmp_path: Path) -> None:
+    job = write(tmp_path)
+    job.write_text(JOB.replace("max-new-tokens = 100", "max-new-tokens = 100\nrows-per-request = 10"))
+    env = {"PATH": "/usr/bin:/bin", "GROQ_BASE_URL": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-m", "batch", "plan", str(job)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "max-new-tokens, rows-per-request" in proc.stderr and "raise max-new-tokens to 160" in proc.stderr

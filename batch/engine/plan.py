@@ -6,6 +6,11 @@ Tokens are estimated the way the pacer reserves them: prompt tokens as the reque
 uses the model's list price (and the Batch API's half price for comparison); the duration is the
 larger of requests / requests-per-minute and tokens / tokens-per-minute, at the job's limits. In batch
 mode the headline cost is the Batch API's half price, and the time is the completion window.
+
+With `rows-per-request` above 1 the requests to send are packed as a run packs them (`render.packer`,
+at the job's tokens-per-minute limit): the headline figures are the packs' (the shared part once a
+pack, `max-new-tokens` once a pack), and `unpacked` keeps the same figures one row a request, so the
+saving shows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from batch.engine.preflight import check_job
 from batch.job import catalog
 from batch.job.catalog import usd as _usd
 from batch.job.config import Job
+from batch.job.schema import shape_of
+from batch.records import Request
+from batch.render.packer import Packer
 from batch.render.prompts import renderer_for
 from batch.store.answers import Store
 from batch.store.ledger import Ledger
@@ -44,11 +52,16 @@ class Plan:
     requests_per_minute: float
     tokens_per_minute: float
     examples: list[dict[str, Any]]
+    packed_requests: int = 0  # the requests a run sends for what is to send (packs, and rows alone)
     in_batches: int = 0  # of the requests not answered, those held by Batch API batches not collected yet
     mode: str = "online"
     batch_files: int = 0  # batch mode: JSONL files the requests to send make (50,000 lines / 100 MB each)
     max_cost_usd: float | None = None  # [limits] max-cost-usd: the most one run may spend
     runs: int | None = None  # with a cap: the runs the worst case needs (each run spends at most the cap)
+    rows_per_request: int = 1
+    # With rows-per-request > 1: the requests to send one row a request (`requests`, `prompt_tokens`,
+    # `completion_tokens`, `cost_usd`, `minutes`), beside the packed figures above.
+    unpacked: dict[str, Any] | None = None
 
 
 def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, data: Rows | None = None
@@ -58,6 +71,14 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, da
     store = Store(job.state.path, readonly=True) if job.state.path.exists() else None
     rows = invalid = answered = held = prompt = completion = 0
     files = ChunkCounter()
+    base = catalog.limits_for(job.task.model)
+    rpm = float(job.limits.requests_per_minute or base.rpm)
+    tpm = float(job.limits.tokens_per_minute or base.tpm)
+    packer = Packer(renderer.rows_per_request, server=renderer.server,
+                    shape=shape_of(job.task.response_format), budget=renderer.completion_budget,
+                    limit=lambda: min(tpm, base.context_window)) if renderer.packs else None
+    single = Totals()  # the requests to send, one row a request
+    share = -(-renderer.completion_budget // renderer.rows_per_request)
     seen: set[str] = set()  # distinct fingerprints; the plan is a one-off, so this may grow
     examples: list[dict[str, Any]] = []
     try:
@@ -75,7 +96,7 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, da
                     if fp in seen:
                         continue
                     seen.add(fp)
-                    if len(examples) < SHOWN:
+                    if len(examples) < SHOWN and packer is None:
                         examples.append(_shorten(json.loads(group.request(i).body)))
                     if fp in done and (done[fp][0].ok or done[fp][0].permanent):
                         answered += 1
@@ -84,16 +105,16 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, da
                         held += 1
                         continue
                     r = group.request(i)
-                    prompt += r.est_tokens - renderer.completion_budget
-                    completion += renderer.completion_budget
-                    files.add(len(request_line(r)))
+                    single.add(r, renderer.completion_budget, share)
+                    for sent in packer.add(r) if packer is not None else (r,):
+                        prompt, completion = _sent(sent, renderer.completion_budget, prompt, completion,
+                                                   files, examples)
+        for sent in packer.flush() if packer is not None else ():
+            prompt, completion = _sent(sent, renderer.completion_budget, prompt, completion, files, examples)
     finally:
         if store:
             store.close()
-    base = catalog.limits_for(job.task.model)
-    rpm = float(job.limits.requests_per_minute or base.rpm)
-    tpm = float(job.limits.tokens_per_minute or base.tpm)
-    to_send = len(seen) - answered - held
+    to_send = files.lines
     cost = catalog.cost_usd(job.task.model, prompt, completion)
     headline = None if cost is None else cost / 2 if (mode or job.run.mode) == "batch" else cost
     cap = job.limits.max_cost_usd
@@ -102,19 +123,53 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, da
                 prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
                 batch_cost_usd=None if cost is None else cost / 2,
                 minutes=max(to_send / rpm, (prompt + completion) / tpm), requests_per_minute=rpm,
-                tokens_per_minute=tpm, examples=examples, in_batches=held, mode=mode or job.run.mode,
-                batch_files=files.files, max_cost_usd=cap, runs=runs)
+                tokens_per_minute=tpm, examples=examples, packed_requests=to_send, in_batches=held,
+                mode=mode or job.run.mode, batch_files=files.files, max_cost_usd=cap, runs=runs,
+                rows_per_request=renderer.rows_per_request,
+                unpacked=None if packer is None else single.figures(job.task.model, rpm, tpm))
+
+
+@dataclass
+class Totals:
+    """Requests and their estimated tokens, one row a request."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, r: Request, budget: int, share: int) -> None:
+        """A row's request of completion budget `budget`, counted alone with `share` of it (its share
+        of a pack's budget: the same answers, asked one at a time)."""
+        self.requests += 1
+        self.prompt_tokens += r.est_tokens - budget
+        self.completion_tokens += share
+
+    def figures(self, model: str, rpm: float, tpm: float) -> dict[str, Any]:
+        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cost_usd": catalog.cost_usd(model, self.prompt_tokens, self.completion_tokens),
+                "minutes": max(self.requests / rpm, (self.prompt_tokens + self.completion_tokens) / tpm)}
+
+
+def _sent(r: Request, budget: int, prompt: int, completion: int, files: ChunkCounter,
+          examples: list[dict[str, Any]]) -> tuple[int, int]:
+    """A request a run would send (a pack, or a row alone): its tokens added, its line counted."""
+    if len(examples) < SHOWN and r.pack is not None:
+        examples.append(_shorten(json.loads(r.body)))
+    files.add(len(request_line(r)))
+    return prompt + r.est_tokens - budget, completion + budget
 
 
 class ChunkCounter:
     """How many Batch API files lines of these sizes fill, cut as `batchapi.files.ChunkWriter` cuts them."""
 
     def __init__(self) -> None:
-        self.files = self._lines = self._bytes = 0
+        self.files = self.lines = self._lines = self._bytes = 0
 
     def add(self, size: int) -> None:
         if not self.files or starts_new_file(self._lines, self._bytes, size):
             self.files, self._lines, self._bytes = self.files + 1, 0, 0
+        self.lines += 1  # every request, across files
         self._lines += 1
         self._bytes += size
 
@@ -144,7 +199,7 @@ def describe(plan: Plan, job: Job) -> str:
              f"({plan.invalid_rows:,} invalid rows, {plan.answered:,} already answered in the store"
              + (f", {plan.in_batches:,} in Batch API batches not collected yet" if plan.in_batches else "")
              + ")",
-             f"to send: {plan.requests - plan.answered - plan.in_batches:,} requests, about "
+             f"to send: {_sending(plan)} about "
              f"{plan.prompt_tokens:,} prompt tokens + at most {plan.completion_tokens:,} completion tokens "
              f"({job.task.model})",
              f"cost: {usd}",
@@ -152,9 +207,29 @@ def describe(plan: Plan, job: Job) -> str:
                 f"run{'s' if plan.runs != 1 else ''} at the worst case (each stops at the cap with exit 3, "
                 "and the next continues)"] if plan.max_cost_usd is not None else []),
              f"time: {time}",
+             *_unpacked(plan),
              "", f"first {len(plan.examples)} request bodies:"]
     lines += [json.dumps(e, ensure_ascii=False, indent=2) for e in plan.examples]
     return "\n".join(lines)
+
+
+def _sending(plan: Plan) -> str:
+    rows = plan.requests - plan.answered - plan.in_batches
+    if plan.unpacked is None:
+        return f"{rows:,} requests,"
+    return (f"{rows:,} rows in {plan.packed_requests:,} requests (up to {plan.rows_per_request} rows a "
+            "request),")
+
+
+def _unpacked(plan: Plan) -> list[str]:
+    """The same rows one a request, for comparison (`rows-per-request` = 1)."""
+    u = plan.unpacked
+    if u is None:
+        return []
+    cost = "unknown" if u["cost_usd"] is None else _usd(u["cost_usd"])
+    return [f"one row a request instead: {u['requests']:,} requests, about {u['prompt_tokens']:,} prompt "
+            f"tokens + at most {u['completion_tokens']:,} completion tokens, {cost} at most, about "
+            f"{_minutes(u['minutes'])} (rows-per-request = 1, each row's budget its share of max-new-tokens)"]
 
 
 def _minutes(m: float) -> str:

@@ -197,3 +197,9 @@ def _request_bucket(per_minute: float, burst_s: float) -> AsyncLimiter:
     rate_per_s = per_minute / 60.0
     capacity = max(1.0, rate_per_s * burst_s)  # at least 1, so acquire(1) is legal at low rates
     return AsyncLimiter(capacity, capacity / rate_per_s)
+
+
+def too_large(tokens: int, tokens_per_minute: float) -> str:
+    """Why a request that could never fit the tokens-per-minute limit is not sent."""
+    return (f"request too large: about {tokens} tokens (prompt + max-new-tokens) but the limit is "
+            f"{tokens_per_minute:g} tokens per minute; shorten the prompt or lower max-new-tokens")

@@ -7,19 +7,15 @@
                    ▲                                              │
                    └──────────── timer (backoff) ◄────────────────┘
 
-Memory is bounded by the intake, not by the input: the producer waits for a free place before it admits
-the next request. A request waiting out a backoff sits on a timer, not in a worker, so a backoff sleep
-holds no concurrency. A 429 cools every worker down together (`Pacing.cool_down`).
+Memory is bounded by the intake (`intake`), not by the input. A request waiting out a backoff sits on
+a timer, not in a worker, so a backoff sleep holds no concurrency. A 429 cools every worker down
+together (`Pacing.cool_down`).
 
 Stopping (a signal, a spent daily quota, a fatal API error) takes no new work: queued and backing-off
 requests are dropped unanswered (the next run sends them), workers waiting for the pacer are
-cancelled, and requests already on the wire are allowed to finish.
-
-A pack (several rows in one request, `render.packs`) is one request to the pacer, the spend cap and
-the retry policy, and its rows' answers come apart when it is answered: the rows it did not answer
-whole come back as smaller packs, which go straight to the queue (they hold no intake place: they
-are at most the rows of a pack already admitted). A pack the server refuses for good, or one too
-large for the limits, is split the same way; a row alone fails as any request does.
+cancelled, and requests already on the wire are allowed to finish. A pack (`render.packs`) is one
+request to the pacer, the spend cap and the retry policy; answered, it comes apart into its rows'
+answers and smaller packs of the others, queued at once; refused for good, or too large, it is split.
 """
 
 from __future__ import annotations
@@ -28,48 +24,39 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 
 from batch.errors import ApiError, FatalApiError, RateLimited
 from batch.records import Answer, Completion, Request
 from batch.report.logs import about
 from batch.report.summary import RunStats
-from batch.send.pacing import Pacing
+from batch.send.intake import Intake, each
+from batch.send.intake import Job as _Job
+from batch.send.pacing import Pacing, too_large
+from batch.send.responses import textless
 from batch.send.retry import Action, RetryPolicy
 from batch.send.spendcap import SpendCap
 from batch.send.stops import Breaker, Quota, daily_quota
 
 log = logging.getLogger("batch.pool")
-
 Send = Callable[[bytes], Awaitable[Completion]]
-
-
-@dataclass(slots=True)
-class _Job:
-    request: Request
-    attempts: int = 0
-    slot: bool = True  # holds an intake place (a pack's rows sent again do not)
 
 
 class Pool:
     def __init__(self, send: Send, pacer: Pacing, policy: RetryPolicy, *, concurrency: int,
                  on_answer: Callable[[Answer], None], stats: RunStats,
                  rng: random.Random | None = None, spend_cap: SpendCap | None = None) -> None:
-        self._send, self._pacer, self._policy = send, pacer, policy
+        self._send, self.pacer, self._policy = send, pacer, policy
         self.spend_cap = spend_cap  # the run's spend cap: a request is sent only if its worst case fits
         self._concurrency = concurrency
         self._on_answer = on_answer
         self.stats = stats
         self._rng = rng or random.Random()
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(2 * concurrency)
+        self._intake = Intake(2 * concurrency)
+        self.outstanding = self._intake.outstanding  # fingerprints admitted, not answered or dropped yet
         self._timers: dict[int, tuple[asyncio.TimerHandle, _Job]] = {}  # id(job) -> its backoff timer
         self._workers: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self._unfinished = 0
-        self._idle = asyncio.Event()
-        self.outstanding: set[str] = set()  # fingerprints admitted and not yet answered or dropped
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
         self.quota: Quota | None = None  # set when a spent daily quota left requests unsent
@@ -77,28 +64,20 @@ class Pool:
         self._spent: Quota | None = None  # the daily request quota is used up (from the headers)
         self._crash: Exception | None = None
 
-    @property
-    def pacer(self) -> Pacing:
-        return self._pacer
-
     async def run(self, requests: Iterable[Request] | AsyncIterable[Request]) -> None:
         """Send every request (until stopped); returns when none is left in the system. An async
         producer may hand the loop back while it prepares the next requests."""
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
         try:
-            async for request in _each(requests):
+            async for request in each(requests):
                 if self.stop_reason:
                     break
-                await self._slots.acquire()
+                await self._intake.place()
                 if self.stop_reason:
-                    self._slots.release()
+                    self._intake.give_back()
                     break
-                self.outstanding.update(request.fingerprints)
-                self._unfinished += 1
-                self._idle.clear()
-                self._queue.put_nowait(_Job(request))
-            if self._unfinished:
-                await self._idle.wait()
+                self._intake.admit(request)
+            await self._intake.idle()
         finally:
             for handle, _ in self._timers.values():
                 handle.cancel()
@@ -117,21 +96,14 @@ class Pool:
             handle.cancel()
             self._finish(job)
         self._timers.clear()
-        while not self._queue.empty():
-            self._finish(self._queue.get_nowait())
+        for job in self._intake.queued():
+            self._finish(job)
         for task in self._workers:
             if task not in self._sending:
                 task.cancel()
 
     def _finish(self, job: _Job, keep: frozenset[str] = frozenset()) -> None:
-        for fp in job.request.fingerprints:
-            if fp not in keep:
-                self.outstanding.discard(fp)
-        if job.slot:
-            self._slots.release()
-        self._unfinished -= 1
-        if self._unfinished == 0:
-            self._idle.set()
+        self._intake.finish(job, keep)
 
     def _answer(self, job: _Job, answer: Answer) -> None:
         self._on_answer(answer)  # stored before the fingerprint leaves `outstanding`
@@ -144,9 +116,7 @@ class Pool:
         if not self.stop_reason:
             for request in again:
                 keep.update(request.fingerprints)
-                self.outstanding.update(request.fingerprints)
-                self._unfinished += 1
-                self._queue.put_nowait(_Job(request, slot=False))
+                self._intake.admit(request, place=False)
         for answer in answers:
             self._on_answer(answer)
         self._finish(job, frozenset(keep))
@@ -155,7 +125,7 @@ class Pool:
         me = asyncio.current_task()
         assert me is not None
         while True:
-            job = await self._queue.get()
+            job = await self._intake.queue.get()
             try:
                 await self._attempt(job, me)
             except asyncio.CancelledError:
@@ -178,23 +148,17 @@ class Pool:
             self._finish(job)
             self.stop("spend cap reached")
             return
-        if (job.attempts == 0 and not self._pacer.fits(req.est_tokens)) or \
-                not await self._pacer.acquire(req.est_tokens):
+        if (job.attempts == 0 and not self.pacer.fits(req.est_tokens)) or \
+                not await self.pacer.acquire(req.est_tokens):
             self._refund(cost)
-            if req.pack is not None and len(req.fingerprints) > 1:  # smaller packs may fit
-                self._unpacked(job, [], req.pack.split())
-                return
-            self._answer(job, Answer.failure(req.fingerprint, permanent=True, attempts=job.attempts, error=(
-                f"request too large: about {req.est_tokens} tokens (prompt + max-new-tokens) "
-                f"but the limit is {self._pacer.tokens_per_minute:g} tokens per minute; "
-                "shorten the prompt or lower max-new-tokens")))
+            self._fail(job, too_large(req.est_tokens, self.pacer.tokens_per_minute), permanent=True)
             return
         if self.stop_reason:
             self._refund(cost)
             self._finish(job)
             return
         job.attempts += 1
-        self.stats.record_request(self._pacer.requests_per_minute, self._pacer.tokens_per_minute)
+        self.stats.record_request(self.pacer.requests_per_minute, self.pacer.tokens_per_minute)
         started = time.monotonic()
         self._sending.add(me)
         try:
@@ -206,28 +170,36 @@ class Pool:
         finally:
             self._sending.discard(me)
         latency = time.monotonic() - started
-        self._pacer.settle(req.est_tokens, completion.total_tokens)
-        self._pacer.observe(completion.rate)
+        self.pacer.settle(req.est_tokens, completion.total_tokens)
+        self.pacer.observe(completion.rate)
         answer = Answer.from_completion(req.fingerprint, completion, attempts=job.attempts,
                                         latency_s=round(latency, 4))
         if self.spend_cap is not None:
             self.spend_cap.settle(cost, answer)
         self._spent = self._spent or daily_quota(completion.rate.requests_remaining_day,
-                                                  completion.rate.requests_reset_s, self._pacer)
+                                                  completion.rate.requests_reset_s, self.pacer)
         if req.pack is not None:
             answers, again = req.pack.answers(completion, attempts=job.attempts, latency_s=answer.latency_s)
             self.stats.record_pack(len(req.fingerprints), sum(len(r.fingerprints) for r in again))
             self._breaker.succeeded(True)
             self._unpacked(job, answers, again)
             return
-        if completion.text is None or (not completion.text and completion.finish_reason == "length"):
-            # Paid for, but no answer: a reasoning model spent the whole budget thinking. The same
-            # request would do the same again, so the row fails for good (usage is kept).
-            answer = replace(answer, permanent=True, error=(
-                f"the model returned no text (finish_reason {completion.finish_reason!r}); with "
-                "finish_reason 'length' the completion budget ran out first: raise max-new-tokens"))
+        answer = textless(answer)
         self._breaker.succeeded(answer.ok)
         self._answer(job, answer)
+
+    def _fail(self, job: _Job, error: str, *, permanent: bool, request_id: str | None = None) -> None:
+        """The request failed: its row's failure, or its rows' in a pack; a pack refused for good is
+        split instead (one row of it, or its size, may be why: smaller packs tell)."""
+        req = job.request
+        if req.pack is not None and permanent and len(req.fingerprints) > 1:
+            self._unpacked(job, [], req.pack.split())
+        elif req.pack is not None:
+            self._unpacked(job, req.pack.failures(error, permanent=permanent, attempts=job.attempts,
+                                                  request_id=request_id), [])
+        else:
+            self._answer(job, Answer.failure(req.fingerprint, error, permanent=permanent,
+                                             attempts=job.attempts, request_id=request_id))
 
     def _refund(self, cost: float) -> None:
         if self.spend_cap is not None:
@@ -238,10 +210,10 @@ class Pool:
         decision = self._policy.decide(exc, job.attempts, self._rng)
         self.stats.record_error(exc)
         if isinstance(exc, RateLimited):
-            self._pacer.settle(req.est_tokens, 0)  # a refused request used nothing
-            self._pacer.learn_limit(exc.limit, exc.limit_value)
+            self.pacer.settle(req.est_tokens, 0)  # a refused request used nothing
+            self.pacer.learn_limit(exc.limit, exc.limit_value)
             if decision.action is Action.RETRY:
-                self._pacer.cool_down(decision.delay_s)
+                self.pacer.cool_down(decision.delay_s)
         if decision.action is Action.RETRY:
             self.stats.record_retry()
             log.debug("retry row=%d attempt=%d in %.2fs: %s", req.row + 1, job.attempts, decision.delay_s,
@@ -251,20 +223,10 @@ class Pool:
                 return
             handle = asyncio.get_running_loop().call_later(decision.delay_s, self._requeue, job)
             self._timers[id(job)] = (handle, job)
-        elif decision.action is Action.GIVE_UP and decision.permanent and req.pack is not None \
-                and len(req.fingerprints) > 1:
-            # A pack refused for good may be refused for one row, or for its size: smaller packs tell.
-            self._unpacked(job, [], req.pack.split())
         elif decision.action is Action.GIVE_UP:
             log.debug("give up row=%d after %d attempts: %s", req.row + 1, job.attempts, exc.describe(),
                       extra=about(req.row + 1, job.attempts, exc.status))
-            if req.pack is not None:
-                self._unpacked(job, req.pack.failures(exc.describe(), permanent=decision.permanent,
-                                                      attempts=job.attempts, request_id=exc.request_id), [])
-            else:
-                self._answer(job, Answer.failure(req.fingerprint, exc.describe(),
-                                                 permanent=decision.permanent, attempts=job.attempts,
-                                                 request_id=exc.request_id))
+            self._fail(job, exc.describe(), permanent=decision.permanent, request_id=exc.request_id)
             if decision.permanent and (fatal := self._breaker.rejected(exc)) and self.fatal is None:
                 self.fatal = fatal
                 self.stop("every request is rejected")
@@ -284,13 +246,5 @@ class Pool:
         if self.stop_reason:
             self._finish(job)
         else:
-            self._queue.put_nowait(job)
+            self._intake.queue.put_nowait(job)
 
-
-async def _each(requests: Iterable[Request] | AsyncIterable[Request]) -> AsyncIterator[Request]:
-    if isinstance(requests, AsyncIterable):
-        async for r in requests:
-            yield r
-    else:
-        for r in requests:
-            yield r

@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -27,7 +28,7 @@ from batch.errors import (
     ServerError,
     TransportError,
 )
-from batch.records import Completion, RateInfo
+from batch.records import Answer, Completion, RateInfo
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -203,3 +204,13 @@ def parse_completion(data: Any, headers: Mapping[str, str], *, rate: bool = True
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise TransportError(f"200 response is not a chat completion ({exc!r})",
                              status=200, request_id=headers.get("x-request-id")) from exc
+
+
+def textless(answer: Answer) -> Answer:
+    """An answer paid for but without text: a reasoning model spent the whole budget thinking. The same
+    request would do the same again, so the row fails for good (its usage is kept)."""
+    if answer.text is not None and (answer.text or answer.finish_reason != "length"):
+        return answer
+    return replace(answer, permanent=True, error=(
+        f"the model returned no text (finish_reason {answer.finish_reason!r}); with finish_reason "
+        "'length' the completion budget ran out first: raise max-new-tokens"))

@@ -1,0 +1,81 @@
+"""What the worker pool holds: the requests admitted and not yet finished, the fingerprints they
+answer, and the places left for the producer.
+
+At most `places` requests from the producer are in the system at once (queued, backing off, waiting
+for the pacer or on the wire): the producer waits for a place before it admits the next, so memory
+follows what is in flight, not the input. A pack's rows sent again in smaller packs take no place:
+they are at most the rows of a pack already admitted, and waiting for a place there could deadlock
+the worker that admits them. A request is finished when it is answered, given up or dropped; the
+pool is idle when none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from batch.records import Request
+
+
+@dataclass(slots=True)
+class Job:
+    request: Request
+    attempts: int = 0
+    place: bool = True  # holds one of the producer's places (a pack's rows sent again do not)
+
+
+class Intake:
+    def __init__(self, places: int) -> None:
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._places = asyncio.Semaphore(places)
+        self._unfinished = 0
+        self._idle = asyncio.Event()
+        self.outstanding: set[str] = set()  # fingerprints admitted and not yet answered or dropped
+
+    async def place(self) -> None:
+        """Wait for a free place (then `admit`, or `give_back` it)."""
+        await self._places.acquire()
+
+    def give_back(self) -> None:
+        self._places.release()
+
+    def admit(self, request: Request, *, place: bool = True) -> None:
+        self.outstanding.update(request.fingerprints)
+        self._unfinished += 1
+        self._idle.clear()
+        self.queue.put_nowait(Job(request, place=place))
+
+    def finish(self, job: Job, keep: frozenset[str] = frozenset()) -> None:
+        """The job is done with; its fingerprints leave `outstanding`, but for those in `keep` (rows
+        of a pack admitted again in a smaller one)."""
+        for fp in job.request.fingerprints:
+            if fp not in keep:
+                self.outstanding.discard(fp)
+        if job.place:
+            self._places.release()
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._idle.set()
+
+    def queued(self) -> list[Job]:
+        """Take every job waiting in the queue (a stop drops them)."""
+        jobs = []
+        while not self.queue.empty():
+            jobs.append(self.queue.get_nowait())
+        return jobs
+
+    async def idle(self) -> None:
+        """Wait until no admitted request is left."""
+        if self._unfinished:
+            await self._idle.wait()
+
+
+async def each(requests: Iterable[Request] | AsyncIterable[Request]) -> AsyncIterator[Request]:
+    """The producer's requests, whichever kind of iterable it is."""
+    if isinstance(requests, AsyncIterable):
+        async for r in requests:
+            yield r
+    else:
+        for r in requests:
+            yield r
