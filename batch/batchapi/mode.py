@@ -24,10 +24,13 @@ from typing import Any
 from batch.batchapi.download import result_parts
 from batch.batchapi.endpoints import BatchApi
 from batch.batchapi.files import ChunkWriter
+from batch.batchapi.packed import PackedBatch
+from batch.batchapi.refused import refused
+from batch.batchapi.steps import Trace
 from batch.batchapi.submit import Submitter
 from batch.errors import ApiError, FatalApiError
 from batch.job.schema import Shape, judge
-from batch.records import Answer, Request
+from batch.records import Request
 from batch.render.prompts import Group
 from batch.report.progress import BatchProgress
 from batch.report.summary import RunStats
@@ -57,9 +60,10 @@ class BatchMode:
     def __init__(self, client: BatchApi, store: Store, stats: RunStats, progress: BatchProgress, *,
                  folder: Path, window: str, poll_max_s: float, wait: bool, job_name: str,
                  retry_failed: bool = False, shape: Shape | None = None,
-                 spend_cap: SpendCap | None = None) -> None:
+                 spend_cap: SpendCap | None = None, trace: Trace | None = None,
+                 packed: PackedBatch | None = None) -> None:
         self._client, self._store, self._stats, self._progress = client, store, stats, progress
-        self._ledger = Ledger(store)
+        self._ledger, self._trace = Ledger(store), trace or Trace(stats)
         self._folder, self._poll_max, self._wait_for = folder, poll_max_s, wait
         self._retry_failed = retry_failed
         self._shape = shape  # a json_schema response format: results are judged as they are merged
@@ -71,6 +75,7 @@ class BatchMode:
         self._stopped = False
         self._wake = asyncio.Event()
         self._rng = random.Random()
+        self._packed = packed  # rows-per-request: requests go in packs, taken apart at merge
         self._steps = Submitter(client, store, stats, window=window, job_name=job_name, folder=folder)
 
     def stop(self) -> None:
@@ -80,11 +85,15 @@ class BatchMode:
     async def run(self, batches: Callable[[], Iterator[Group]]) -> Collected:
         """Recover what an earlier run left half-done, submit what is missing, wait, merge."""
         outcome = Collected()
-        await self._recover()
-        for _ in range(MAX_ROUNDS):
-            submitted = 0 if self._stopped else await self._submit(self._missing(batches()))
-            rejected = await self._watch(outcome)
-            if self._stopped or outcome.waiting or not rejected:
+        for round_ in range(1, MAX_ROUNDS + 1):
+            with self._trace.submitting(round_):
+                if round_ == 1:
+                    await self._recover()
+                todo = self._missing(batches())
+                submitted = 0 if self._stopped else await self._submit(
+                    self._packed.requests(todo) if self._packed else todo)
+            rejected = await self._trace.waited(self._watch(outcome))
+            if self._stopped or outcome.waiting or not (rejected or (self._packed and self._packed.resend)):
                 break
             log.info("batch: submitting the requests Groq did not reject again%s",
                      "" if submitted else " (none submitted this round)")
@@ -95,6 +104,8 @@ class BatchMode:
         for group in groups:
             fps = {fp for fp in group.fingerprints if fp is not None}
             todo = self._store.missing(fps, retry_failed=self._retry_failed)
+            if self._packed:  # rows of packs that came back without their item, and those packs hold
+                todo = (todo | (fps & self._packed.resend)) - self._packed.held(todo)
             todo = todo - self._ledger.held(todo) - self._left if todo else todo
             for i, fp in enumerate(group.fingerprints if todo else ()):
                 if fp is not None and fp in todo:
@@ -116,6 +127,8 @@ class BatchMode:
                         break
                     self._reserved[r.fingerprint] = cost
                 full = writer.add(r)
+                if self._packed:
+                    self._packed.written(r)
                 if full is not None:
                     sent += await self._send(full.path, full.sha256, full.fingerprints, full.size)
             last = writer.finish()
@@ -130,6 +143,8 @@ class BatchMode:
             path.unlink(missing_ok=True)
             return 0
         upload = self._ledger.add(self._prefix, sha256[:12], fingerprints, size)  # before a byte leaves
+        if self._packed:
+            self._packed.recorded(upload.id, fingerprints)
         path.replace(self._folder / upload.name)
         log.info("batch: uploading %s (%d requests, %.1f MB)", upload.name, len(fingerprints), size / 1e6)
         await self._steps.advance(upload, look_first=False)
@@ -155,16 +170,16 @@ class BatchMode:
             for u in self._ledger.uploads(open_only=True):
                 if u.batch_id is None:
                     continue  # a step failed this run; the next run continues it
-                obj = await self._poll(u)
-                if obj is not None and obj.get("status") in ENDED:
-                    rejected |= await self._merge(u, obj, outcome)  # the fields it uses never change
+                obj = await self._poll(self._trace.poll(u))
+                if obj is not None and obj.get("status") in ENDED:  # the fields merge uses never change
+                    rejected |= await self._trace.merged(u, obj, self._merge(u, obj, outcome))
             still = [u for u in self._ledger.uploads(open_only=True) if u.batch_id is not None]
             if not still or not self._wait_for or self._stopped:
                 outcome.waiting = still
                 return rejected
             self._wake.clear()
             with contextlib.suppress(TimeoutError):  # the wait ends early on stop()
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await self._trace.sleep(asyncio.wait_for(self._wake.wait(), delay))
             delay = min(delay * 1.5, self._poll_max)
 
     async def _poll(self, u: Upload) -> dict[str, Any] | None:
@@ -197,18 +212,24 @@ class BatchMode:
         # the same files again (INSERT OR REPLACE: the same rows). All files are checked before part 1.
         async with contextlib.aclosing(result_parts(self._client, obj, self._folder / u.name, self._rng,
                                                     lambda: self._stopped)) as got:
+            packs = self._packed.lines(u.id) if self._packed else {}
             async for part in got:
                 merged = []
-                for a in (judge(self._shape, a) for a in part.answers):
+                for a in part.answers:
                     if a.fingerprint in expected:
                         if self._spend_cap is not None and a.fingerprint in self._reserved:
                             self._spend_cap.settle(self._reserved.pop(a.fingerprint), a, batch=True)
-                        merged.append(a)
-                        self._stats.record_answer(a, batch=True)
                         left.discard(a.fingerprint)
+                        line = packs.get(a.fingerprint)
+                        if self._packed and line:  # its rows' answers, counted in the figures there
+                            merged += [judge(self._shape, each) for each in self._packed.split(line, a)]
+                        else:
+                            merged.append(a := judge(self._shape, a))
+                            self._stats.record_answer(a, batch=True)
                 await asyncio.to_thread(self._store.put_many, merged)
         status = str(obj.get("status"))
-        rejected = status == "failed" and self._refused(u, obj, left, outcome)
+        rejected = status == "failed" and refused(u, obj, left, outcome.refused, ledger=self._ledger,
+                                                   store=self._store, packed=self._packed)
         if left and status != "failed":
             self._left |= left
             outcome.unanswered += len(left)
@@ -224,24 +245,3 @@ class BatchMode:
         log.info("batch: %s %s: %d results merged into the store%s", u.batch_id, status, len(expected) -
                  len(left), f", {len(left)} requests unanswered" if left and status != "failed" else "")
         return rejected
-
-    def _refused(self, u: Upload, obj: dict[str, Any], left: set[str], outcome: Collected) -> bool:
-        """A batch that failed validation: Groq's line errors become permanent row errors."""
-        lines = self._ledger.lines(u.id)
-        errors = (obj.get("errors") or {}).get("data") or []
-        self._ledger.update(u.id, detail=json.dumps(errors)[:20000])
-        blamed = 0
-        for e in errors:
-            line, message = e.get("line"), e.get("message") or e.get("code") or "rejected"
-            fp = lines.get(line) if isinstance(line, int) else None
-            log.error("batch: %s failed validation: line %s: %s", u.batch_id, line if fp else "-", message)
-            if fp is not None and fp in left:
-                self._store.put(Answer.failure(fp, f"the Batch API refused this request: {message}",
-                                               permanent=True, attempts=1))
-                left.discard(fp)
-                blamed += 1
-        if not blamed:
-            reasons = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "no reason given"
-            outcome.refused.append(f"{u.batch_id} ({u.name}): {reasons}")
-            return False
-        return True

@@ -14,11 +14,16 @@ from collections.abc import Iterator
 from batch.batchapi.endpoints import BatchApi
 from batch.batchapi.files import remove_folder_if_empty, upload_folder
 from batch.batchapi.mode import BatchMode, Collected
+from batch.batchapi.packed import PackedBatch
+from batch.batchapi.steps import Trace
 from batch.errors import FatalApiError, JobError, Stopped
+from batch.job.catalog import limits_for
 from batch.job.config import Job
 from batch.job.endpoint import Endpoint
 from batch.job.schema import shape_of
+from batch.render.packer import Packer
 from batch.render.prompts import Group, Renderer
+from batch.report.phases import Phase, no_phase
 from batch.report.progress import BatchProgress
 from batch.report.summary import RunStats
 from batch.send.client import Client
@@ -38,9 +43,9 @@ class BatchPass:
 
     def __init__(self, job: Job, rows: Rows, renderer: Renderer, store: Store, stats: RunStats, *,
                  limit: int | None, retry_failed: bool, wait: bool,
-                 spend_cap: SpendCap | None = None) -> None:
+                 spend_cap: SpendCap | None = None, phase: Phase = no_phase) -> None:
         self._job, self._rows, self._renderer, self._store, self._stats = job, rows, renderer, store, stats
-        self._spend_cap = spend_cap
+        self._spend_cap, self._phase = spend_cap, phase
         self._limit, self._retry_failed, self._wait = limit, retry_failed, wait
         self._mode: BatchMode | None = None
         self.stopped = False
@@ -83,7 +88,9 @@ class BatchPass:
             mode = BatchMode(BatchApi(client), self._store, self._stats, progress, folder=folder,
                              window=job.run.completion_window, poll_max_s=job.run.poll_interval,
                              wait=self._wait, job_name=job.file.name, retry_failed=self._retry_failed,
-                             shape=shape_of(job.task.response_format), spend_cap=self._spend_cap)
+                             shape=shape_of(job.task.response_format), spend_cap=self._spend_cap,
+                             packed=self._packs(),
+                             trace=Trace(self._stats, self._phase))
             self._mode = mode
             if self.stopped:
                 mode.stop()
@@ -101,6 +108,18 @@ class BatchPass:
                 self._store.flush()
                 remove_folder_if_empty(folder)
         return self._outcome(collected)
+
+    def _packs(self) -> PackedBatch | None:
+        """rows-per-request: the rows go in packs, each small enough for the model's context (the
+        Batch API paces itself: no per-minute limit applies)."""
+        r = self._renderer
+        if not r.packs:
+            return None
+        context = limits_for(r.model).context_window
+        shape = shape_of(self._job.task.response_format)
+        return PackedBatch(self._store, Packer(r.rows_per_request, server=r.server, shape=shape,
+                                               budget=r.completion_budget, limit=lambda: context),
+                           shape, self._stats)
 
     def _outcome(self, got: Collected) -> int:
         job = self._job

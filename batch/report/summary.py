@@ -78,14 +78,18 @@ class RunStats:
             self.rate_limited += 1
         self.timeline.add(tl.RATE_LIMITED if isinstance(exc, RateLimited) else tl.ERRORS)
 
-    def record_answer(self, a: Answer, *, batch: bool = False) -> None:
+    def record_answer(self, a: Answer, *, batch: bool = False, counted: bool = True) -> None:
+        """An answer arrived; `counted` False: only its tokens count (a row of a pack that is sent again
+        keeps what that pack cost it, but is neither answered nor failed yet)."""
         if batch:
             self.batch_results += 1
             self.batch_input_tokens += a.input_tokens or 0
             self.batch_output_tokens += a.output_tokens or 0
             self.batch_cached_tokens += a.cached_tokens or 0
         bucket = self.timeline.bucket()  # one look-up for this answer's counters over time
-        if a.ok:
+        if not counted:
+            pass
+        elif a.ok:
             self.answered += 1
             bucket[tl.ANSWERED] += 1
             if a.latency_s is not None:

@@ -19,7 +19,7 @@ from batch.records import Request
 
 
 @dataclass(slots=True)
-class Job:
+class Admitted:
     request: Request
     attempts: int = 0
     place: bool = True  # holds one of the producer's places (a pack's rows sent again do not)
@@ -27,7 +27,7 @@ class Job:
 
 class Intake:
     def __init__(self, places: int) -> None:
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.queue: asyncio.Queue[Admitted] = asyncio.Queue()
         self._places = asyncio.Semaphore(places)
         self._unfinished = 0
         self._idle = asyncio.Event()
@@ -44,9 +44,9 @@ class Intake:
         self.outstanding.update(request.fingerprints)
         self._unfinished += 1
         self._idle.clear()
-        self.queue.put_nowait(Job(request, place=place))
+        self.queue.put_nowait(Admitted(request, place=place))
 
-    def finish(self, job: Job, keep: frozenset[str] = frozenset()) -> None:
+    def finish(self, job: Admitted, keep: frozenset[str] = frozenset()) -> None:
         """The job is done with; its fingerprints leave `outstanding`, but for those in `keep` (rows
         of a pack admitted again in a smaller one)."""
         for fp in job.request.fingerprints:
@@ -58,7 +58,7 @@ class Intake:
         if self._unfinished == 0:
             self._idle.set()
 
-    def queued(self) -> list[Job]:
+    def queued(self) -> list[Admitted]:
         """Take every job waiting in the queue (a stop drops them)."""
         jobs = []
         while not self.queue.empty():

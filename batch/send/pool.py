@@ -30,8 +30,8 @@ from batch.errors import ApiError, FatalApiError, RateLimited
 from batch.records import Answer, Completion, Request
 from batch.report.logs import about
 from batch.report.summary import RunStats
+from batch.send.intake import Admitted as _Job
 from batch.send.intake import Intake, each
-from batch.send.intake import Job as _Job
 from batch.send.pacing import Pacing, too_large
 from batch.send.responses import textless
 from batch.send.retry import Action, RetryPolicy

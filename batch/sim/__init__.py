@@ -11,12 +11,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .answers import sim_pack_answer
+    from .packs import PACK_FAULT_KINDS, read_pack
     from .server import (
         DECOMMISSIONED,
         FAULT_KINDS,
         KNOWN_MODELS,
         ORG,
-        PACK_FAULT_KINDS,
         PREFIX,
         UPGRADE,
         LogEntry,
@@ -28,11 +29,9 @@ if TYPE_CHECKING:
         count_prompt_tokens,
         count_tokens,
         go_duration,
-        read_pack,
         serve,
         sim_answer,
         sim_json_answer,
-        sim_pack_answer,
     )
 
 __all__ = [
@@ -45,10 +44,12 @@ __all__ = [
 
 # Imported on first use, so that a run that does not simulate never loads the server (aiohttp.web).
 _FROM_CONFIG = {"SimConfig", "add_cli_arguments", "config_from_args"}
+_HOME = {"PACK_FAULT_KINDS": ".packs", "read_pack": ".packs", "sim_pack_answer": ".answers"}
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(".config" if name in _FROM_CONFIG else ".server", __name__)
+    home = _HOME.get(name, ".config" if name in _FROM_CONFIG else ".server")
+    module = importlib.import_module(home, __name__)
     return getattr(module, name)

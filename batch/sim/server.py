@@ -8,10 +8,8 @@ imitation lives in modules of its own, which this one puts together:
 - :mod:`.schema`: Groq's strict request schema (an unknown key is a 400) and its error bodies;
 - :mod:`.answers`: the models, and the answers with their usage and 200 body. Every answer is a pure
   function of its request (:func:`sim_answer` echoes the last user message; a JSON ``response_format``
-  gets :func:`sim_json_answer`; a pack gets :func:`sim_pack_answer`, item by item), so a test can prove
-  that each answer landed on its own row;
-- :mod:`.packs`: packs (several rows in one request: :func:`read_pack` tells one) and the pack faults,
-  which this module draws, per item of each pack it answers, when ``SimConfig.pack_fault_rate`` is set;
+  gets :func:`sim_json_answer`; a pack, :mod:`.packs`, item by item, with the pack faults this module
+  draws), so a test can prove that each answer landed on its own row;
 - :mod:`.limits`: the per-model rate limits (RPM/TPM token buckets, RPD/TPD daily counters) with the
   ``x-ratelimit-*`` headers and ``retry-after``; :mod:`.faults`: the injected faults;
 - :mod:`.config`: :class:`SimConfig` and the ``simulate`` command's options;
@@ -48,7 +46,6 @@ from .answers import (
     model_object,
     sim_answer,
     sim_json_answer,
-    sim_pack_answer,
     size_up,
     usage_block,
 )
@@ -56,15 +53,14 @@ from .batches import BatchApi
 from .config import FAULT_KINDS, SimConfig, add_cli_arguments, config_from_args
 from .faults import fault_response
 from .limits import ORG, UPGRADE, Budget, go_duration
-from .packs import PACK_FAULT_KINDS, draw_damage, pack_size, read_pack
+from .packs import draw_damage, pack_size
 from .schema import HttpError, invalid_key, parse_json, validate
 
 # What other code imports from here, whichever module of the simulator defines it.
 __all__ = [
-    "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PACK_FAULT_KINDS", "PREFIX", "UPGRADE",
-    "LogEntry", "ServedModel", "SimConfig", "Simulator", "add_cli_arguments", "config_from_args",
-    "count_prompt_tokens", "count_tokens", "go_duration", "read_pack", "serve", "sim_answer",
-    "sim_json_answer", "sim_pack_answer",
+    "DECOMMISSIONED", "FAULT_KINDS", "KNOWN_MODELS", "ORG", "PREFIX", "UPGRADE", "LogEntry", "ServedModel",
+    "SimConfig", "Simulator", "add_cli_arguments", "config_from_args", "count_prompt_tokens", "count_tokens",
+    "go_duration", "serve", "sim_answer", "sim_json_answer",
 ]
 
 PREFIX = "/openai/v1"
@@ -114,11 +110,9 @@ class Simulator:
         self.batch_api.add_routes(self.app.router, PREFIX)  # before the catch-all below, which would win
         self.files, self.batches = self.batch_api.files, self.batch_api.batches
         self.app.router.add_route("*", "/{tail:.*}", self._unknown_url)  # e.g. a client that posts to /v1
-        # Separate streams, so that turning jitter on does not change which requests get faults, nor pack
-        # faults which requests fail (seed + 2 and + 3 are the Batch API's, + 5 its pack faults').
         self._fault_rng = random.Random(self.config.seed)
         self._jitter_rng = random.Random(self.config.seed + 1)
-        self._pack_rng = random.Random(self.config.seed + 4)
+        self._pack_rng = random.Random(self.config.seed + 4)  # streams apart: jitter changes no fault
         self._epoch = clock()
         self._budgets: dict[str, Budget] = {}
         self._runner: web.AppRunner | None = None
@@ -228,9 +222,8 @@ class Simulator:
         jitter = self._jitter_rng.uniform(0, cfg.jitter_ms) if cfg.jitter_ms > 0 else 0.0
         if not await self._wait(request, (cfg.latency_ms + jitter) / 1000):
             return None
-        # Pack faults are drawn as the pack is answered, per item in order (none when the rate is 0).
-        damage = draw_damage(pack_size(body), cfg.pack_fault_rate, cfg.pack_faults, self._pack_rng)
-        text, completion, finish = answer(body, cap, damage)
+        text, completion, finish = answer(body, cap, draw_damage(  # per item, as the pack is answered
+            pack_size(body), cfg.pack_fault_rate, cfg.pack_faults, self._pack_rng))
         budget = self._budget(model)
         budget.charge(prompt + completion - requested)  # Groq charges what was used, not what was asked
         trace["tokens"] = str(prompt + completion)

@@ -98,6 +98,15 @@ _WRITTEN: tuple[Migration, ...] = (
         "CREATE TABLE IF NOT EXISTS claims (fingerprint TEXT PRIMARY KEY, run INTEGER NOT NULL, "
         "owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
     )),
+    # 8: the fields of since = 8 (rows_in_request)
+    # A Batch API line that carries a pack (rows-per-request): its rows, each with its id in the pack
+    # and its item's tokens, and the pack's shared tokens (`store.packlines`).
+    Migration(9, "the rows of each Batch API line that carries a pack", (
+        "CREATE TABLE IF NOT EXISTS upload_packs (upload INTEGER NOT NULL, custom_id TEXT NOT NULL, "
+        "member TEXT NOT NULL, item TEXT NOT NULL, tokens INTEGER NOT NULL, shared INTEGER NOT NULL, "
+        "text_job INTEGER NOT NULL, PRIMARY KEY (upload, custom_id, member)) WITHOUT ROWID",
+        "CREATE INDEX IF NOT EXISTS upload_packs_member ON upload_packs (member)",
+    )),
 )
 BASELINE = 6  # the migrations files from before user_version may hold without saying so
 
