@@ -221,7 +221,7 @@ def test_an_earlier_versions_recall_file_is_read_with_the_new_fields_null(tmp_pa
     """A recall file written before rows_in_request existed still answers its rows (no lookups)."""
     store = Store(tmp_path / "state.sqlite")
     old_row = pa.struct([f for f in ROW if f.name != "rows_in_request"])
-    fps = [f"fp{i}" for i in range(3)]
+    fps: list[str | None] = [f"fp{i}" for i in range(3)]
     rows = [{**dict.fromkeys(old_row.names), "fingerprint": fp, "text": f"answer {fp}", "permanent": 0,
              "run": 1} for fp in fps]
     old = pa.schema([("fingerprint", pa.string()), ("answer", old_row)])
