@@ -55,7 +55,7 @@ class PackedBatch:
         stored = self._store.get_many([r.fingerprint for r in chunk]) if chunk else {}
         for r in chunk:
             last = stored[r.fingerprint][0] if r.fingerprint in stored else None
-            if last is not None and last.error == RESENT and (last.rows_in_request or 0) > 1:
+            if last is not None and last.error == RESENT:  # in a pack half the size of its last
                 yield from self._packer.add(r, size=max(1, (last.rows_in_request or 2) // 2),
                                             spent=_spent(last), attempts=last.attempts)
             else:
@@ -85,7 +85,7 @@ class PackedBatch:
         stored = self._store.get_many([fp for fp, _, _ in line.rows])
         members = tuple(_member(fp, item, tokens, stored[fp][0] if fp in stored else None)
                         for fp, item, tokens in line.rows)
-        pack = Pack(Base(b"", b"", line.shared, 0, line.text_job, self._shape), members)
+        pack = Pack(Base(b"", b"", line.shared, 0, line.text_job, self._shape, self._packer.tries), members)
         if a.ok:
             good, again = pack.outcome(_completion(a), attempts=1, latency_s=None)
         elif len(members) > 1:  # a failed line is not billed: its rows go again, smaller

@@ -118,7 +118,8 @@ class BatchPass:
         context = limits_for(r.model).context_window
         shape = shape_of(self._job.task.response_format)
         return PackedBatch(self._store, Packer(r.rows_per_request, server=r.server, shape=shape,
-                                               budget=r.completion_budget, limit=lambda: context),
+                                               budget=r.completion_budget, limit=lambda: context,
+                                               tries=self._job.limits.max_attempts),
                            shape, self._stats)
 
     def _outcome(self, got: Collected) -> int:

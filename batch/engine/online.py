@@ -143,7 +143,8 @@ class OnlinePass:
         context = limits_for(renderer.model).context_window
         return Packer(renderer.rows_per_request, server=renderer.server, shape=self._shape,
                       budget=renderer.completion_budget,
-                      limit=lambda: min(pool.pacer.tokens_per_minute, context))
+                      limit=lambda: min(pool.pacer.tokens_per_minute, context),
+                      tries=self._limits.max_attempts)
 
     async def _unanswered(self, pool: Pool, progress: Progress, keys: RowFingerprints,
                           recall: Recall) -> AsyncIterator[Request]:

@@ -47,8 +47,9 @@ class Packer:
     minute limit and the model's context). A row that cannot be packed is handed back as it is."""
 
     def __init__(self, size: int, *, server: str | None, shape: Shape | None, budget: int,
-                 limit: Callable[[], float]) -> None:
+                 limit: Callable[[], float], tries: int = 1) -> None:
         self.size, self._server, self._shape, self._budget, self._limit = size, server, shape, budget, limit
+        self.tries = tries  # requests a row alone is given to bring back a usable item
         self._open: dict[bytes, tuple[Base, list[Member]]] = {}
         self._bases: dict[bytes, Base] = {}
         self.held: set[str] = set()  # fingerprints in open packs: not yet with the pool
@@ -115,7 +116,7 @@ class Packer:
                              "response_format": spelling.response_format_for(self._server, rf)})
         head, tail = whole.split(JSON.encode(mark)[1:-1], 1)
         base = Base(head=head.encode(), tail=tail.encode(), shared_tokens=tokens(whole),
-                    budget=self._budget, text_job=fmt is None, shape=self._shape)
+                    budget=self._budget, text_job=fmt is None, shape=self._shape, tries=self.tries)
         self._bases[key] = base
         return base
 

@@ -12,7 +12,8 @@ the answer a string for a text job, the job's own schema nested for a structured
 A row takes the one item that carries its id and an answer of the right shape, and nothing else: an
 item missing, repeated or invalid, an unknown id, or a pack cut short (`finish_reason` length) or
 not JSON, sends the rows without a good item again, in packs of half the size, down to one row; a
-row alone whose answer is still unusable fails (with --retry-failed, it is sent again). A model
+row alone is asked again until its `max-attempts` are spent (not when its answer was cut short: it
+would be again), then fails (with --retry-failed, it is sent again). A model
 that swaps two items' ids cannot be caught by ids alone; nothing else gives a row another's answer.
 
 Usage is apportioned so a run's columns add up to what the server counted (`shares`): the prompt
@@ -59,6 +60,7 @@ class Base:
     budget: int  # the completion budget counted against the limits
     text_job: bool  # the answer is a string (else the job's JSON)
     shape: Shape | None  # the job's own schema, each item's answer checked against it
+    tries: int = 1  # requests a row alone is given to bring back a usable item (`max-attempts`)
 
     def body(self, members: Sequence[Member]) -> bytes:
         # The array goes inside a JSON string: its own quotes and backslashes escaped once more.
@@ -99,6 +101,7 @@ class Pack:
         """Each row's answer that came back whole (or, for a row alone, its failure), and the rows to
         send again, each charged its share of this request and counting it among its attempts."""
         items, problem = _items(completion)
+        cut = completion.text is None or completion.finish_reason == "length"
         by_id: dict[str, list[Any]] = {}
         sizes: dict[str, int] = {}
         for item in items:
@@ -121,7 +124,9 @@ class Pack:
             if text is not None:
                 good.append(_answer(m, paid, completion, text=text, attempts=m.attempts + attempts,
                                     latency_s=latency_s, rows=len(self.members)))
-            elif len(self.members) > 1:
+            elif len(self.members) > 1 or (not cut and m.attempts + attempts < self.base.tries):
+                # A row alone is asked again while it has attempts left: a model that lost or mangled
+                # its item may not the next time. A cut answer would be cut again: no.
                 again.append(replace(m, spent=paid, attempts=m.attempts + attempts))
             else:
                 good.append(_answer(m, paid, completion, text=None, attempts=m.attempts + attempts,

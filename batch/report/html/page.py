@@ -60,7 +60,9 @@ TILES = (("rows", "rows", "int"), ("rows_ok", "rows ok", "int"), ("rows_failed",
          ("latency_p50_s", "latency p50", "s"), ("latency_p95_s", "latency p95", "s"),
          ("latency_p99_s", "latency p99", "s"), ("queue_time_p50_s", "queue time p50", "s"),
          ("queue_time_p95_s", "queue time p95", "s"), ("elapsed_s", "elapsed", "s"),
-         ("batches", "Batch API batches", "int"), ("batch_requests", "requests in batches", "int"))
+         ("batches", "Batch API batches", "int"), ("batch_requests", "requests in batches", "int"),
+         ("pack_sizes", "packs (rows x packs)", "packs"), ("rows_resent", "rows sent again", "int"))
+_PACKED = ("pack_sizes", "rows_resent")  # shown when the run sent packs (rows-per-request)
 
 
 def render(data: dict[str, Any]) -> str:
@@ -113,7 +115,8 @@ def _header(data: dict[str, Any]) -> str:
 def _tiles(s: dict[str, Any]) -> str:
     out = []
     for key, label, fmt in TILES:
-        if key not in s or (key.startswith("batch") and not s.get("batches")):
+        if key not in s or (key.startswith("batch") and not s.get("batches")) or \
+                (key in _PACKED and not s.get("pack_sizes")):
             continue
         value = s[key]
         out.append(f'<div class="tile"><div class="k">{_e(label)}</div><div class="v" data-key="{key}" '
@@ -128,6 +131,8 @@ def _fmt(v: Any, fmt: str) -> str:
         return f"{int(v):,}"
     if fmt == "usd":
         return plots.money(v)
+    if fmt == "packs":  # {"20": 48, "10": 2}: 48 packs of 20 rows, 2 of 10
+        return ", ".join(f"{rows} x {n:,}" for rows, n in v.items())
     if fmt == "rate":
         return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
     return f"{v * 1000:.0f} ms" if v < 1 else f"{v:,.2f} s"
