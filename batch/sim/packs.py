@@ -12,9 +12,9 @@ This module owns the pack's wire format, seen from the server, and the pack faul
   given each item's own answer, which :mod:`.answers` computes (this module knows nothing of what the
   model says);
 - the pack faults (:data:`PACK_FAULT_KINDS`), drawn per item by :func:`draw_damage` from a seeded RNG of
-  the caller's: ``lose`` leaves the item out; ``repeat`` gives it twice, the second time (right after the
-  first) with a wrong answer, the next item's whose answer differs, else its own altered; ``rename``
-  gives its answer under an id that no item of the pack has.
+  the caller's: ``lose`` leaves the item out; ``repeat`` gives it twice, once with a wrong answer (the
+  next item's whose answer differs, else its own altered) right after the right one, or right before it
+  for an odd item index; ``rename`` gives its answer under an id that no item of the pack has.
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def pack_text(pack: Pack, answers: Sequence[Any], damage: Sequence[str | None] =
         kind = damage[index] if index < len(damage) else None
         if kind == "lose":
             continue
-        out.append({"id": _unused_id(id_, ids) if kind == "rename" else id_, "answer": right})
-        if kind == "repeat":
-            out.append({"id": id_, "answer": _wrong(answers, index)})
+        mine = {"id": _unused_id(id_, ids) if kind == "rename" else id_, "answer": right}
+        twice = [{"id": id_, "answer": _wrong(answers, index)}] if kind == "repeat" else []
+        # The wrong copy comes first for every other item: a client that takes the first copy shows.
+        out += [*twice, mine] if index % 2 else [mine, *twice]
     return json.dumps({"answers": out}, ensure_ascii=False)
