@@ -53,6 +53,10 @@ class Carried(Protocol):
         """Each row's failure, when the pack's request failed for good."""
         ...
 
+    def shelved(self) -> list[Answer]:
+        """What its rows keep of earlier packs' cost, when the pack is dropped unsent (a stop)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RateInfo:

@@ -21,13 +21,12 @@ from dataclasses import replace
 from batch.job.schema import Shape
 from batch.records import Answer, Completion, Request
 from batch.render.packer import Packer
-from batch.render.packs import Base, Member, Pack
+from batch.render.packs import RESENT, Base, Member, Pack, resent, resumed
 from batch.render.shares import Spent
 from batch.report.summary import RunStats
 from batch.store.answers import Store
 from batch.store.packlines import PackLine, PackLines
 
-RESENT = "its pack's answer held no usable item for this row; it is sent again in a smaller pack"
 _LOOKUP = 500  # rows whose stored answers are looked up at once, for their pack size and tokens so far
 
 
@@ -54,12 +53,8 @@ class PackedBatch:
     def _packed(self, chunk: list[Request]) -> Iterator[Request]:
         stored = self._store.get_many([r.fingerprint for r in chunk]) if chunk else {}
         for r in chunk:
-            last = stored[r.fingerprint][0] if r.fingerprint in stored else None
-            if last is not None and last.error == RESENT:  # in a pack half the size of its last
-                yield from self._packer.add(r, size=max(1, (last.rows_in_request or 2) // 2),
-                                            spent=_spent(last), attempts=last.attempts)
-            else:
-                yield from self._packer.add(r)
+            size, spent, attempts = resumed(stored[r.fingerprint][0] if r.fingerprint in stored else None)
+            yield from self._packer.add(r, size=size, spent=spent, attempts=attempts)
             self.resend.discard(r.fingerprint)
 
     def written(self, r: Request) -> None:
@@ -95,22 +90,19 @@ class PackedBatch:
                                         request_id=a.request_id), []
         self._stats.record_pack(len(members), len(again))
         self.resend.update(m.fingerprint for m in again)
-        resent = [m.spent.charged(replace(Answer.failure(
-            m.fingerprint, RESENT, permanent=False, attempts=m.attempts), rows_in_request=len(members)))
-            for m in again]
+        again_ = [resent(m, len(members)) for m in again]
         # The run's figures count what this result cost, once: not what earlier packs cost its rows.
         carried = {m.fingerprint: m.spent for m in members}
-        for answer in good + resent:
+        for answer in good + again_:
             self._stats.record_answer(_less(answer, carried[answer.fingerprint]), batch=True,
                                       counted=answer.error != RESENT)
-        return good + resent
+        return good + again_
 
 
 def _member(fp: str, item: str, tokens: int, last: Answer | None) -> Member:
-    carried = last is not None and last.error == RESENT
+    _, spent, attempts = resumed(last)
     return Member(fp, row=int(item) - 1 if item.isdigit() else 0, id=item, item="", tokens=tokens,
-                  spent=_spent(last) if carried and last else Spent.NONE,
-                  attempts=last.attempts if carried and last else 0)
+                  spent=spent, attempts=attempts)
 
 
 def _less(a: Answer, earlier: Spent) -> Answer:

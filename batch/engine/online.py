@@ -26,6 +26,7 @@ from batch.job.endpoint import Endpoint
 from batch.job.schema import Shape, judge
 from batch.records import Answer, Request
 from batch.render.packer import Packer
+from batch.render.packs import RESENT, resumed
 from batch.render.prompts import Renderer
 from batch.report.progress import Progress
 from batch.report.summary import RunStats
@@ -95,7 +96,7 @@ class OnlinePass:
             answer = judge(self._shape, answer)
             store.journal.hold(answer)
             committer.poke()  # committed at once, off the loop (see `Committer`)
-            self._stats.record_answer(answer)
+            self._stats.record_answer(answer, counted=answer.error != RESENT)  # RESENT: its cost only
             progress.advance()
 
         async with Client(endpoint.base_url, endpoint.key, timeout_s=limits.request_timeout,
@@ -160,6 +161,7 @@ class OnlinePass:
                 if not missing:
                     progress.advance(len(group))
                 shared = self._shared if missing else None
+                earlier = self._store.get_many(missing) if packer is not None and missing else {}
                 if shared is not None:  # what another call is sending already, this one waits for
                     missing = shared.split(group, missing)
                 for i, fp in enumerate(group.fingerprints if missing or shared else ()):
@@ -170,7 +172,9 @@ class OnlinePass:
                         if packer is None:
                             yield group.request(i)
                             continue
-                        for request in packer.add(group.request(i)):
+                        # A row a stopped run left mid-way goes on from there (`packs.resumed`).
+                        size, spent, tries = resumed(earlier[fp][0] if fp in earlier else None)
+                        for request in packer.add(group.request(i), size=size, spent=spent, attempts=tries):
                             yield request
                     elif shared is None or not shared.wait(fp):
                         progress.advance()

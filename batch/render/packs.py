@@ -68,6 +68,27 @@ class Base:
         return self.head + array[1:-1].encode() + self.tail
 
 
+# A row whose pack's answer had no good item for it, stored (a transient failure that keeps its share
+# of the tokens) when it cannot be sent again at once: a Batch API pack (the next round or run sends
+# it) or a pack the pool dropped as the run stopped. `resumed` sends it on from where it was.
+RESENT = "its pack's answer held no usable item for this row; it is sent again in a smaller pack"
+
+
+def resent(m: Member, rows: int) -> Answer:
+    """A row of a pack of `rows` rows, to be sent again: what it cost so far kept."""
+    failed = Answer.failure(m.fingerprint, RESENT, permanent=False, attempts=m.attempts)
+    return m.spent.charged(replace(failed, rows_in_request=rows))
+
+
+def resumed(last: Answer | None) -> tuple[int | None, Spent, int]:
+    """How a row goes again after its stored answer `last`: for a `RESENT` one, in a pack half the size
+    of its last, with what it cost and the attempts it took (else as a new row: None, nothing, 0)."""
+    if last is None or last.error != RESENT:
+        return None, Spent.NONE, 0
+    spent = Spent(last.input_tokens, last.output_tokens, last.cached_tokens, last.reasoning_tokens)
+    return max(1, (last.rows_in_request or 2) // 2), spent, last.attempts
+
+
 class Pack:
     """A pack in flight: its rows, and how its answer comes apart (`records.Carried`)."""
 
@@ -132,6 +153,12 @@ class Pack:
                 good.append(_answer(m, paid, completion, text=None, attempts=m.attempts + attempts,
                                     latency_s=latency_s, rows=1, error=why, permanent=True))
         return good, again
+
+    def shelved(self) -> list[Answer]:
+        """Its rows that earlier packs cost something, `RESENT`: the pack is dropped unsent (the run
+        stops), and the next run adds what they cost to their answers (`resumed`)."""
+        # As if from the pack they were in before, about twice this one: they go on in packs of this size.
+        return [resent(m, 2 * len(self.members)) for m in self.members if m.spent != Spent.NONE]
 
     def split(self) -> list[Request]:
         return self._regroup(list(self.members), self.smaller)

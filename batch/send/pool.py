@@ -1,21 +1,16 @@
 """The worker pool: `concurrency` workers, a bounded intake, retries that hold no slot.
 
-    requests ──► intake (at most `2 x concurrency` requests admitted and unfinished)
-                   │
-                   ▼
-               queue ──► worker x concurrency: pace ─► send ─► answer | retry | give up | stop
-                   ▲                                              │
-                   └──────────── timer (backoff) ◄────────────────┘
+    requests ──► intake (at most `2 x concurrency` admitted and unfinished) ──► queue ──► worker x
+    concurrency: pace ─► send ─► answer | retry (on a timer, back to the queue) | give up | stop
 
 Memory is bounded by the intake (`intake`), not by the input. A request waiting out a backoff sits on
 a timer, not in a worker, so a backoff sleep holds no concurrency. A 429 cools every worker down
-together (`Pacing.cool_down`).
-
-Stopping (a signal, a spent daily quota, a fatal API error) takes no new work: queued and backing-off
-requests are dropped unanswered (the next run sends them), workers waiting for the pacer are
-cancelled, and requests already on the wire are allowed to finish. A pack (`render.packs`) is one
-request to the pacer, the spend cap and the retry policy; answered, it comes apart into its rows'
-answers and smaller packs of the others, queued at once; refused for good, or too large, it is split.
+together (`Pacing.cool_down`). Stopping (a signal, a spent daily quota, a fatal API error) takes no
+new work: queued and backing-off requests are dropped unanswered (the next run sends them; a pack's
+rows keep what earlier packs cost them), workers waiting for the pacer are cancelled, and requests on
+the wire finish. A pack (`render.packs`) is one request to the pacer, the spend cap and the retry
+policy; answered, it comes apart into its rows' answers and smaller packs of the others, queued at
+once; refused for good, or too large, it is split.
 """
 
 from __future__ import annotations
@@ -102,24 +97,32 @@ class Pool:
             if task not in self._sending:
                 task.cancel()
 
-    def _finish(self, job: _Job, keep: frozenset[str] = frozenset()) -> None:
-        self._intake.finish(job, keep)
+    def _finish(self, job: _Job) -> None:
+        """Dropped unanswered (the next run sends it); a pack's rows keep what earlier packs cost them."""
+        self._shelve(job.request)
+        self._intake.finish(job)
+
+    def _shelve(self, request: Request) -> None:
+        for answer in request.pack.shelved() if request.pack is not None else ():
+            self._on_answer(answer)
 
     def _answer(self, job: _Job, answer: Answer) -> None:
         self._on_answer(answer)  # stored before the fingerprint leaves `outstanding`
-        self._finish(job)
+        self._intake.finish(job)
 
     def _unpacked(self, job: _Job, answers: list[Answer], again: list[Request]) -> None:
-        """A pack's rows: those answered are stored, the others queued again in smaller packs (or
-        left for the next run, once the pool is stopping)."""
+        """A pack's rows: those answered stored, the others queued again in smaller packs (stopping:
+        left for the next run)."""
         keep: set[str] = set()
-        if not self.stop_reason:
-            for request in again:
-                keep.update(request.fingerprints)
-                self._intake.admit(request, place=False)
+        for request in again:
+            if self.stop_reason:
+                self._shelve(request)
+                continue
+            keep.update(request.fingerprints)
+            self._intake.admit(request, place=False)
         for answer in answers:
             self._on_answer(answer)
-        self._finish(job, frozenset(keep))
+        self._intake.finish(job, frozenset(keep))
 
     async def _worker(self) -> None:
         me = asyncio.current_task()
@@ -138,15 +141,12 @@ class Pool:
 
     async def _attempt(self, job: _Job, me: asyncio.Task[None]) -> None:
         req = job.request
-        if self._spent is not None:
-            self.quota = self.quota or self._spent
+        self.quota = self.quota or self._spent
+        cost = await self.spend_cap.reserve(req.est_tokens) if self.spend_cap is not None and \
+            self._spent is None else 0.0
+        if self._spent is not None or cost is None:  # take no new work; the next run continues
             self._finish(job)
-            self.stop("daily quota reached")
-            return
-        cost = await self.spend_cap.reserve(req.est_tokens) if self.spend_cap is not None else 0.0
-        if cost is None:  # the spend cap: take no new work; the next run continues
-            self._finish(job)
-            self.stop("spend cap reached")
+            self.stop("daily quota reached" if self._spent is not None else "spend cap reached")
             return
         if (job.attempts == 0 and not self.pacer.fits(req.est_tokens)) or \
                 not await self.pacer.acquire(req.est_tokens):
