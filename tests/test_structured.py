@@ -117,7 +117,7 @@ def test_a_json_schema_job_writes_typed_columns(tmp_path: Path, simulator: tuple
     proc = run_batch(write_schema_job(tmp_path, write_job), "--base-url", url)
     assert proc.returncode == 0, proc.stderr
     table = pq.read_table(tmp_path / "out.parquet")
-    assert table.column_names[-7:] == ["reasoning", "title", "words", "score", "short", "tags", "meta"]
+    assert table.column_names[-7:] == ["rows_in_request", "title", "words", "score", "short", "tags", "meta"]
     schema = table.schema
     assert (schema.field("title").type, schema.field("words").type, schema.field("score").type,
             schema.field("short").type, schema.field("tags").type, schema.field("meta").type) == (
