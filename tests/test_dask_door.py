@@ -1,19 +1,23 @@
 """The Python door with a Dask DataFrame: run on the Dask client in use (a LocalCluster of two worker
 processes on 127.0.0.1) or on a LocalCluster for the call, a Dask DataFrame back with every answer on
-its row and in order, a re-run that sends nothing, a plan that sends nothing, and a run stopped by a
-daily quota (its partial a Dask DataFrame) resumed without paying twice. Every request goes to a real
-simulator on a loopback socket, whose log counts what was sent; the per-user cache lives under a
+its row and in order, a re-run that sends nothing, a plan that sends nothing, a run stopped by a daily
+quota (its partial a Dask DataFrame) resumed without paying twice, and a worker process SIGKILLed
+mid-run under a rate limit (no row lost, the one limit held for the cluster). Every request goes to a
+real simulator on a loopback socket, whose log counts what was sent; the per-user cache lives under a
 temporary XDG_CACHE_HOME."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from clusterkit import local_cluster
+from clusterkit import answered, busiest_window, local_cluster, refused, wait_for
 
 import batch
 from batch.sim import Simulator, sim_answer
@@ -157,3 +161,62 @@ def test_with_state_a_grown_frame_sends_only_its_new_rows(
     got = out.compute()
     assert out.npartitions == 9 and list(got["id"]) == list(range(44))
     assert got.loc[got["body"].notna(), "text"].notna().all()
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_mid_run_loses_no_row_and_the_limit_holds_for_the_cluster(
+        dask_client: Any, start_sim: StartSim, cache: Path) -> None:
+    # The server allows 1200 requests a minute (3 s of burst); the job paces at the same 1200/min for
+    # the whole cluster (the scheduler's one rate starts empty: 20 a second from the first request),
+    # so 160 rows take about 8 s. Once the simulator has answered 30, one busy worker is SIGKILLed:
+    # Dask runs its partition again on the worker left (or the one its nanny restarts), which resumes
+    # from the partition's journal.
+    url, sim = start_sim(rpm=1200, burst_s=3.0, latency_ms=50)
+    rows = 160
+    df = pd.DataFrame({"id": range(rows), "body": [f"kill {i}: {HOSTILE[i % len(HOSTILE)]}" for i in
+                                                   range(rows)]})
+    ddf = dd.from_pandas(df, npartitions=8)
+    assert ddf.npartitions == 8
+    pids: dict[str, int] = dask_client.run(os.getpid)
+
+    def busy() -> list[str]:
+        """The workers running a partition (a task of the run: `batch-<job>-<nonce>-part-NNNNN`)."""
+        return [w for w, keys in dask_client.processing().items() if any("-part-" in str(k) for k in keys)]
+
+    def kill_a_busy_worker() -> int:
+        wait_for(lambda: sent(sim) >= 30 and bool(busy()), "30 answers and a worker on a partition",
+                 timeout=60)
+        at_kill = sent(sim)
+        os.kill(pids[busy()[0]], signal.SIGKILL)
+        return at_kill
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        killer = pool.submit(kill_a_busy_worker)
+        out = batch.run(ddf, **{**opts(url), "requests_per_minute": 1200})
+        at_kill = killer.result(timeout=60)
+    dask_client.wait_for_workers(2, timeout=60)  # the nanny restarts it, for the next test
+
+    assert at_kill < rows  # killed mid-run
+    # Nothing lost: every row, in order and in its partition, with its own answer (the simulator
+    # echoes the prompt after the model's name).
+    assert out.npartitions == 8
+    got = out.compute()
+    assert list(got["id"]) == list(range(rows)) and got["error"].isna().all()
+    assert list(got["text"]) == [f"[{MODEL}] Summarize: {body}" for body in df["body"]]
+    for i in range(8):
+        assert list(out.get_partition(i).compute()["id"]) == list(range(20 * i, 20 * i + 20))
+    # Counted at the simulator: each row's request answered, none refused, and at most what the
+    # killed worker had on the wire (its concurrency) paid twice; the summary counts what this run
+    # paid, the killed worker's committed answers included (bought by this run, not found in a store).
+    counts = answered(sim)
+    paid = sum(counts.values())
+    assert len(counts) == rows and paid - rows <= 4
+    assert refused(sim) == 0
+    summary = out.attrs["batch"]
+    assert summary["rows"] == rows and summary["rows_ok"] == rows and summary["rows_from_store"] == 0
+    assert paid - 4 <= summary["requests_sent"] <= paid
+    # The limit held for the cluster: 20 a second, with at most a lease's slack on top. Two workers
+    # pacing themselves at 1200/min would send 40 a second (160 within 4 s) and draw 429s once the
+    # server's 3 s of burst were spent.
+    assert busiest_window(sim, 1.0) <= 20 + 40 + 1
+    assert busiest_window(sim, 4.0) <= 4 * 20 + 40 + 1
