@@ -33,6 +33,9 @@ class BatchError(Exception):
     """Base of every error batch raises on purpose."""
 
     exit_code = 1
+    # set once the run's ending is in its metrics file and trace (`engine.drive`): a door that sees
+    # the error go by records a refusal only when it was not (`doors.watching.refused`)
+    recorded = False
 
 
 class JobError(BatchError, ValueError):

@@ -5,6 +5,10 @@ a benchmark measures. This server answers every POST with the same small complet
 HTTP/1.1 on a bare asyncio protocol: no validation, no limits. Loopback only.
 
     python bench/fastserver.py --port 8766
+    python bench/fastserver.py --port 4318 --otlp received.txt
+
+With `--otlp FILE` it is an OpenTelemetry collector that keeps nothing: every POST (/v1/traces,
+/v1/metrics) gets an empty 200, and its path and body size are appended to FILE.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 
 BODY = json.dumps({
     "id": "chatcmpl-fast", "object": "chat.completion", "created": 0, "model": "openai/gpt-oss-20b",
@@ -21,6 +26,8 @@ BODY = json.dumps({
 }).encode()
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
             + str(len(BODY)).encode() + b"\r\nx-ratelimit-limit-tokens: 1000000000\r\n\r\n" + BODY)
+OTLP = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+RECEIVED: Path | None = None  # --otlp: where each request's path and size go
 
 
 class Http(asyncio.Protocol):
@@ -42,8 +49,12 @@ class Http(asyncio.Protocol):
                     length = int(value)
             if len(self.buffer) < end + 4 + length:
                 return
+            if RECEIVED is not None:
+                path = self.buffer[:end].split(b" ", 2)[1].decode()
+                with RECEIVED.open("a", encoding="utf-8") as f:
+                    f.write(f"{path} {length}\n")
             self.buffer = self.buffer[end + 4 + length:]
-            self.transport.write(RESPONSE)
+            self.transport.write(RESPONSE if RECEIVED is None else OTLP)
 
 
 async def serve(port: int) -> None:
@@ -55,4 +66,7 @@ async def serve(port: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8766)
-    asyncio.run(serve(ap.parse_args().port))
+    ap.add_argument("--otlp", type=Path, help="answer as an OTLP/HTTP collector; log what arrives here")
+    args = ap.parse_args()
+    RECEIVED = args.otlp
+    asyncio.run(serve(args.port))

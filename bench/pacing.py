@@ -163,12 +163,13 @@ def main() -> None:
 
 
 @contextmanager
-def fast_server() -> Iterator[str]:
+def fast_server(*args: str) -> Iterator[str]:
+    """bench/fastserver.py in a process of its own (`args`: more of its options); its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = Path(__file__).with_name("fastserver.py")
-    proc = subprocess.Popen([sys.executable, str(server), "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, str(server), "--port", str(port), *args])
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

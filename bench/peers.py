@@ -1,9 +1,13 @@
 """batch against its peers, in one run: the same rows, the same servers, one table with ratios.
 
     python bench/peers.py [--venv /tmp/peers-venv] [--fast-rows 20000] [--memory-rows 20000 100000]
+    python bench/peers.py --scenarios fast memory --only batch aiohttp --ops
 
 Contenders, each a fresh process reading the same CSV and writing a Parquet file with the answers:
 - `batch`: `python -m batch run JOB.toml`.
+- `batch+ops` (`--ops`): the same with the operations layer on: `--metrics-file` and OpenTelemetry
+  export (OTEL_EXPORTER_OTLP_ENDPOINT) to a collector that answers 200 and keeps nothing
+  (`fastserver.py --otlp`, a process of its own); the note says what the collector received.
 - `groq-sdk`: Groq's official SDK (`AsyncGroq`), one task per row under an `asyncio.Semaphore`, the
   SDK's own retries (raised to 10), as its documentation suggests for concurrency.
 - `curator`: bespokelabs-curator's `LLM` on its OpenAI-compatible backend, with its rate limits set.
@@ -22,6 +26,7 @@ Wall, CPU and peak RSS are the child's own (`/usr/bin/time`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import os
@@ -40,7 +45,7 @@ from batch.sim import SimConfig
 HERE = Path(__file__).resolve().parent
 MODEL = "openai/gpt-oss-20b"
 BIG = 10**9
-CONTENDERS = ("batch", "groq-sdk", "curator", "aiohttp")
+CONTENDERS = ("batch", "groq-sdk", "curator", "aiohttp")  # and batch+ops, with --ops
 
 
 @dataclass
@@ -92,10 +97,16 @@ text-column = "answer"
     return d / "job.toml"
 
 
-def run(name: str, d: Path, url: str, python: str, rpm: int, concurrency: int) -> Result:
-    if name == "batch":
+def run(name: str, d: Path, url: str, python: str, rpm: int, concurrency: int,
+        collector: str | None = None) -> Result:
+    ops: dict[str, str] = {}
+    if name.startswith("batch"):
         argv = [sys.executable, "-m", "batch", "run", str(job_file(d, rpm, concurrency)), "-q",
                 "--base-url", url]
+        if name == "batch+ops":
+            assert collector is not None, "batch+ops needs the collector (--ops)"
+            argv += ["--metrics-file", str(d / "job.prom")]
+            ops = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_SERVICE_NAME": "batch-bench"}
     else:
         argv = [python, str(HERE / "peer_clients.py"), name, str(d / "in.csv"), str(d / f"{name}.parquet"),
                 url, MODEL, str(rpm), str(concurrency)]
@@ -104,6 +115,7 @@ def run(name: str, d: Path, url: str, python: str, rpm: int, concurrency: int) -
            "CURATOR_CACHE_DIR": str(d / "curator-cache"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True", "CURATOR_DISABLE_RICH_DISPLAY": "1",
            "DO_NOT_TRACK": "1", "TELEMETRY_ENABLED": "false", "CURATOR_VIEWER": "0"}
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")} | ops
     t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-o", str(timing), "-f", "%U %S %M", *argv], env=env, cwd=d,
                           capture_output=True, text=True, timeout=1800)
@@ -112,7 +124,12 @@ def run(name: str, d: Path, url: str, python: str, rpm: int, concurrency: int) -
         last = (proc.stderr.strip().splitlines() or ["?"])[-1][:160]
         return Result(wall, 0.0, 0.0, f"failed (exit {proc.returncode}): {last}")
     user, system, rss_kb = timing.read_text().split()[-3:]
-    return Result(wall, float(user) + float(system), int(rss_kb) / 1024)
+    note = ""
+    if ops:  # what the operations layer left: the metrics file, what the collector got, any warning
+        warned = [line for line in proc.stderr.splitlines() if "OpenTelemetry" in line or "metrics" in line]
+        note = f"metrics file {'written' if (d / 'job.prom').exists() else 'MISSING'}" + (
+            f"; {warned[-1][:120]}" if warned else "")
+    return Result(wall, float(user) + float(system), int(rss_kb) / 1024, note)
 
 
 def main() -> None:
@@ -123,7 +140,11 @@ def main() -> None:
     ap.add_argument("--memory-rows", type=int, nargs="*", default=[100_000])
     ap.add_argument("--scenarios", nargs="*", default=["rate", "fast", "resume", "memory"])
     ap.add_argument("--only", nargs="*", default=list(CONTENDERS))
+    ap.add_argument("--ops", action="store_true",
+                    help="also batch+ops: batch with --metrics-file and OpenTelemetry export on")
     args = ap.parse_args()
+    if args.ops and "batch" in args.only:
+        args.only.insert(args.only.index("batch") + 1, "batch+ops")
     python = str(Path(args.venv) / "bin" / "python")
     if not Path(python).exists():
         subprocess.run([sys.executable, "-m", "venv", args.venv], check=True)
@@ -135,8 +156,11 @@ def main() -> None:
     print("| scenario | contender | rows | wall s | rows/s | vs aiohttp | CPU µs/row | peak RSS MB "
           "| steady req/min | 429s | note |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
+        received = root / "otlp-received.txt"
+        collector = stack.enter_context(fast_server("--otlp", str(received))).removesuffix("/v1") \
+            if args.ops else None
         floor: dict[str, float] = {}
         rows_of = {"rate": args.rate_rows, "fast": args.fast_rows, "resume": args.fast_rows,
                    **{f"memory {n:,}": n for n in args.memory_rows}}
@@ -162,11 +186,17 @@ def main() -> None:
                             extra = f"{rpm:,.0f} | {n429} of {total}"
                 else:
                     with fast_server() as url:
-                        res = run(name, d, url, python, 10_000_000, 64)
+                        res = run(name, d, url, python, 10_000_000, 64, collector)
+                    if name == "batch+ops":
+                        got = received.read_text().split()[::2] if received.exists() else []
+                        received.unlink(missing_ok=True)
+                        kinds = ", ".join(f"{got.count(p)} {p}" for p in sorted(set(got))) or "nothing"
+                        res.note += f"; collector got {kinds}"
                 rate = rows / res.wall
                 if name == "aiohttp":
                     floor[scenario] = rate
-                ratio = f"{rate / floor[scenario]:.2f}x" if floor.get(scenario) and not res.note else ""
+                ratio = f"{rate / floor[scenario]:.2f}x" if floor.get(scenario) and not res.note.startswith(
+                    "failed") else ""
                 print(f"| {scenario} | {name} | {rows:,} | {res.wall:.1f} | {rate:,.0f} | {ratio} | "
                       f"{res.cpu * 1e6 / rows:,.0f} | {res.rss_mb:.0f} | {extra or ' | '} | {res.note} |",
                       flush=True)

@@ -2,26 +2,38 @@
 
 Every end of a run leaves a file node_exporter's textfile collector can serve: its counts equal the
 run report's figures, its exit code is the command's, and the last success time survives every run
-that did not succeed (failed rows, a spent daily quota, an interrupt, a refused job).
+that did not succeed (failed rows, a spent daily quota, an interrupt, a refused job). During a run the
+file counts what is answered so far, also for a partitioned input and a cluster run (parts finished,
+and the rows of those under way).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import HANG_GUARD_S, MODEL, cli_env, wait_until
+from aiohttp import web
+from conftest import HANG_GUARD_S, MODEL, BackgroundLoop, LocalServer, cli_env, completion, wait_until
 from nasty import write_csv
 from prometheus_client.parser import text_string_to_metric_families
 
 import batch
+from batch.dataset.local import PartitionedRun
+from batch.engine import drive as driving
+from batch.engine.drive import Runner
+from batch.engine.run import RunOptions
+from batch.job import endpoint
+from batch.job.config import Job, load_job
+from batch.job.endpoint import Endpoint
+from batch.report.metrics import MetricsFile
 from batch.sim import Simulator
 
 StartSim = Callable[..., tuple[str, Simulator]]
@@ -276,3 +288,130 @@ def test_python_door_without_a_job_file_is_labelled_python(tmp_path: Path, monke
     refused = families()
     assert refused["batch_last_run_exit_code"].samples[0].value == 2
     assert refused["batch_last_success_timestamp_seconds"].samples[0].value == success
+
+
+class Holding(LocalServer):
+    """Answers the first `answers` chat requests at once; the later ones are held until `release`
+    (then answered too): a run that has answered exactly `answers` rows and goes on."""
+
+    def __init__(self, answers: int) -> None:
+        super().__init__()
+        self.left = answers
+        self.release = asyncio.Event()
+
+    async def chat(self, request: web.Request) -> web.Response:
+        if self.left > 0:
+            self.left -= 1
+        else:
+            await self.release.wait()
+        return completion("ok")
+
+
+@pytest.fixture
+def holding(background_loop: BackgroundLoop) -> Iterator[Callable[[int], str]]:
+    """`holding(answers)`: a Holding server's base URL; every held request is let go at teardown."""
+    servers: list[Holding] = []
+
+    def start(answers: int) -> str:
+        servers.append(server := Holding(answers))
+        return background_loop.run(server.start())
+
+    yield start
+    for server in servers:
+        background_loop.loop.call_soon_threadsafe(server.release.set)
+
+
+def write_parts(folder: Path, parts: int, rows: int) -> None:
+    folder.mkdir()
+    for p in range(parts):
+        ids = [f"p{p}-{i}" for i in range(rows)]
+        pd.DataFrame({"name": ids, "experience": [f"metrics experience {x}" for x in ids]}).to_parquet(
+            folder / f"in-{p}.parquet")
+
+
+def drive_in_loop(background_loop: BackgroundLoop, runner: Callable[[Job, Endpoint], Runner], job: Path,
+                  url: str, prom: Path) -> Callable[[], None]:
+    """`drive(runner, metrics=...)` on the background loop, as a door runs it (in this process, so that
+    the test can make the file's interval short); returns the caller's stop (a cancel: exit 3)."""
+    async def main() -> None:
+        loaded = load_job(job)
+        ep = endpoint.resolve(loaded, url, {"GROQ_API_KEY": "gsk_test_metrics_in_run_0123456789"})
+        await driving.drive(runner(loaded, ep), metrics=MetricsFile(prom, "job"))
+
+    future = asyncio.run_coroutine_threadsafe(main(), background_loop.loop)
+
+    def stop() -> None:
+        background_loop.loop.call_soon_threadsafe(future.cancel)
+
+    return stop
+
+
+def answered_so_far(prom: Path, n: int) -> bool:
+    """The file says `n` rows answered, the run still going (no exit code: no earlier run)."""
+    if not prom.exists():
+        return False
+    m = read_metrics(prom)
+    return (value(m, "batch_rows_total", outcome="answered") == n
+            and "batch_last_run_exit_code" not in names(m))
+
+
+def test_a_partitioned_run_counts_its_parts_during_the_run(
+        tmp_path: Path, background_loop: BackgroundLoop, holding: Callable[[int], str],
+        write_job: WriteJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three parts of 4 rows, and a server that answers 6 requests and holds the rest: the first part
+    # is done, the second is under way with 2 answers, the third not started. The file during the run
+    # says 6 answered (the finished part's rows and the running part's), and so does the stopped run's.
+    monkeypatch.setattr(driving, "METRICS_EVERY_S", 0.02)
+    write_parts(tmp_path / "in", parts=3, rows=4)
+    job = write_job("in", task={"prompt": PROMPT}, output={"path": "out"})
+    prom = tmp_path / "job.prom"
+
+    stop = drive_in_loop(background_loop, lambda j, ep: PartitionedRun(j, ep, RunOptions(progress=False)),
+                         job, holding(6), prom)
+    try:
+        wait_until(lambda: answered_so_far(prom, 6), "6 rows answered in the file during the run")
+        during = read_metrics(prom)
+        assert value(during, "batch_requests_total") == 8  # the second part's 2 held requests too
+        assert value(during, "batch_rows_total", outcome="failed") == 0
+        assert value(during, "batch_tokens_total", kind="input") == 6 * 7  # `completion`: 7 in, 3 out
+        assert value(during, "batch_tokens_total", kind="output") == 6 * 3
+    finally:
+        stop()
+    wait_until(lambda: "batch_last_run_exit_code" in prom.read_text(encoding="utf-8"), "the run's end")
+    after = read_metrics(prom)
+    assert value(after, "batch_last_run_exit_code") == 3
+    assert value(after, "batch_rows_total", outcome="answered") == 6
+    assert value(after, "batch_requests_total") == 8
+    assert "batch_last_success_timestamp_seconds" not in names(after)
+    report = json.loads((tmp_path / "out.report.json").read_text(encoding="utf-8"))  # it agrees
+    assert report["status"] == "stopped" and report["rows_ok"] == 6 and report["requests_sent"] == 8
+
+
+def test_a_cluster_run_counts_its_workers_parts_during_the_run(
+        tmp_path: Path, background_loop: BackgroundLoop, holding: Callable[[int], str],
+        write_job: WriteJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two workers, three parts of 4 rows, a server that answers 6 requests: the client's file adds up
+    # the parts finished and what the workers said of the parts under way.
+    pytest.importorskip("distributed")
+    from clusterkit import local_cluster
+
+    from batch.cluster import runner as cluster_runner
+
+    monkeypatch.setattr(driving, "METRICS_EVERY_S", 0.02)
+    monkeypatch.setattr(cluster_runner, "NEWS_EVERY_S", 0.05)  # the workers' news, and its reading
+    write_parts(tmp_path / "in", parts=3, rows=4)
+    job = write_job("in", task={"prompt": PROMPT}, output={"path": "out"})
+    prom = tmp_path / "job.prom"
+
+    with local_cluster(2) as (cluster, _):
+        stop = drive_in_loop(background_loop, lambda j, ep: cluster_runner.ClusterRun(
+            j, ep, RunOptions(progress=False), cluster.scheduler_address), job, holding(6), prom)
+        try:
+            wait_until(lambda: answered_so_far(prom, 6), "6 rows answered in the file during the run")
+            during = read_metrics(prom)
+            assert value(during, "batch_tokens_total", kind="output") == 6 * 3
+            assert value(during, "batch_requests_total") >= 6
+        finally:
+            stop()
+        wait_until(lambda: "batch_last_run_exit_code" in prom.read_text(encoding="utf-8"), "the run's end")
+    assert value(read_metrics(prom), "batch_last_run_exit_code") == 3

@@ -1,9 +1,11 @@
 """OpenTelemetry (`batch[otel]`), read back as a collector reads it: an OTLP/HTTP receiver in the test.
 
 A run of the command line with OTEL_EXPORTER_OTLP_ENDPOINT set sends a trace (the run span, its passes
-as children) and the metrics of the Prometheus textfile, equal to the run report's figures; no prompt
-text and no key in any body. A collector that is down, never answers or answers 500 leaves the run's
-exit code as it was, and costs one warning line. Without the extra, one line says what to install.
+and the Batch API's submit, wait and merge as children) and the metrics of the Prometheus textfile,
+equal to the run report's figures; no prompt text and no key in any body. A refused job is a trace
+too: the run span alone, with exit code 2. A collector that is down, never answers or answers 500
+leaves the run's exit code as it was, and costs one warning line. Without the extra, one line says
+what to install.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from aiohttp import web
 from conftest import HANG_GUARD_S, MODEL, BackgroundLoop, cli_env, serve_app
@@ -188,6 +191,50 @@ def test_a_run_is_a_trace_with_its_passes_and_the_report_s_metrics(
     assert value(m, "batch_run_duration_seconds") >= 0
 
 
+def test_a_batch_api_run_is_a_trace_with_submit_wait_and_merge(
+        tmp_path: Path, start_sim: StartSim, receiver: tuple[str, Receiver],
+        otel_job: Callable[..., Path], run_batch: RunBatch, api_key: str) -> None:
+    url, sim = start_sim(batch_validate_s=0.05, batch_finalize_s=0.05)
+    endpoint, got = receiver
+    job = otel_job(30)
+    job.write_text(job.read_text(encoding="utf-8") + '\n[run]\nmode = "batch"\npoll-interval = 0.2\n',
+                   encoding="utf-8")
+
+    proc = run_batch(job, "--base-url", url, env=otel_env(api_key, endpoint))
+
+    assert proc.returncode == 0, proc.stderr
+    assert otel_warnings(proc.stderr) == []
+    (batch,) = sim.batches.values()
+    for body in got.bodies["traces"] + got.bodies["metrics"]:
+        assert api_key.encode() not in body, "the API key was exported"
+        assert SECRET_TEXT.encode() not in body and b"Rewrite for" not in body, "prompt text was exported"
+    _, found = spans(got.bodies["traces"])
+    [run] = [s for s in found if s.name == "batch.run"]
+    assert attributes(run.attributes)["batch.mode"] == "batch"
+    assert attributes(run.attributes)["batch.exit_code"] == 0
+    by_name: dict[str, list[Any]] = {}
+    for s in found:
+        if s is not run:
+            assert s.parent_span_id == run.span_id and s.trace_id == run.trace_id, s.name
+            by_name.setdefault(s.name, []).append(s)
+    assert {"batch.pass1.batch_api", "batch.pass2.output", "batch.batch_api.submit",
+            "batch.batch_api.wait", "batch.batch_api.merge"} <= set(by_name)
+    [submit] = by_name["batch.batch_api.submit"]
+    assert attributes(submit.attributes) == {"batch.round": 1, "batch.batches_submitted": 1,
+                                             "batch.requests_submitted": 30}
+    [merge] = by_name["batch.batch_api.merge"]
+    assert attributes(merge.attributes) == {"batch.batch_id": batch.id, "batch.batch_status": "completed",
+                                            "batch.requests": 30, "batch.results_merged": 30}
+    waits = by_name["batch.batch_api.wait"]
+    assert sum(attributes(w.attributes)["batch.polls"] for w in waits) >= 1  # the last one saw it end
+    # In order, without overlap: submit, then wait, then merge; all within pass 1.
+    [pass1] = by_name["batch.pass1.batch_api"]
+    assert pass1.start_time_unix_nano <= submit.start_time_unix_nano
+    assert submit.end_time_unix_nano <= min(w.start_time_unix_nano for w in waits)
+    assert max(w.end_time_unix_nano for w in waits) <= merge.start_time_unix_nano
+    assert merge.end_time_unix_nano <= pass1.end_time_unix_nano
+
+
 def test_failed_rows_are_exit_1_in_the_trace_and_the_metrics(
         tmp_path: Path, start_sim: StartSim, receiver: tuple[str, Receiver],
         otel_job: Callable[..., Path], run_batch: RunBatch, api_key: str) -> None:
@@ -202,6 +249,45 @@ def test_failed_rows_are_exit_1_in_the_trace_and_the_metrics(
     m = points(got.bodies["metrics"])
     assert value(m, "batch_rows_total", outcome="failed") == report(tmp_path)["rows_failed"] == 4
     assert value(m, "batch_last_run_exit_code") == 1
+    assert ("batch_last_success_timestamp_seconds", ()) not in m
+
+
+@pytest.mark.parametrize("where", ["job file", "partitions"])
+def test_a_refused_job_is_a_trace_with_exit_code_2(
+        where: str, tmp_path: Path, simulator: tuple[str, Simulator], receiver: tuple[str, Receiver],
+        otel_job: Callable[..., Path], write_job: WriteJob, run_batch: RunBatch, api_key: str) -> None:
+    # Refused by the door before the run starts (the job file), or by the run itself (partitions that
+    # disagree, found once it is under way): either way one trace, the run span alone, exit code 2.
+    url, sim = simulator
+    if where == "job file":
+        job = otel_job(3)
+        job.write_text(job.read_text(encoding="utf-8").replace("[task]", "[task]\ntemperature = 9"),
+                       encoding="utf-8")
+    else:
+        (tmp_path / "in").mkdir()
+        pd.DataFrame({"name": ["a"], "experience": [SECRET_TEXT]}).to_parquet(tmp_path / "in" / "a.parquet")
+        pd.DataFrame({"name": ["b"], "experience": [SECRET_TEXT], "note": ["x"]}).to_parquet(
+            tmp_path / "in" / "b.parquet")
+        job = write_job("in", task={"prompt": PROMPT}, output={"path": "out"})
+
+    proc = run_batch(job, "--base-url", url, env=otel_env(api_key, endpoint := receiver[0]))
+
+    assert proc.returncode == 2, proc.stderr
+    assert ("temperature" if where == "job file" else "note") in proc.stderr
+    assert otel_warnings(proc.stderr) == [] and sim.log == [] and endpoint
+    got = receiver[1]
+    for body in got.bodies["traces"] + got.bodies["metrics"]:
+        assert api_key.encode() not in body and SECRET_TEXT.encode() not in body
+    _, found = spans(got.bodies["traces"])
+    [run] = found  # one trace: the run span, nothing under it, however far the job got
+    assert run.name == "batch.run" and run.parent_span_id == b""
+    a = attributes(run.attributes)
+    assert a["batch.job"] == "job" and a["batch.exit_code"] == 2
+    assert a["batch.rows.answered"] == 0 and a["batch.requests"] == 0
+    assert run.status.code == run.status.STATUS_CODE_ERROR
+    m = points(got.bodies["metrics"])
+    assert value(m, "batch_last_run_exit_code") == 2
+    assert value(m, "batch_requests_total") == 0
     assert ("batch_last_success_timestamp_seconds", ()) not in m
 
 

@@ -33,6 +33,7 @@ class _JobState:
         self.rate, self.key, self.limits = rate, key, limits
         self.claims: dict[int, str] = {}  # partition -> worker address
         self.spend: SpendLedger | None = None  # the run's spend cap, if the job has one
+        self.news: dict[str, dict[str, Any]] = {}  # partition -> what its worker last said it has done
 
 
 class LimiterPlugin(SchedulerPlugin):
@@ -47,6 +48,7 @@ class LimiterPlugin(SchedulerPlugin):
             "batch_open": self.open, "batch_lease": self.lease, "batch_stop": self.stop,
             "batch_secret": self.secret, "batch_claim": self.claim, "batch_release": self.release,
             "batch_close": self.close_job, "batch_state": self.state, "batch_spend": self.spend,
+            "batch_news": self.news,
         })
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
@@ -76,6 +78,7 @@ class LimiterPlugin(SchedulerPlugin):
         found.key = key
         found.rate.halt = found.rate.message = None
         found.spend = None if cap_usd is None else SpendLedger(cap_usd)
+        found.news = {}
         return True
 
     def lease(self, job: str, **ask: Any) -> dict[str, Any]:
@@ -111,6 +114,19 @@ class LimiterPlugin(SchedulerPlugin):
         else:
             ledger.release(holder, reserved)
         return {"verdict": "ok", "spent": ledger.spent_usd}
+
+    def news(self, job: str, part: int | None = None,
+             figures: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """A worker's news of its partition (`part`, `figures`: its report so far), kept for the
+        client; the client's call (no part) gets every partition's latest, by partition number."""
+        found = self.jobs.get(job)
+        if found is None:
+            return {}
+        if part is not None:
+            if figures is not None:
+                found.news[str(part)] = figures
+            return {}
+        return dict(found.news)
 
     def secret(self, job: str) -> str | None:
         found = self.jobs.get(job)

@@ -11,6 +11,10 @@ scheduler) or a fatal API error on one worker stops every worker (exit 3 or 4), 
 a signal stops them too (exit 3), wherever the run waits — connecting, for workers, for answers —
 and the next run resumes: parts already published are not run again, and each partition's journal
 keeps every answer received.
+
+While it runs, each worker tells the scheduler every `NEWS_EVERY_S` what its part has done so far,
+and the client reads that as often: `so_far` (the run's metrics file) adds up the parts finished and
+the latest news of those under way.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from batch.dataset import partitions
 from batch.dataset.agree import Found
 from batch.dataset.partitions import Partition
 from batch.dataset.parts import already_done, check_partitions, refuse_limit
-from batch.dataset.summary import PartOutcome, finish, report_location
+from batch.dataset.summary import PartOutcome, finish, merge, report_location
 from batch.engine.preflight import check_model
 from batch.engine.run import RunOptions
 from batch.errors import FatalApiError, JobError, QuotaReached, Stopped
@@ -41,6 +45,8 @@ from batch.job.endpoint import Endpoint
 from batch.report.summary import Summary
 
 log = logging.getLogger("batch.cluster")
+
+NEWS_EVERY_S = 5.0  # workers' news of their parts, and the client's reading of it (the metrics file's ~15 s)
 
 
 def job_key(job: Job) -> str:
@@ -61,6 +67,20 @@ class ClusterRun:
         self._quota: str | None = None  # the shared rate stopped every worker: a daily quota is spent
         self._capped = False  # ... or the run's spend cap was reached
         self.summary: Summary | None = None
+        # while it runs, for `so_far`: the parts' outcomes, the workers' news of the others, by part
+        self._outcomes: list[PartOutcome] = []
+        self._news: dict[int, dict[str, Any]] = {}
+        self._total, self._started = 0, time.monotonic()
+
+    def so_far(self) -> Summary | None:
+        """The parts done (by this run or an earlier one) and the latest news of those under way,
+        added up as the report adds them; None before the partitions are known."""
+        if not self._total:
+            return None
+        outcomes = list(self._outcomes)
+        done = {o.index for o in outcomes}
+        outcomes += [PartOutcome(i, "running", figures) for i, figures in self._news.items() if i not in done]
+        return merge(self.job, outcomes, total=self._total, elapsed_s=time.monotonic() - self._started)
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -90,15 +110,16 @@ class ClusterRun:
         expect = check_partitions(job, parts, every=not partitions.is_remote(job.input.dataset))
         earlier = [already_done(job, p) for p in parts]  # one look per part (a remote marker, a HEAD)
         todo = [p for p, o in zip(parts, earlier, strict=True) if o is None]
-        done = [o for o in earlier if o is not None]
+        outcomes = self._outcomes
+        outcomes += [o for o in earlier if o is not None]
+        self._total, self._started = len(parts), started
         if todo and not self.endpoint.simulated:
             await check_model(job, self.endpoint.base_url, self.endpoint.key)
-        outcomes = list(done)
         if todo:
             async with connect(self.address, self._signalled) as client:
                 self._client = client
                 try:
-                    outcomes += await self._on_cluster(client, todo, expect)
+                    await self._on_cluster(client, todo, expect, outcomes)
                 finally:
                     self._client = None
         self.summary = summary = finish(job, outcomes, total=len(parts), started=started,
@@ -106,8 +127,9 @@ class ClusterRun:
         log.info("report: %s", report_location(job))
         return _verdict(summary, outcomes, self._quota, self._capped)
 
-    async def _on_cluster(self, client: Client, todo: list[Partition], expect: Found | None
-                          ) -> list[PartOutcome]:
+    async def _on_cluster(self, client: Client, todo: list[Partition], expect: Found | None,
+                          outcomes: list[PartOutcome]) -> None:
+        """Runs the partitions `todo`, their outcomes added to `outcomes` as they come."""
         job, ep = self.job, self.endpoint
         log.info("cluster: connected to the scheduler at %s; checking its workers", self.address)
         try:
@@ -128,12 +150,12 @@ class ClusterRun:
         nonce = hashlib.sha256(f"{time.time_ns()}".encode()).hexdigest()[:8]
         futures = [client.submit(run_partition, PartTask(job, part, self.key, ep.base_url, ep.rpm, ep.tpm,
                                                          ep.simulated, self.opts.retry_failed, self.token,
-                                                         expect),
+                                                         expect, NEWS_EVERY_S),
                                  key=f"batch-{self.key}-{nonce}-part-{part.index:05d}", pure=False)
                    for part in todo]
         index = {f.key: p for f, p in zip(futures, todo, strict=True)}
         log.info("cluster: %d partitions on %d workers (%s)", len(todo), workers, self.address)
-        outcomes: list[PartOutcome] = []
+        listening = asyncio.create_task(self._listen(client))
         try:
             async for future in as_completed(futures):  # type: ignore[no-untyped-call]
                 part = index[future.key]
@@ -147,14 +169,25 @@ class ClusterRun:
                 outcomes.append(outcome)
                 rows = (outcome.summary or {}).get("rows")
                 log.info("cluster: part %05d %s%s — %d of %d parts", part.index, outcome.status,
-                         f" ({rows} rows)" if rows else "", len(outcomes), len(todo))
+                         f" ({rows} rows)" if rows else "", len(outcomes), self._total)
         finally:
+            listening.cancel()
             await _rpc(client).batch_close(job=self.key)
         state = await _rpc(client).batch_state(job=self.key)
         if state.get("halt") == "quota":
             self._quota = state.get("message") or "the daily quota is used up"
         self._capped = bool(state.get("capped"))
-        return outcomes
+
+    async def _listen(self, client: Client) -> None:
+        """The workers' news of their parts, read every NEWS_EVERY_S for `so_far`."""
+        while True:
+            try:
+                news = await _rpc(client).batch_news(job=self.key)
+            except Exception as exc:  # a scheduler with an older plugin: no news, the parts' outcomes only
+                log.debug("cluster: no news of the parts: %s", exc)
+                return
+            self._news = {int(part): figures for part, figures in news.items()}
+            await asyncio.sleep(NEWS_EVERY_S)
 
 
 def _rpc(client: Client) -> Any:

@@ -26,7 +26,7 @@ from batch.cluster.lease import LeasedPacer
 from batch.cluster.spend import SharedSpendCap, holder
 from batch.dataset.agree import Found
 from batch.dataset.partitions import Partition
-from batch.dataset.parts import Attempt, run_part, stopped_outcome
+from batch.dataset.parts import Attempt, part_so_far, run_part, stopped_outcome
 from batch.dataset.summary import PartOutcome
 from batch.engine.run import Run, RunOptions
 from batch.errors import BatchError, FatalApiError, QuotaReached, Stopped
@@ -55,6 +55,7 @@ class PartTask:
     retry_failed: bool
     run_token: str  # names this run in the partition's store: a part done again counts what it bought
     expect: Found | None  # the columns every part must have (checked on the client for the first one)
+    news_every_s: float = 5.0  # how often the worker tells the scheduler what the part has done so far
 
 
 def run_partition(task: PartTask) -> PartOutcome:
@@ -116,6 +117,7 @@ async def _claimed(task: PartTask, rpc: Rpc, me: str) -> PartOutcome:
     endpoint = Endpoint(task.base_url, key, task.rpm, task.tpm, simulated=task.simulated)
     opts = RunOptions(retry_failed=task.retry_failed, progress=False, pacer=shared, model_checked=True,
                       spend_cap=spend_cap, run_token=task.run_token)
+    news = asyncio.create_task(_tell(task, rpc, attempt))
     try:
         return await run_part(task.job, task.part, endpoint, opts, attempt, expect=task.expect)
     except BatchError as exc:
@@ -127,6 +129,21 @@ async def _claimed(task: PartTask, rpc: Rpc, me: str) -> PartOutcome:
             outcome = PartOutcome(outcome.index, outcome.status, outcome.summary, pacer.message)
         return outcome
     finally:
+        news.cancel()
         for cap in caps:
             await cap.close()
         await pacer.close()
+
+
+async def _tell(task: PartTask, rpc: Rpc, attempt: Attempt) -> None:
+    """Every `news_every_s`, what the part's run has done so far, to the scheduler, where the client
+    reads it for the run's metrics file; news that cannot be delivered is skipped, never an error."""
+    while True:
+        await asyncio.sleep(task.news_every_s)
+        figures = part_so_far(attempt)
+        if figures is None:
+            continue
+        try:
+            await rpc("batch_news", job=task.job_key, part=task.part.index, figures=figures)
+        except Exception as exc:  # a scheduler without the handler, a lost connection: the next try
+            log.debug("cluster: news of part %d not delivered: %s", task.part.index, exc)

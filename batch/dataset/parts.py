@@ -6,8 +6,8 @@
 A part whose done marker matches (same input file version, same task, same output) is not run again:
 a resumed or repeated run only runs the parts that are missing or changed, and every partition's
 journal means a part cut short is resumed, not paid twice. Before anything is sent the partitions are
-checked, and must agree on their columns (`agree`). `PartitionedRun` runs the parts one after the
-other on this machine, sharing one pacer and one spend cap; the cluster runner (`batch.cluster`) runs
+checked, and must agree on their columns (`agree`). `local.PartitionedRun` runs the parts one after
+the other on this machine, sharing one pacer and one spend cap; the cluster runner (`batch.cluster`) runs
 the same `run_part` on Dask workers, with a pacer and a spend cap that lease from one limiter for the
 whole cluster. Every engine run of a part is named by the run's token, so that a part done again
 after its worker was lost counts what the lost attempt bought as this run's (`bought`).
@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,16 +27,12 @@ from batch.dataset import partitions
 from batch.dataset.agree import Found, check_agree, check_part, columns_of, from_json, part_name
 from batch.dataset.bought import Bought, bought_before, counted
 from batch.dataset.partitions import Partition
-from batch.dataset.summary import PartOutcome, finish
-from batch.engine.online import local_pacer
-from batch.engine.preflight import check_job, check_model
+from batch.dataset.summary import PartOutcome
+from batch.engine.preflight import check_job
 from batch.engine.run import Run, RunOptions
 from batch.errors import BatchError, FatalApiError, JobError, Stopped
 from batch.job.config import Job, StateSpec
 from batch.job.endpoint import Endpoint
-from batch.report.summary import Summary
-from batch.send.pacing import Pacing
-from batch.send.spendcap import SpendCap
 
 log = logging.getLogger("batch")
 
@@ -147,93 +141,25 @@ async def run_part(job: Job, part: Partition, endpoint: Endpoint, opts: RunOptio
     return PartOutcome(part.index, summary.status, result)
 
 
+def part_so_far(attempt: Attempt, status: str = "running",
+                message: str | None = None) -> dict[str, Any] | None:
+    """What an attempt's engine run has done so far, as a part's report (answers received as rows ok,
+    what earlier attempts of the run bought counted in); None before its run started."""
+    run = attempt.run
+    if run is None:
+        return None
+    return counted(json.loads(run.so_far(status, message).to_json()), attempt.bought, run.job.task.model,
+                   stopped=True)
+
+
 def stopped_outcome(part: Partition, exc: BatchError, attempt: Attempt) -> PartOutcome:
     """A part that ended with an exception, as an outcome (what it sent is still counted)."""
     status = "fatal" if isinstance(exc, FatalApiError) else "stopped" if isinstance(exc, Stopped) else \
         "invalid"
-    summary, run = None, attempt.run
-    if run is not None:
-        summary = counted(json.loads(Summary.build(
-            run.stats, status=status, model=run.job.task.model, rows=0, rows_ok=run.stats.answered,
-            rows_failed=run.stats.failed, rows_from_store=0, output=None, message=str(exc)).to_json()),
-            attempt.bought, run.job.task.model, stopped=True)
-    return PartOutcome(part.index, status, summary, str(exc))
+    return PartOutcome(part.index, status, part_so_far(attempt, status, str(exc)), str(exc))
 
 
 def refuse_limit(opts: RunOptions) -> None:
     if opts.limit is not None:
         raise JobError("--limit is not available for a partitioned input; to try a few rows, point "
                        "[input] path at one of its files")
-
-
-class PartitionedRun:
-    """A partitioned job on this machine: the parts in order, one pacer shared by all of them."""
-
-    def __init__(self, job: Job, endpoint: Endpoint, opts: RunOptions) -> None:
-        self.job, self.endpoint, self.opts = job, endpoint, opts
-        self._run: Run | None = None
-        self.interrupted = False
-        self.summary: Summary | None = None
-
-    def interrupt(self) -> None:
-        self.interrupted = True
-        if self._run is not None:
-            self._run.interrupt()
-
-    def _hold(self, run: Run) -> None:
-        self._run = run
-        if self.interrupted:
-            run.interrupt()
-
-    def _finish(self, outcomes: list[PartOutcome], total: int, started: float,
-                capped: bool = False) -> Summary:
-        self.summary = finish(self.job, outcomes, total=total, started=started, capped=capped)
-        return self.summary
-
-    async def execute(self) -> Summary:
-        job, endpoint, started = self.job, self.endpoint, time.monotonic()
-        refuse_limit(self.opts)
-        assert job.input.dataset is not None
-        parts = partitions.list_partitions(job.input.dataset, job.input.format or None)
-        assert job.output.dataset is not None
-        partitions.check_output(job.output.dataset)
-        check_partitions(job, parts)  # every partition, before the first request
-        if not endpoint.simulated:
-            await check_model(job, endpoint.base_url, endpoint.key)
-        shared: list[Pacing] = []
-
-        def pacer(ep: Endpoint, limits: Any) -> Pacing:
-            if not shared:
-                shared.append(local_pacer(ep, limits))
-            return shared[0]
-
-        caps: list[SpendCap] = []
-
-        def spend_cap(cap_usd: float, model: str, completion_budget: int) -> SpendCap:
-            if not caps:  # one cap for the run, whatever the number of parts
-                caps.append(SpendCap(cap_usd, model, completion_budget))
-            return caps[0]
-
-        opts = replace(self.opts, pacer=pacer, spend_cap=spend_cap, run_token=secrets.token_hex(8),
-                       model_checked=True)
-        log.info("run: %d partitions of %s -> %s", len(parts), job.input.dataset, job.output.dataset)
-        outcomes = []
-        for part in parts:
-            attempt = Attempt(self._hold)
-            try:
-                outcomes.append(await run_part(job, part, endpoint, opts, attempt))
-            except (Stopped, FatalApiError) as exc:
-                outcomes.append(stopped_outcome(part, exc, attempt))
-                capped = bool(caps) and caps[0].reached and not isinstance(exc, FatalApiError)
-                summary = self._finish(outcomes, len(parts), started, capped)
-                if capped:  # said once, with what the whole run spent (the report's figure)
-                    raise Stopped(summary.message or caps[0].message()) from None
-                raise
-            finally:
-                self._run = None
-            if self.interrupted:
-                exc2 = Stopped("interrupted; finished parts are written and answers so far are saved. Run "
-                               "the same command again to resume.")
-                self._finish(outcomes, len(parts), started)
-                raise exc2
-        return self._finish(outcomes, len(parts), started)

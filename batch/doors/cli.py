@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from batch import sim
-from batch.dataset.parts import PartitionedRun
+from batch.dataset.local import PartitionedRun
 from batch.doors import commands, watching
 from batch.doors.simulated import endpoint_for, kept_apart
 from batch.engine.drive import Runner, drive
@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     started; here, for a job refused before it could)."""
     path = args.metrics_file.resolve() if args.metrics_file else watch_of(args.job).metrics_file
     metrics = MetricsFile(path, args.job.stem) if path is not None else None
-    with watching.refused(metrics):
+    with watching.refused(metrics, args.job.stem):
         return _run_job(args, metrics)
 
 

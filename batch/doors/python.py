@@ -96,18 +96,19 @@ async def arun(data: Any, job: str | Path | None = None, /, **options: Any) -> A
     """`run`, for code already in an event loop."""
     door = {k: options.pop(k) for k in _DOOR if k in options}
     metrics = watching.metrics_file(job, options)  # before validation: a refused call is recorded too
+    name = watching.job_name(job)
     if dask_door.is_dask(data):  # on the Dask cluster, a Dask DataFrame back
-        with watching.refused(metrics):
+        with watching.refused(metrics, name):
             opts = RunOptions(retry_failed=bool(door.get("retry_failed")),
                               progress=door.get("progress", True) is not False)
             return await dask_door.arun(data, job, options, door, opts, metrics, _cache_path)
-    with tempfile.TemporaryDirectory(prefix="batch-") as tmp, watching.refused(metrics):
+    with tempfile.TemporaryDirectory(prefix="batch-") as tmp, watching.refused(metrics, name):
         prepared = prepare(data, job, options, door, Path(tmp), caller="batch.run()")
         opts = RunOptions(retry_failed=bool(door.get("retry_failed")),
                           wait=door.get("wait", True) is not False,
                           progress=door.get("progress", True) is not False, tty=_interactive(),
                           notebook=_in_notebook(), shared_store=_cached(prepared.job))
-        watching.show_log_lines(prepared.job.run.log_format, watching.job_name(job))
+        watching.show_log_lines(prepared.job.run.log_format, name)
         simulate = bool(door.get("simulate"))
         try:
             async with endpoint_for(prepared.job, None, os.environ, simulate=simulate) as ep:

@@ -1,6 +1,7 @@
 """How a Python call is watched: its metrics file and its log lines, from `metrics_file=` and
 `log_format=` or the job file's `[run]` table — read before the call is validated, so that a refused
-call still records its exit code (2) in the metrics file it named.
+call still records its exit code (2) in the metrics file it named, and in a trace when the OTEL_*
+variables ask for one.
 
 A call without a job file is labelled `job="python"` (`metrics.PYTHON_JOB`); with one, by its stem,
 as on the command line.
@@ -19,7 +20,10 @@ from batch.errors import BatchError
 from batch.job.watch import Watch, watch_of
 from batch.report.logs import stderr_handler
 from batch.report.metrics import PYTHON_JOB, MetricsFile
+from batch.report.otel import Telemetry
 from batch.send.client import MIN_SECRET
+
+log = logging.getLogger("batch")
 
 
 def job_name(job_file: str | Path | None) -> str:
@@ -44,15 +48,31 @@ def metrics_file(job_file: str | Path | None, options: Mapping[str, Any]) -> Met
 
 
 @contextlib.contextmanager
-def refused(metrics: MetricsFile | None) -> Iterator[None]:
-    """A call that ends in a BatchError before its run could finish the file (`drive` does, once it
-    runs) records its exit code; the last success time is kept."""
+def refused(metrics: MetricsFile | None, job: str) -> Iterator[None]:
+    """A call that ends in a BatchError before its run could record its ending (`drive` does, once it
+    runs) records its exit code: in the metrics file (the last success time kept), and as a trace of
+    the run span alone when OpenTelemetry is asked for. `job`: the label, as the metrics file's."""
     try:
         yield
     except BatchError as exc:
-        if metrics is not None:
-            metrics.finish(exc.exit_code, None, 0.0)
+        if not exc.recorded:
+            exc.recorded = True
+            if metrics is not None:
+                metrics.finish(exc.exit_code, None, 0.0)
+            _traced(job, exc.exit_code)
         raise
+
+
+def _traced(job: str, exit_code: int) -> None:
+    """A refused job as a trace, when the environment asks for one: the run span alone with its exit
+    code, and the metrics' ending (no counts), as the textfile records it. Never raises."""
+    try:
+        telemetry = Telemetry.start(job)
+    except Exception as exc:  # a broken SDK: said, and the refusal stays the door's to tell
+        log.warning("OpenTelemetry: could not start (%s: %s); the run is unaffected", type(exc).__name__, exc)
+        return
+    if telemetry is not None:
+        telemetry.finish(exit_code, None, 0.0)
 
 
 def show_log_lines(log_format: str, job: str) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from batch.engine.online import Committer, local_pacer
 from batch.engine.preflight import check_model
-from batch.engine.run import raise_stop
+from batch.engine.stops import raise_stop
 from batch.job.config import Job
 from batch.job.endpoint import Endpoint
 from batch.job.schema import judge, shape_of

@@ -5,14 +5,16 @@
                  └─ Stopped / FatalApiError ─► the stopped run's report; `runner.summary` says what it did
 
 A `Runner` is one file (`run.Run`), a partitioned input (`batch.dataset`) or a cluster run
-(`batch.cluster`). A partitioned or cluster run writes its own report when it stops; for one file,
-the report of a run stopped after sending something is written here, beside the output (JSON and
-HTML), so that an interrupted or over-quota run still tells what it did and spent.
+(`batch.cluster`); each tells what it has done so far (`so_far`: a partitioned run adds up its parts,
+finished and under way; a cluster run, its finished parts and what its workers last said of theirs).
+A partitioned or cluster run writes its own report when it stops; for one file, the report of a run
+stopped after sending something is written here, beside the output (JSON and HTML), so that an
+interrupted or over-quota run still tells what it did and spent.
 
 With a `MetricsFile`, drive also keeps the run's Prometheus textfile: every `METRICS_EVERY_S` from
 the run's own counters (read, never added to), and once more at the end with the exit code the door
 gives, whatever the end: done, failed rows, refused, stopped, fatal, or a crash. When the OTEL_*
-variables ask for it (`report.otel`), the run is also a trace (its passes child spans) and the same
+variables ask for it (`report.otel`), the run is also a trace (its phases child spans) and the same
 metrics over OTLP, exported once at the end, bounded in time, never changing how the run ends.
 """
 
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
 from typing import Protocol
 
+from batch.engine.memory import give_back
 from batch.engine.run import Run
 from batch.errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from batch.report.html.write import report_path, write_reports
@@ -41,6 +45,10 @@ class Runner(Protocol):
     summary: Summary | None  # set once the run is over, stopped or not (None: it did nothing to tell)
 
     def interrupt(self) -> None: ...
+
+    def so_far(self) -> Summary | None:
+        """The run's counts so far, read (never added to) while it runs; None: nothing yet."""
+        ...
 
     async def execute(self) -> Summary: ...
 
@@ -66,6 +74,7 @@ async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | No
         return summary
     except BatchError as exc:
         code = exc.exit_code
+        exc.recorded = True  # below, in the metrics file and the trace
         if isinstance(run, Run):
             run.summary = report_stop(run, exc)
         raise
@@ -78,10 +87,14 @@ async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | No
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
         if metrics is not None:
-            metrics.finish(code, run.summary or _so_far(run), time.monotonic() - started)
+            metrics.finish(code, run.summary or run.so_far(), time.monotonic() - started)
         if telemetry is not None:
+            # What the report's drawing left (its cycles, the heap's free top) goes back before the
+            # exporter's modules load on top, where they set the run's peak: 2-3 MB for ~0.1 s, once.
+            gc.collect()
+            give_back()
             model, mode = (run.job.task.model, run.mode) if isinstance(run, Run) else (None, None)
-            telemetry.finish(code, run.summary or _so_far(run), time.monotonic() - started,
+            telemetry.finish(code, run.summary or run.so_far(), time.monotonic() - started,
                              model=model, mode=mode)
 
 
@@ -95,17 +108,8 @@ def _job_name(run: Runner) -> str:
 async def _keep(metrics: MetricsFile, run: Runner, started: float) -> None:
     """The textfile now (the last run's ending still in it), then every METRICS_EVERY_S."""
     while True:
-        metrics.update(_so_far(run), time.monotonic() - started)
+        metrics.update(run.so_far(), time.monotonic() - started)
         await asyncio.sleep(METRICS_EVERY_S)
-
-
-def _so_far(run: Runner) -> Summary | None:
-    """A one-file run's counts so far (a partitioned or cluster run counts in its parts: None)."""
-    if not isinstance(run, Run):
-        return None
-    return Summary.build(run.stats, status="running", model=run.job.task.model, rows=0,
-                         rows_ok=run.stats.answered, rows_failed=run.stats.failed, rows_from_store=0,
-                         output=None, mode=run.mode)
 
 
 async def _until_signalled(run: Runner) -> Summary:
@@ -139,10 +143,7 @@ def report_stop(run: Run, exc: BaseException) -> Summary | None:
     if not isinstance(exc, Stopped | FatalApiError) or not (stats.requests or stats.batches
                                                             or stats.batch_results):
         return None
-    summary = Summary.build(stats, status="stopped" if isinstance(exc, Stopped) else "fatal",
-                            model=run.job.task.model, rows=0, rows_ok=stats.answered,
-                            rows_failed=stats.failed, rows_from_store=0, output=None, message=str(exc),
-                            mode=run.mode, max_cost_usd=run.job.limits.max_cost_usd)
+    summary = run.so_far("stopped" if isinstance(exc, Stopped) else "fatal", str(exc))
     try:
         write_reports(run.job, summary, stats)  # the JSON, then the HTML beside it
     except OSError as err:

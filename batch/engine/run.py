@@ -14,31 +14,29 @@ store keeps every answer, so the same call resumes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from batch.batchapi.run import BatchPass, refuse_open_batches
 from batch.engine.memory import give_back
 from batch.engine.online import OnlinePass, PacerFactory, local_pacer
 from batch.engine.output import write_output
 from batch.engine.preflight import check_job, check_model
-from batch.errors import QuotaReached, Stopped
+from batch.engine.stops import raise_stop
+from batch.errors import Stopped
 from batch.job.config import Job
 from batch.job.endpoint import Endpoint
 from batch.job.schema import shape_of
 from batch.render.prompts import Renderer, renderer_for
 from batch.report.html.write import report_path as report_path  # where the doors find the report
 from batch.report.html.write import write_reports
+from batch.report.phases import Phase, no_phase
 from batch.report.progress import BatchProgress, Progress
 from batch.report.summary import RunStats, Summary
 from batch.report.timeline import Failures
-from batch.send.pool import Pool
 from batch.send.servers import spoken_by
 from batch.send.spendcap import CapFactory, SpendCap
 from batch.store.answers import Store
@@ -80,13 +78,22 @@ class Run:
         self.spend_cap: SpendCap | None = None  # [limits] max-cost-usd: what this run may still spend
         # pass 1's fingerprints of every row, for pass 2 (the last one)
         self._fingerprints: list[RowFingerprints] = []
-        # a block per phase (pass 1, pass 2): a trace's child spans (`drive`); entered once a phase
-        self.phase: Callable[[str], AbstractContextManager[object]] = contextlib.nullcontext
+        # a block per phase (pass 1, pass 2, the Batch API's submit, wait, merge): a trace's child
+        # spans (`drive` sets it when the run is traced)
+        self.phase: Phase = no_phase
 
     def interrupt(self) -> None:
         self.interrupted = True
         if self._stage is not None:
             self._stage.stop()
+
+    def so_far(self, status: str = "running", message: str | None = None) -> Summary:
+        """What the run has done so far, from its counters (answers received this run as rows ok):
+        for the metrics file while it runs, and the report of a run that stopped."""
+        s = self.stats
+        return Summary.build(s, status=status, model=self.job.task.model, rows=0, rows_ok=s.answered,
+                             rows_failed=s.failed, rows_from_store=0, output=None, message=message,
+                             mode=self.mode, max_cost_usd=self.job.limits.max_cost_usd)
 
     async def execute(self) -> Summary:
         job, endpoint, opts = self.job, self.endpoint, self.opts
@@ -139,7 +146,8 @@ class Run:
     async def _via_batch_api(self, renderer: Renderer, store: Store) -> int:
         opts = self.opts
         stage = BatchPass(self.job, self.rows, renderer, store, self.stats, limit=opts.limit,
-                          retry_failed=opts.retry_failed, wait=opts.wait, spend_cap=self.spend_cap)
+                          retry_failed=opts.retry_failed, wait=opts.wait, spend_cap=self.spend_cap,
+                          phase=self.phase)
         self._stage = stage
         if self.interrupted:
             stage.stop()
@@ -226,25 +234,3 @@ class Run:
         self.summary = summary
         return summary
 
-
-def raise_stop(pool: Pool, spend_cap: SpendCap | None, stopped: str) -> None:
-    """What ended a pool's sending early, raised: a fatal error, the daily quota, the spend cap, or a
-    stop (`stopped`, the door's words for it)."""
-    if pool.fatal is not None:
-        raise pool.fatal
-    if pool.quota is not None:
-        raise QuotaReached(quota_message(pool.quota.limit, pool.quota.reset_s))
-    if spend_cap is not None and spend_cap.reached:
-        raise Stopped(spend_cap.message())
-    if pool.stop_reason:
-        raise Stopped(stopped)
-
-
-def quota_message(limit: str | None, retry_after: float | None) -> str:
-    what = {"rpd": "requests per day", "tpd": "tokens per day"}.get(limit or "", "daily")
-    when = ""
-    if retry_after:
-        at = datetime.now(UTC) + timedelta(seconds=retry_after)
-        when = f"; it resets in about {timedelta(seconds=round(retry_after))} (at {at:%Y-%m-%d %H:%M} UTC)"
-    return (f"Groq's {what} quota for this model is used up{when}. Answers so far are saved; run the same "
-            "command again after the reset to continue.")

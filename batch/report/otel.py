@@ -4,8 +4,8 @@ standard variables ask for them (`OTEL_EXPORTER_OTLP_ENDPOINT`, or the per-signa
 an install without the extra pays nothing, and says once what to install if the variable is set.
 
 The trace is a span `batch.run` with the run's figures as attributes (never prompt text, never the
-key) and a child span per phase (`phase`, which the engine's passes enter). The metrics are those of
-the Prometheus textfile (`report.metrics.run_samples`), same names, labelled `job`.
+key) and a child span per phase (`phase`: passes, the Batch API's submit / wait / merge). The metrics
+are those of the Prometheus textfile (`report.metrics.run_samples`), same names, labelled `job`.
 
 Everything is kept in memory during the run and exported once, at its end (`finish`): nothing is sent
 from the hot path, and the SDK's background threads and exit hooks are not used, so nothing is left
@@ -101,18 +101,18 @@ class Telemetry:
         return cls(job, traces, metrics, timeout)
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """A child span of the run for what the block does (its name only: nothing of the rows)."""
+    def phase(self, name: str, /, **figures: Any) -> Iterator[dict[str, Any]]:
+        """A child span of the run: its name, and the figures given or put in the yielded dict."""
         from opentelemetry.trace import StatusCode, set_span_in_context
 
         span = self.tracer.start_span(name, context=set_span_in_context(self.run_span))
         try:
-            yield
+            yield figures  # its figures, set as the span ends
         except BaseException as exc:
-            # the exception's type only: a message may quote a server's answer
-            span.set_status(StatusCode.ERROR, type(exc).__name__)
+            span.set_status(StatusCode.ERROR, type(exc).__name__)  # its type: a message may quote a server
             raise
         finally:
+            span.set_attributes(figures)
             span.end()
 
     def finish(self, exit_code: int, summary: Summary | None, elapsed_s: float, *,
