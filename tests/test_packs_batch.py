@@ -60,3 +60,26 @@ def test_a_packed_job_through_the_batch_api_answers_every_row_with_its_own_item(
     again = run_batch(job, "--base-url", url)
     assert again.returncode == proc.returncode, again.stderr
     assert len(sim.batches) == before
+
+
+def test_rows_in_a_pack_line_of_an_open_batch_are_not_submitted_again(
+        tmp_path: Path, start_sim: StartSim, write_job: WriteJob, run_batch: RunBatch) -> None:
+    """A run that leaves its batch open (--no-wait): the next one attaches to it and submits none of
+    the rows its pack lines carry; once it has ended, every row has its own answer."""
+    url, sim = start_sim(batch_validate_s=0.05, batch_finalize_s=0.05, batch_lines_per_s=0.5)
+    rows = plain_rows(24)
+    write_csv(rows, tmp_path / "in.csv")
+    job = write_job("in.csv", task={"prompt": PROMPT, "rows-per-request": 6},
+                    run={"mode": "batch", "poll-interval": 0.2})
+    first = run_batch(job, "--base-url", url, "--no-wait")
+    assert first.returncode == 3, first.stderr
+    assert len(sim.batches) == 1 and sum(len(b.lines) for b in sim.batches.values()) == 4
+    again = run_batch(job, "--base-url", url, "--no-wait")
+    assert again.returncode == 3, again.stderr
+    assert len(sim.batches) == 1, "rows held by an open batch's pack lines were submitted again"
+    for b in sim.batches.values():
+        b.lines_per_s = 1000.0  # let it finish
+    done = run_batch(job, "--base-url", url)
+    assert done.returncode == 0, done.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [o["text"] for o in out] == [echo(render(r)) for r in rows] and len(sim.batches) == 1

@@ -104,8 +104,8 @@ class BatchMode:
         for group in groups:
             fps = {fp for fp in group.fingerprints if fp is not None}
             todo = self._store.missing(fps, retry_failed=self._retry_failed)
-            if self._packed:  # rows of packs that came back without their item, and those packs hold
-                todo = (todo | (fps & self._packed.resend)) - self._packed.held(todo)
+            if self._packed:  # rows of packs that came back without their item
+                todo |= fps & self._packed.resend
             todo = todo - self._ledger.held(todo) - self._left if todo else todo
             for i, fp in enumerate(group.fingerprints if todo else ()):
                 if fp is not None and fp in todo:

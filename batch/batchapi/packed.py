@@ -69,9 +69,6 @@ class PackedBatch:
         self._lines.record(upload, {c: line for c in custom_ids if (line := self._writing.pop(c, None))})
         self._writing.clear()
 
-    def held(self, fingerprints: Iterable[str]) -> set[str]:
-        return self._lines.held(fingerprints)
-
     def lines(self, upload: int) -> dict[str, PackLine]:
         return self._lines.of(upload)
 

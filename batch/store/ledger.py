@@ -117,15 +117,20 @@ class Ledger:
                                                   (upload,))}
 
     def held(self, fingerprints: Iterable[str]) -> set[str]:
-        """Those of `fingerprints` that a batch not yet merged holds: sending them again would pay twice."""
+        """Those of `fingerprints` that a batch not yet merged holds, on a line of their own or in a pack
+        line's rows (`packlines`): sending them again would pay twice."""
         todo, found = list(set(fingerprints)), set[str]()
         if not self._exists():
             return found
+        held = [("upload_lines", "fingerprint")]
+        if migrations.columns(self._db, "upload_packs"):  # a read-only look at an older store has none
+            held.append(("upload_packs", "member"))
         for i in range(0, len(todo), _CHUNK):
             chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT l.fingerprint FROM upload_lines l JOIN uploads u ON u.id = l.upload "
-                 f"WHERE u.done = 0 AND l.fingerprint IN ({','.join('?' * len(chunk))})")
-            found.update(r[0] for r in self._db.execute(q, chunk))
+            for table, column in held:
+                q = (f"SELECT l.{column} FROM {table} l JOIN uploads u ON u.id = l.upload "
+                     f"WHERE u.done = 0 AND l.{column} IN ({','.join('?' * len(chunk))})")
+                found.update(r[0] for r in self._db.execute(q, chunk))
         return found
 
     def _columns(self) -> set[str]:

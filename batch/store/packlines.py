@@ -10,13 +10,11 @@ result apart needs (`render.packs.Pack.outcome`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from batch.store import migrations
 from batch.store.answers import Store
-
-_CHUNK = 500  # fingerprints per IN (...) query
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +51,6 @@ class PackLines:
                 "ORDER BY custom_id, CAST(item AS INTEGER), item", (upload,)):
             found.setdefault(custom_id, (shared, bool(text_job), []))[2].append((fp, item, tokens))
         return {k: PackLine(shared, text_job, tuple(rows)) for k, (shared, text_job, rows) in found.items()}
-
-    def held(self, fingerprints: Iterable[str]) -> set[str]:
-        """Those of `fingerprints` a pack line of a batch not merged yet carries."""
-        todo, found = list(set(fingerprints)), set[str]()
-        if not todo or not self._exists():
-            return found
-        for i in range(0, len(todo), _CHUNK):
-            chunk = todo[i:i + _CHUNK]
-            q = (f"SELECT p.member FROM upload_packs p JOIN uploads u ON u.id = p.upload "
-                 f"WHERE u.done = 0 AND p.member IN ({','.join('?' * len(chunk))})")
-            found.update(r[0] for r in self._db.execute(q, chunk))
-        return found
 
     def _exists(self) -> bool:
         return bool(migrations.columns(self._db, "upload_packs"))
