@@ -151,3 +151,39 @@ def test_a_job_told_the_wrong_server_stops_once_then_runs_when_told_right(
     again = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)
     assert again.returncode == 0, again.stderr
     assert pq.read_table(tmp_path / "out.parquet").column("error").to_pylist() == [None] * len(PEOPLE)
+
+
+PACKED_WORDS = ("apple", "river", "candle", "tiger", "violin", "pepper", "glacier", "rocket")
+
+
+def test_a_packed_job_gives_each_row_its_own_answer_or_a_reason(
+        tmp_path: Path, llamacpp: str, write_job: WriteJob, run_batch: RunBatch) -> None:
+    """rows-per-request 4 against a real small model, which may answer a pack whole, in part, or not
+    as asked: the run ends (failed rows allowed), every row is answered or failed saying why, an
+    answer that names any row's word names its own, and the usage columns add up to the report."""
+    write_csv([{"id": str(i), "name": word, "experience": "-"} for i, word in enumerate(PACKED_WORDS)],
+              tmp_path / "in.csv")
+    job = write_job("in.csv", task={"model": MODEL, "prompt": "Reply with the word: ${name}",
+                                    "max-new-tokens": 96, "temperature": 0, "rows-per-request": 4},
+                    limits={"concurrency": 1, "max-attempts": 2, "request-timeout": 120},
+                    api={"server": "llama.cpp"})
+
+    proc = run_batch(job, "--base-url", llamacpp, key=None, timeout=300)
+
+    assert proc.returncode in (0, 1), proc.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    report = json.loads((tmp_path / "out.parquet.report.json").read_text(encoding="utf-8"))
+    assert sorted(int(row["id"]) for row in out) == list(range(len(PACKED_WORDS)))
+    assert report["rows_ok"] + report["rows_failed"] == len(PACKED_WORDS)
+    assert report["pack_sizes"].get("4", 0) >= 1, report  # packs of 4 went out and came back
+    for row in out:
+        word = PACKED_WORDS[int(row["id"])]
+        if row["error"] is not None:
+            assert row["text"] is None and len(row["error"]) > 20, row
+            continue
+        assert isinstance(row["text"], str) and 1 <= row["rows_in_request"] <= 4, row
+        named = [w for w in PACKED_WORDS if w in row["text"].lower()]
+        assert not named or word in named, f"row {word!r} got another row's answer: {row['text']!r}"
+    for column in ("input_tokens", "output_tokens"):
+        assert sum(row[column] or 0 for row in out) == report[column], column
+    assert report["input_tokens"] > 0 and report["output_tokens"] > 0

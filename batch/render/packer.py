@@ -110,13 +110,17 @@ class Packer:
                               "json_schema": {"name": SCHEMA_NAME, "schema": pack_schema(item)}}
         if strict or (strict is None and str(body.get("model", "")).startswith("openai/gpt-oss")):
             rf["json_schema"]["strict"] = True  # constrained decoding where Groq offers it
-        mark = "\x00rows\x00"
+        mark, pin = "\x00rows\x00", "\x00format\x00"
         body["messages"][-1]["content"] = INSTRUCTION + mark
-        whole = JSON.encode({**body, **sent_budget,
-                             "response_format": spelling.response_format_for(self._server, rf)})
+        spelled = spelling.response_format_for(self._server, rf)
+        llama = self._server == spelling.LLAMA_CPP
+        whole = JSON.encode({**body, **sent_budget, "response_format": pin if llama else spelled})
         head, tail = whole.split(JSON.encode(mark)[1:-1], 1)
-        base = Base(head=head.encode(), tail=tail.encode(), shared_tokens=tokens(whole),
-                    budget=self._budget, text_job=fmt is None, shape=self._shape, tries=self.tries)
+        tail, end = tail.split(JSON.encode(pin), 1) if llama else (tail, "")
+        shared = tokens(whole) + (tokens(JSON.encode(rf)) if llama else 0)  # the format, made later
+        base = Base(head=head.encode(), tail=tail.encode(), shared_tokens=shared, budget=self._budget,
+                    text_job=fmt is None, shape=self._shape, tries=self.tries,
+                    pinned=item if llama else None, end=end.encode())
         self._bases[key] = base
         return base
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from batch.job.schema import Shape, check
 from batch.records import Answer, Completion, Request
+from batch.render import spelling
 from batch.render.group import JSON, fingerprint
 from batch.render.shares import Spent, shares
 
@@ -61,11 +62,21 @@ class Base:
     text_job: bool  # the answer is a string (else the job's JSON)
     shape: Shape | None  # the job's own schema, each item's answer checked against it
     tries: int = 1  # requests a row alone is given to bring back a usable item (`max-attempts`)
+    # llama.cpp's servers turn the schema into a grammar that also holds the count and the ids in
+    # order: for them `tail` ends before the response format's value, made for each pack from this
+    # item schema, and `end` follows it (None: the format is in `tail`, the same for every pack).
+    pinned: Any = None
+    end: bytes = b""
 
     def body(self, members: Sequence[Member]) -> bytes:
-        # The array goes inside a JSON string: its own quotes and backslashes escaped once more.
-        array = JSON.encode("[" + ",".join(m.item for m in members) + "]")
-        return self.head + array[1:-1].encode() + self.tail
+        # The array goes inside a JSON string: its own quotes and backslashes escaped once more. The
+        # count is said on the line before it: a model that answers fewer items does it less.
+        n = len(members)
+        array = JSON.encode(f"The array holds {n} item{'s' if n != 1 else ''}: give {n} answer"
+                            f"{'s' if n != 1 else ''}, one for each id.\n"
+                            "[" + ",".join(m.item for m in members) + "]")
+        pinned = b"" if self.pinned is None else spelling.pinned_pack(self.pinned, [m.id for m in members])
+        return self.head + array[1:-1].encode() + self.tail + pinned + self.end
 
 
 # A row whose pack's answer had no good item for it, stored (a transient failure that keeps its share

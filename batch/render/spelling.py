@@ -16,7 +16,7 @@ the body's tail: `tail` says how many bytes to cut and what to put in their plac
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batch.render.group import JSON
@@ -37,6 +37,19 @@ def response_format_for(server: str | None, response_format: Mapping[str, Any] |
     assert response_format is not None
     spec = response_format.get("json_schema") or {}
     return {"type": "json_object", "schema": spec.get("schema") or {}}
+
+
+def pinned_pack(item: Any, ids: Sequence[str]) -> bytes:
+    """llama.cpp's response format for a pack (`render.packs`) of rows with these ids: exactly their
+    items, the ids in order, which its grammar holds the model to (Groq's strict mode is not known to
+    take `prefixItems`, `const` or item counts, so Groq gets the pack's schema as it is)."""
+    one = [{"type": "object", "properties": {"id": {"const": i}, "answer": item},
+            "required": ["id", "answer"], "additionalProperties": False} for i in ids]
+    # No `items` beside `prefixItems`: llama.cpp's grammar would then ignore `prefixItems`.
+    answers = {"type": "array", "minItems": len(one), "maxItems": len(one), "prefixItems": one}
+    return JSON.encode({"type": "json_object", "schema": {
+        "type": "object", "properties": {"answers": answers}, "required": ["answers"],
+        "additionalProperties": False}}).encode()
 
 
 def tail(params: Mapping[str, Any], server: str | None, max_tokens: int | None) -> tuple[int, bytes | None]:

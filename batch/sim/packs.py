@@ -57,6 +57,9 @@ def _item_schema(schema: dict[str, Any]) -> tuple[bool, Any]:
         return False, None
     answers = props["answers"]
     items = answers.get("items") if isinstance(answers, dict) and answers.get("type") == "array" else None
+    pinned = answers.get("prefixItems") if isinstance(answers, dict) and items is None else None
+    if isinstance(pinned, list) and pinned:  # one schema an item, its id a `const` (llama.cpp's grammar)
+        items = pinned[0]
     item_props = items.get("properties") if isinstance(items, dict) else None
     if not isinstance(item_props, dict) or not {"id", "answer"} <= set(item_props):
         return False, None
