@@ -78,9 +78,10 @@ TABLES: dict[str, tuple[Key, ...]] = {
             '`schema-file = "x.json"`, relative to the job file) with optional `strict`; sent as '
             '`response_format`. An object schema\'s properties become typed output columns.'),
         Key("rows-per-request", "integer", "Send up to this many rows in one request (one JSON array of "
-            "their prompts, answered item by item), so the instruction and system message are paid once a "
-            "request; `max-new-tokens` is then the whole request's budget. Rows with images or a chat "
-            "history go one a request. See More rows per request.", default=1, lo=1, hi=500),
+            "their prompts, answered item by item), so the system message is paid once a request (put a "
+            "long instruction there, not in `prompt`, which every row carries); `max-new-tokens` is then "
+            "the whole request's budget. Rows with images or a chat history go one a request. See More "
+            "rows per request.", default=1, lo=1, hi=500),
     ),
     "limits": (
         Key("requests-per-minute", "integer",
