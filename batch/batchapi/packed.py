@@ -104,15 +104,7 @@ def _member(fp: str, item: str, tokens: int, last: Answer | None) -> Member:
 
 def _less(a: Answer, earlier: Spent) -> Answer:
     """The answer's usage less what earlier packs cost its row (already counted when they came)."""
-    mine = _spent(a)
-    return Spent(*(None if x is None else x - (y or 0) for x, y in (
-        (mine.input_tokens, earlier.input_tokens), (mine.output_tokens, earlier.output_tokens),
-        (mine.cached_tokens, earlier.cached_tokens), (mine.reasoning_tokens, earlier.reasoning_tokens)))
-    ).charged(a)
-
-
-def _spent(a: Answer) -> Spent:
-    return Spent(a.input_tokens, a.output_tokens, a.cached_tokens, a.reasoning_tokens)
+    return (Spent.of(a) - earlier).charged(a)
 
 
 def _completion(a: Answer) -> Completion:

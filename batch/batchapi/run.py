@@ -17,11 +17,10 @@ from batch.batchapi.mode import BatchMode, Collected
 from batch.batchapi.packed import PackedBatch
 from batch.batchapi.steps import Trace
 from batch.errors import FatalApiError, JobError, Stopped
-from batch.job.catalog import limits_for
 from batch.job.config import Job
 from batch.job.endpoint import Endpoint
 from batch.job.schema import shape_of
-from batch.render.packer import Packer
+from batch.render.packer import packer_for
 from batch.render.prompts import Group, Renderer
 from batch.report.phases import Phase, no_phase
 from batch.report.progress import BatchProgress
@@ -112,15 +111,9 @@ class BatchPass:
     def _packs(self) -> PackedBatch | None:
         """rows-per-request: the rows go in packs, each small enough for the model's context (the
         Batch API paces itself: no per-minute limit applies)."""
-        r = self._renderer
-        if not r.packs:
-            return None
-        context = limits_for(r.model).context_window
         shape = shape_of(self._job.task.response_format)
-        return PackedBatch(self._store, Packer(r.rows_per_request, server=r.server, shape=shape,
-                                               budget=r.completion_budget, limit=lambda: context,
-                                               tries=self._job.limits.max_attempts),
-                           shape, self._stats)
+        packer = packer_for(self._renderer, shape, tries=self._job.limits.max_attempts)
+        return PackedBatch(self._store, packer, shape, self._stats) if packer is not None else None
 
     def _outcome(self, got: Collected) -> int:
         job = self._job

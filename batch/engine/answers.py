@@ -27,6 +27,8 @@ from batch.job.config import Job
 from batch.job.endpoint import Endpoint
 from batch.job.schema import judge, shape_of
 from batch.records import Answer, Request
+from batch.render.packer import packer_for
+from batch.render.packs import RESENT
 from batch.render.prompts import Renderer, renderer_for
 from batch.report.summary import RunStats, Summary
 from batch.send.client import Client
@@ -133,6 +135,7 @@ class Answering:
 
     async def _send(self, requests: list[Request]) -> dict[str, Answer]:
         assert self._client is not None and self._committer is not None and self._store is not None
+        assert self._renderer is not None
         store, committer = self._store, self._committer
         loop = asyncio.get_running_loop()
         mine = {r.fingerprint: loop.create_future() for r in requests}
@@ -143,13 +146,18 @@ class Answering:
             answer = judge(self._shape, answer)
             store.journal.hold(answer)
             committer.poke()  # committed at once, off the loop
-            self.stats.record_answer(answer)
+            self.stats.record_answer(answer, counted=answer.error != RESENT)  # RESENT: its cost only
             got[answer.fingerprint] = answer
             if not (future := mine[answer.fingerprint]).done():
                 future.set_result(answer)
 
         pool = Pool(self._client.chat, self._pacer, self._policy, concurrency=self.job.limits.concurrency,
                     on_answer=on_answer, stats=self.stats, spend_cap=self._spend_cap)
+        # rows-per-request: the rows' fingerprints are those of rows asked in a pack, so they go in packs.
+        packer = packer_for(self._renderer, self._shape, tries=self.job.limits.max_attempts,
+                            tokens_per_minute=lambda: pool.pacer.tokens_per_minute)
+        if packer is not None:
+            requests = [p for r in requests for p in packer.add(r)] + list(packer.flush())
         try:
             await self._check()
             sending = asyncio.ensure_future(pool.run(requests))

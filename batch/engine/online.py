@@ -20,12 +20,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from batch.engine.shared import Shared
-from batch.job.catalog import limits_for
 from batch.job.config import LimitsSpec
 from batch.job.endpoint import Endpoint
 from batch.job.schema import Shape, judge
 from batch.records import Answer, Request
-from batch.render.packer import Packer
+from batch.render.packer import packer_for
 from batch.render.packs import RESENT, resumed
 from batch.render.prompts import Renderer
 from batch.report.progress import Progress
@@ -135,21 +134,10 @@ class OnlinePass:
         keys.finish()
         keys.unchanged = recall.unchanged
 
-    def _packer(self, pool: Pool) -> Packer | None:
-        """Rows of text into packs of up to `rows-per-request` (None: one row a request), each small
-        enough for the tokens-per-minute limit as the pacer knows it and for the model's context."""
-        renderer = self._renderer
-        if not renderer.packs:
-            return None
-        context = limits_for(renderer.model).context_window
-        return Packer(renderer.rows_per_request, server=renderer.server, shape=self._shape,
-                      budget=renderer.completion_budget,
-                      limit=lambda: min(pool.pacer.tokens_per_minute, context),
-                      tries=self._limits.max_attempts)
-
     async def _unanswered(self, pool: Pool, progress: Progress, keys: RowFingerprints,
                           recall: Recall) -> AsyncIterator[Request]:
-        packer = self._packer(pool)
+        packer = packer_for(self._renderer, self._shape, tries=self._limits.max_attempts,
+                            tokens_per_minute=lambda: pool.pacer.tokens_per_minute)
         for row0, chunk in self._rows.numbered(self._limit):
             for group in self._renderer.groups(chunk, row0):
                 # A row with last run's request on its line has last run's answer: no search for it.

@@ -28,7 +28,7 @@ from batch.job.catalog import usd as _usd
 from batch.job.config import Job
 from batch.job.schema import shape_of
 from batch.records import Request
-from batch.render.packer import Packer
+from batch.render.packer import packer_for
 from batch.render.prompts import renderer_for
 from batch.store.answers import Store
 from batch.store.ledger import Ledger
@@ -74,9 +74,8 @@ def make_plan(job: Job, limit: int | None = None, mode: str | None = None, *, da
     base = catalog.limits_for(job.task.model)
     rpm = float(job.limits.requests_per_minute or base.rpm)
     tpm = float(job.limits.tokens_per_minute or base.tpm)
-    packer = Packer(renderer.rows_per_request, server=renderer.server,
-                    shape=shape_of(job.task.response_format), budget=renderer.completion_budget,
-                    limit=lambda: min(tpm, base.context_window)) if renderer.packs else None
+    packer = packer_for(renderer, shape_of(job.task.response_format), tries=job.limits.max_attempts,
+                        tokens_per_minute=lambda: tpm)
     single = Totals()  # the requests to send, one row a request
     share = -(-renderer.completion_budget // renderer.rows_per_request)
     seen: set[str] = set()  # distinct fingerprints; the plan is a one-off, so this may grow

@@ -16,11 +16,13 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from batch.job.catalog import limits_for
 from batch.job.schema import Shape
 from batch.records import Request
 from batch.render import spelling
 from batch.render.group import JSON
 from batch.render.packs import Base, Member, Pack, tokens
+from batch.render.prompts import Renderer
 from batch.render.shares import Spent
 
 INSTRUCTION = (
@@ -123,6 +125,19 @@ class Packer:
                     pinned=item if llama else None, end=end.encode())
         self._bases[key] = base
         return base
+
+
+def packer_for(renderer: Renderer, shape: Shape | None, *, tries: int,
+               tokens_per_minute: Callable[[], float] | None = None) -> Packer | None:
+    """A run's packer (None: one row a request): packs of up to `rows-per-request` rows, each small
+    enough for the model's context and, where a per-minute limit applies, for `tokens_per_minute()`
+    as the pacer knows it then (the Batch API paces itself: none)."""
+    if not renderer.packs:
+        return None
+    context = float(limits_for(renderer.model).context_window)
+    return Packer(renderer.rows_per_request, server=renderer.server, shape=shape,
+                  budget=renderer.completion_budget, tries=tries,
+                  limit=lambda: min(tokens_per_minute(), context) if tokens_per_minute else context)
 
 
 def _item_schema(fmt: Any) -> tuple[Any, bool | None]:

@@ -96,8 +96,7 @@ def resumed(last: Answer | None) -> tuple[int | None, Spent, int]:
     of its last, with what it cost and the attempts it took (else as a new row: None, nothing, 0)."""
     if last is None or last.error != RESENT:
         return None, Spent.NONE, 0
-    spent = Spent(last.input_tokens, last.output_tokens, last.cached_tokens, last.reasoning_tokens)
-    return max(1, (last.rows_in_request or 2) // 2), spent, last.attempts
+    return max(1, (last.rows_in_request or 2) // 2), Spent.of(last), last.attempts
 
 
 class Pack:
@@ -210,7 +209,7 @@ class Pack:
         outs = shares(c.output_tokens, answer)
         cached = shares(c.cached_tokens, prompt)
         thought = shares(c.reasoning_tokens, answer)
-        return [Spent.of(*t) for t in zip(ins, outs, cached, thought, strict=True)]
+        return [Spent(*t) for t in zip(ins, outs, cached, thought, strict=True)]
 
     def _regroup(self, members: list[Member], size: int) -> list[Request]:
         return [Pack(self.base, tuple(members[i:i + size])).request() for i in range(0, len(members), size)]
@@ -218,10 +217,10 @@ class Pack:
 
 def _answer(m: Member, paid: Spent, c: Completion, *, text: str | None, attempts: int,
             latency_s: float | None, rows: int, error: str | None = None, permanent: bool = False) -> Answer:
-    return paid.charged(Answer(fingerprint=m.fingerprint, text=text, finish_reason=c.finish_reason,
-                  request_id=c.request_id, model=c.model, latency_s=latency_s, queue_time=c.queue_time,
-                  total_time=c.total_time,
-                  attempts=attempts, error=error, permanent=permanent, rows_in_request=rows))
+    return paid.charged(Answer(
+        fingerprint=m.fingerprint, text=text, finish_reason=c.finish_reason, request_id=c.request_id,
+        model=c.model, latency_s=latency_s, queue_time=c.queue_time, total_time=c.total_time,
+        attempts=attempts, error=error, permanent=permanent, rows_in_request=rows))
 
 
 def _items(c: Completion) -> tuple[list[dict[str, Any]], str | None]:

@@ -40,15 +40,20 @@ class Spent:
     NONE: ClassVar[Spent]  # nothing charged yet
 
     @classmethod
-    def of(cls, input_tokens: int | None, output_tokens: int | None, cached_tokens: int | None,
-           reasoning_tokens: int | None) -> Spent:
-        return cls(input_tokens, output_tokens, cached_tokens, reasoning_tokens)
+    def of(cls, answer: Answer) -> Spent:
+        """What an answer's usage columns say."""
+        return cls(answer.input_tokens, answer.output_tokens, answer.cached_tokens, answer.reasoning_tokens)
 
     def __add__(self, other: Spent) -> Spent:
-        return Spent(_plus(self.input_tokens, other.input_tokens),
-                     _plus(self.output_tokens, other.output_tokens),
-                     _plus(self.cached_tokens, other.cached_tokens),
-                     _plus(self.reasoning_tokens, other.reasoning_tokens))
+        return Spent(*(_plus(a, b) for a, b in zip(self._counts(), other._counts(), strict=True)))
+
+    def __sub__(self, other: Spent) -> Spent:
+        """Less `other` (what of it is known); unknown stays unknown."""
+        pairs = zip(self._counts(), other._counts(), strict=True)
+        return Spent(*(None if a is None else a - (b or 0) for a, b in pairs))
+
+    def _counts(self) -> tuple[int | None, ...]:
+        return self.input_tokens, self.output_tokens, self.cached_tokens, self.reasoning_tokens
 
     def charged(self, answer: Answer) -> Answer:
         """The answer with these as its usage columns (total_tokens: input and output, when both are
