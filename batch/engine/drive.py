@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
 from typing import Protocol
 
-from batch.engine.memory import give_back
 from batch.engine.run import Run
 from batch.errors import EXIT_OK, EXIT_ROWS_FAILED, BatchError, FatalApiError, Stopped
 from batch.report.html.write import report_path, write_reports
@@ -89,10 +87,6 @@ async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | No
         if metrics is not None:
             metrics.finish(code, run.summary or run.so_far(), time.monotonic() - started)
         if telemetry is not None:
-            # What the report's drawing left (its cycles, the heap's free top) goes back before the
-            # exporter's modules load on top, where they set the run's peak: 2-3 MB for ~0.1 s, once.
-            gc.collect()
-            give_back()
             model, mode = (run.job.task.model, run.mode) if isinstance(run, Run) else (None, None)
             telemetry.finish(code, run.summary or run.so_far(), time.monotonic() - started,
                              model=model, mode=mode)
