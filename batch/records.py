@@ -2,16 +2,28 @@
 
     prompts ─► Request ─► pool ─► client ─► Completion ─► pool ─► Answer ─► store ─► sink
                                      └────► RateInfo ──► limits
+
+Frozen to the type checker (`record`: mypy refuses an assignment to a field), not at run time: a
+frozen dataclass's `__init__` sets each field through `object.__setattr__`, three times slower than a
+plain slotted one (4.4 against 1.5 us for an Answer), and a row makes three or four of these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar, dataclass_transform
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def record(cls: type[T]) -> type[T]:
+    """A dataclass with slots, frozen as far as the type checker knows (see the module's docstring)."""
+    return dataclass(slots=True)(cls)
+
+
+@record
 class Request:
     """One chat request, rendered from one row (several rows may share it), or a pack of rows.
 
@@ -58,7 +70,7 @@ class Carried(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RateInfo:
     """What one response's headers said about the account's limits (None: header absent).
 
@@ -73,7 +85,7 @@ class RateInfo:
     tokens_reset_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Completion:
     """A successful chat completion, as parsed by the client."""
 
@@ -92,7 +104,7 @@ class Completion:
     rate: RateInfo = field(default_factory=RateInfo)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Answer:
     """The final outcome for one fingerprint: a completion or an error. What the store keeps."""
 

@@ -156,7 +156,8 @@ class OnlinePass:
                     if fp is not None and fp in missing and fp not in pool.outstanding and \
                             (packer is None or fp not in packer):
                         missing.discard(fp)  # later rows with the same request share its answer
-                        await self._first()
+                        if self._before_first is not None:  # (no coroutine a row once it is done)
+                            await self._first()
                         if packer is None:
                             yield group.request(i)
                             continue

@@ -28,17 +28,27 @@ class Admitted:
 class Intake:
     def __init__(self, places: int) -> None:
         self.queue: asyncio.Queue[Admitted] = asyncio.Queue()
-        self._places = asyncio.Semaphore(places)
+        self._free = places
+        # A producer that waited is woken once a quarter of the places are free, and fills them in one
+        # go: once a few dozen requests rather than once a request (a task switch each, against a fast
+        # server), while the requests still queued keep every worker busy meanwhile.
+        self._refill_at = max(1, places // 4)
+        self._room = asyncio.Event()
         self._unfinished = 0
         self._idle = asyncio.Event()
         self.outstanding: set[str] = set()  # fingerprints admitted and not yet answered or dropped
 
     async def place(self) -> None:
-        """Wait for a free place (then `admit`, or `give_back` it)."""
-        await self._places.acquire()
+        """Wait for a free place (then `admit`, or `give_back` it). One producer at a time."""
+        while self._free <= 0:
+            self._room.clear()
+            await self._room.wait()
+        self._free -= 1
 
     def give_back(self) -> None:
-        self._places.release()
+        self._free += 1
+        if self._free >= self._refill_at:
+            self._room.set()
 
     def admit(self, request: Request, *, place: bool = True) -> None:
         self.outstanding.update(request.fingerprints)
@@ -53,7 +63,7 @@ class Intake:
             if fp not in keep:
                 self.outstanding.discard(fp)
         if job.place:
-            self._places.release()
+            self.give_back()
         self._unfinished -= 1
         if self._unfinished == 0:
             self._idle.set()

@@ -122,7 +122,7 @@ class Pacer:
             self._primed = True
             await self._requests.acquire(self._requests.max_rate - 1)
         await self._requests.acquire(1)
-        if not await self._tokens.take(tokens):
+        if not self._tokens.try_take(tokens) and not await self._tokens.take(tokens):
             return False
         self._reserved += tokens
         if self._resume_at:  # a cool-down may have started while we waited in the buckets
