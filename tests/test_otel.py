@@ -14,6 +14,7 @@ import asyncio
 import json
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,3 +336,52 @@ def test_without_the_extra_one_line_says_what_to_install(
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if 'pip install "batch[otel]"' in line]
     assert len(lines) == 1, proc.stderr
+
+
+CHILD = """
+import sys
+import pandas as pd
+import batch
+out = batch.run(pd.DataFrame({"name": ["a", "b", "c"]}), model=sys.argv[1], prompt="Say ${name}",
+                base_url=sys.argv[2], state=sys.argv[3])
+heavy = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http", "google.protobuf", "requests")
+print(list(out["text"].isna()), sorted(m for m in sys.modules if m.startswith(heavy)))
+"""
+
+
+def test_the_run_s_process_never_loads_opentelemetry_its_exporter_s_does(
+        tmp_path: Path, simulator: tuple[str, Simulator], receiver: tuple[str, Receiver],
+        api_key: str) -> None:
+    """The Python door, as a notebook calls it: the trace and the metrics arrive, with the phases
+    inside the run's span in time, while the caller's interpreter never imported the SDK (the export
+    runs in a process of its own) and the exporter was not handed the key."""
+    url, _ = simulator
+    endpoint, got = receiver
+    proc = subprocess.run([sys.executable, "-c", CHILD, MODEL, url, str(tmp_path / "state.sqlite")],
+                          env=otel_env(api_key, endpoint), capture_output=True, text=True,
+                          timeout=HANG_GUARD_S, cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[False, False, False] []", proc.stdout
+    assert otel_warnings(proc.stderr) == []
+    assert got.bodies["metrics"]
+    for body in got.bodies["traces"] + got.bodies["metrics"]:
+        assert api_key.encode() not in body
+    _, found = spans(got.bodies["traces"])
+    [run] = [s for s in found if s.name == "batch.run"]
+    phases = [s for s in found if s is not run]
+    assert {s.name for s in phases} >= {"batch.pass1.online", "batch.pass2.output"}
+    for s in phases:
+        assert s.parent_span_id == run.span_id
+        assert run.start_time_unix_nano <= s.start_time_unix_nano < s.end_time_unix_nano
+        assert s.end_time_unix_nano <= run.end_time_unix_nano
+    assert attributes(run.attributes)["batch.job"] == "python"
+
+
+def test_the_exporter_s_environment_has_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batch.report.otel import _child_env
+
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_" + "k" * 40)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=data")
+    env = _child_env()
+    assert "GROQ_API_KEY" not in env and env["OTEL_EXPORTER_OTLP_HEADERS"] == "x-team=data"
