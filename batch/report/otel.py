@@ -7,12 +7,13 @@ key) and a child span per phase (`phase`: passes, the Batch API's submit / wait 
 are those of the Prometheus textfile (`report.metrics.run_samples`), same names, labelled `job`.
 
 During the run, nothing of OpenTelemetry's is loaded: a phase is a name, two clock readings and its
-figures, kept here. At its end (`finish`), the spans and samples go as one JSON document to the
-exporter's own short-lived process (`report.otlp`, which owns the SDK), so that its modules never add
-to the run's memory, and an exporter that hangs is ended at the deadline instead of being left behind
-as a thread (in a notebook's kernel, for one). The wait is bounded: the exporter's timeout
-(`OTEL_EXPORTER_OTLP_TIMEOUT`, seconds; `DEFAULT_TIMEOUT_S` if unset) plus the process's start. A
-collector that is down, slow or failing costs a few seconds and one warning, never the run's outcome.
+figures, kept here. The exporter's own process (`report.otlp`, which owns the SDK) starts with the run
+and loads the SDK meanwhile; at the run's end (`finish`), the spans and samples go to it as one JSON
+document on its stdin. Its modules never add to the run's memory, and an exporter that hangs is ended
+at the deadline instead of being left behind as a thread (in a notebook's kernel, for one). The wait
+is bounded: the exporter's timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`, seconds; `DEFAULT_TIMEOUT_S` if
+unset) plus the process's start. A collector that is down, slow or failing costs a few seconds and
+one warning, never the run's outcome.
 An install without the extra pays nothing, and says once what to install if the variable is set.
 """
 
@@ -41,7 +42,7 @@ ANY, TRACES, METRICS = (f"OTEL_EXPORTER_OTLP_{s}ENDPOINT" for s in ("", "TRACES_
 TIMEOUTS = tuple(f"OTEL_EXPORTER_OTLP_{s}TIMEOUT" for s in ("", "TRACES_", "METRICS_"))
 DEFAULT_TIMEOUT_S = 3.0  # the SDK's own default (10 s) is long to add to the end of every run
 GRACE_S = 2.0  # beyond the export timeout: encoding, a thread's start
-START_S = 3.0  # the exporter's process: an interpreter and the SDK's imports (~0.2 s when idle)
+START_S = 3.0  # beyond that: the exporter's process finishing its start, if the run was shorter
 _said_missing = False  # the missing extra is said once a process (a notebook may run many times)
 
 
@@ -83,6 +84,15 @@ class Telemetry:
         self.run_span = Span("batch.run", time.time_ns(), {"batch.job": job})
         self.phases: list[Span] = []
         self.finished = False
+        # Started now, so that its interpreter and the SDK's imports are done by the time the run
+        # ends (on the other core, while this one works): then only the export is left to wait for.
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._spawn_error: str | None = None
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "batch.report.otlp"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
+        except OSError as exc:  # no interpreter to start (an embedded one): said once, at the end
+            self._spawn_error = f"the exporter's process could not start: {exc}"
 
     @classmethod
     def start(cls, job: str, environ: Mapping[str, str] | None = None) -> Telemetry | None:
@@ -162,16 +172,22 @@ class Telemetry:
                 "samples": samples, "help": {name: HELP[name] for name in samples}}
 
     def _export(self, doc: dict[str, Any]) -> list[str]:
-        """Run the exporter's process on `doc`; its problems, or why it did not answer in time."""
+        """Hand `doc` to the exporter's process; its problems, or why it did not answer in time."""
+        proc = self._proc
+        if proc is None:
+            return [self._spawn_error or "the exporter's process did not start"]
         deadline = float(doc["deadline_s"]) + START_S
-        proc = subprocess.Popen([sys.executable, "-m", "batch.report.otlp"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
         try:
             out, err = proc.communicate(json.dumps(doc).encode(), timeout=deadline)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
             return [f"the exporter did not finish within {deadline:g}s"]
+        except OSError as exc:  # it died before reading (a broken pipe): what it said is in stderr
+            proc.kill()
+            out, err = proc.communicate()
+            said = err.decode("utf-8", "replace").strip().splitlines()
+            return [f"the exporter's process ended early ({exc}): {said[-1] if said else 'no message'}"]
         try:
             return [str(p) for p in json.loads(out)["problems"]]
         except (ValueError, KeyError, TypeError):

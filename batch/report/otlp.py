@@ -1,11 +1,12 @@
 """The OTLP exporter's own process: `python -m batch.report.otlp`, started by `report.otel` as a run
-ends, with the run's trace and metrics as one JSON document on stdin. The only module that imports
-OpenTelemetry (the SDK and its OTLP/HTTP exporter, `batch[otel]`).
+begins; the run's trace and metrics arrive as one JSON document on stdin as it ends. The only module
+that imports OpenTelemetry (the SDK and its OTLP/HTTP exporter, `batch[otel]`).
 
 Why a process of its own: the SDK, protobuf and `requests` (about 6 MB, and 30 ms to import) never load
 into the run's process, where they would sit on top of its peak memory and stay in a notebook's kernel
 after the call; and an exporter that hangs is ended by its parent at the deadline, not left as a
-thread. It reads nothing of the run but stdin, and imports nothing of batch's: it starts in ~0.2 s.
+thread. It reads nothing of the run but stdin, and imports nothing of batch's; started with the run,
+it has loaded the SDK (~0.2 s) long before the document comes.
 
 The spans are made again with the times the run recorded (`start_time`, `end_time`), the run's span
 the parent of every phase; the metrics are the textfile's samples, as the run computed them. Both
@@ -29,7 +30,17 @@ EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http"
 
 
 def main() -> int:
-    doc: dict[str, Any] = json.loads(sys.stdin.buffer.read())
+    # The run starts this process as it begins, and writes the document as it ends: the imports are
+    # done meanwhile. A run that ends without writing (its process killed) closes the pipe: nothing.
+    import opentelemetry.exporter.otlp.proto.http.metric_exporter
+    import opentelemetry.exporter.otlp.proto.http.trace_exporter
+    import opentelemetry.sdk.metrics
+    import opentelemetry.sdk.trace  # noqa: F401
+
+    text = sys.stdin.buffer.read()
+    if not text:
+        return 0
+    doc: dict[str, Any] = json.loads(text)
     problems = export(doc)
     sys.stdout.write(json.dumps({"problems": problems}) + "\n")
     sys.stdout.flush()
