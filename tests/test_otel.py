@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from aiohttp import web
-from conftest import HANG_GUARD_S, MODEL, BackgroundLoop, cli_env, serve_app
+from conftest import HANG_GUARD_S, MODEL, BackgroundLoop, cli_env, serve_app, wait_until
 from nasty import write_csv
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -385,3 +387,33 @@ def test_the_exporter_s_environment_has_no_key(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=data")
     env = _child_env()
     assert "GROQ_API_KEY" not in env and env["OTEL_EXPORTER_OTLP_HEADERS"] == "x-team=data"
+
+
+def test_ctrl_c_at_a_terminal_still_exports_the_stopped_run(
+        tmp_path: Path, start_sim: StartSim, receiver: tuple[str, Receiver],
+        otel_job: Callable[..., Path], api_key: str) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group, the exporter's process too:
+    the run stops (exit 3) and its trace and metrics still arrive, with that exit code."""
+    url, sim = start_sim(latency_ms=600_000)  # requests on the wire never end: only signals stop the run
+    endpoint, got = receiver
+    job = otel_job(12, concurrency=4, **{"request-timeout": 900})
+    with (tmp_path / "run.err").open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "batch", "run", str(job), "--base-url", url],
+                                env=otel_env(api_key, endpoint), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)  # a group of its own, as a shell's job
+    try:
+        wait_until(lambda: sim.in_flight == 4, "requests on the wire")
+        os.killpg(proc.pid, signal.SIGINT)
+        wait_until(lambda: "finishing the requests in flight" in (tmp_path / "run.err").read_text(), "signal")
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=HANG_GUARD_S)
+    finally:
+        proc.kill()
+
+    stderr = (tmp_path / "run.err").read_text()
+    assert code == 3, stderr
+    assert otel_warnings(stderr) == [], stderr
+    _, found = spans(got.bodies["traces"])
+    [run] = [s for s in found if s.name == "batch.run"]
+    assert attributes(run.attributes)["batch.exit_code"] == 3
+    assert value(points(got.bodies["metrics"]), "batch_last_run_exit_code") == 3

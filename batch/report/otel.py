@@ -89,8 +89,11 @@ class Telemetry:
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawn_error: str | None = None
         try:
+            # A session of its own: a terminal's Ctrl-C, sent to the run's whole process group, is the
+            # run's to handle (it stops, exit 3, and that ending is exported), not the exporter's.
             self._proc = subprocess.Popen([sys.executable, "-m", "batch.report.otlp"], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(),
+                                          start_new_session=True)
         except OSError as exc:  # no interpreter to start (an embedded one): said once, at the end
             self._spawn_error = f"the exporter's process could not start: {exc}"
 

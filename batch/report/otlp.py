@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -32,6 +33,11 @@ EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http"
 def main() -> int:
     # The run starts this process as it begins, and writes the document as it ends: the imports are
     # done meanwhile. A run that ends without writing (its process killed) closes the pipe: nothing.
+    # A stop signal is the run's to act on (it exports how it stopped); its parent ends this process
+    # at the deadline, or closes the pipe.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     import opentelemetry.exporter.otlp.proto.http.metric_exporter
     import opentelemetry.exporter.otlp.proto.http.trace_exporter
     import opentelemetry.sdk.metrics
