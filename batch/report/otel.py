@@ -79,15 +79,21 @@ class Span:
 class Telemetry:
     """One run's trace and metrics: `start` (None when not asked for), `phase`s, `finish` once."""
 
-    def __init__(self, job: str, traces: bool, metrics: bool, timeout_s: float | None) -> None:
+    def __init__(self, job: str, traces: bool, metrics: bool, timeout_s: float | None, *,
+                 early: bool = True) -> None:
         self.job, self.traces, self.metrics, self.timeout_s = job, traces, metrics, timeout_s
         self.run_span = Span("batch.run", time.time_ns(), {"batch.job": job})
         self.phases: list[Span] = []
         self.finished = False
-        # Started now, so that its interpreter and the SDK's imports are done by the time the run
-        # ends (on the other core, while this one works): then only the export is left to wait for.
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawn_error: str | None = None
+        if early:  # else when the run ends: a Batch API run may wait for hours, the process idle
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """The exporter's process. Started with the run, its interpreter and the SDK's imports are
+        done by the time the run ends (on the other core, while this one works): then only the
+        export is left to wait for."""
         try:
             # A session of its own: a terminal's Ctrl-C, sent to the run's whole process group, is the
             # run's to handle (it stops, exit 3, and that ending is exported), not the exporter's.
@@ -98,8 +104,10 @@ class Telemetry:
             self._spawn_error = f"the exporter's process could not start: {exc}"
 
     @classmethod
-    def start(cls, job: str, environ: Mapping[str, str] | None = None) -> Telemetry | None:
-        """A run's telemetry if the environment asks for it and the extra is installed, else None."""
+    def start(cls, job: str, environ: Mapping[str, str] | None = None, *,
+              early: bool = True) -> Telemetry | None:
+        """A run's telemetry if the environment asks for it and the extra is installed, else None.
+        `early`: start the exporter's process now (False: as the run ends)."""
         global _said_missing
         env = os.environ if environ is None else environ
         traces, metrics = wanted(env)
@@ -115,7 +123,7 @@ class Telemetry:
             log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s: batch exports over http/protobuf only",
                         env["OTEL_EXPORTER_OTLP_PROTOCOL"])
         timeout = None if any(env.get(v) for v in TIMEOUTS) else DEFAULT_TIMEOUT_S
-        return cls(job, traces, metrics, timeout)
+        return cls(job, traces, metrics, timeout, early=early)
 
     @contextmanager
     def phase(self, name: str, /, **figures: Figure) -> Iterator[dict[str, Figure]]:
@@ -176,6 +184,8 @@ class Telemetry:
 
     def _export(self, doc: dict[str, Any]) -> list[str]:
         """Hand `doc` to the exporter's process; its problems, or why it did not answer in time."""
+        if self._proc is None and self._spawn_error is None:
+            self._spawn()
         proc = self._proc
         if proc is None:
             return [self._spawn_error or "the exporter's process did not start"]
