@@ -23,8 +23,6 @@ from batch.report.metrics import PYTHON_JOB, MetricsFile
 from batch.report.otel import Telemetry
 from batch.send.client import MIN_SECRET
 
-log = logging.getLogger("batch")
-
 
 def job_name(job_file: str | Path | None) -> str:
     return Path(job_file).stem if job_file is not None else PYTHON_JOB
@@ -65,12 +63,9 @@ def refused(metrics: MetricsFile | None, job: str) -> Iterator[None]:
 
 def _traced(job: str, exit_code: int) -> None:
     """A refused job as a trace, when the environment asks for one: the run span alone with its exit
-    code, and the metrics' ending (no counts), as the textfile records it. Never raises."""
-    try:
-        telemetry = Telemetry.start(job)
-    except Exception as exc:  # a broken SDK: said, and the refusal stays the door's to tell
-        log.warning("OpenTelemetry: could not start (%s: %s); the run is unaffected", type(exc).__name__, exc)
-        return
+    code, and the metrics' ending (no counts), as the textfile records it. Never raises (`finish`
+    says a failed export in one warning)."""
+    telemetry = Telemetry.start(job, early=False)
     if telemetry is not None:
         telemetry.finish(exit_code, None, 0.0)
 

@@ -61,9 +61,10 @@ async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | No
     requests in flight finish, then stops the run; a second stops it at once, as `Stopped`.
     `metrics`: the textfile to keep during the run and to finish at its end."""
     started = time.monotonic()
-    # The Batch API may take hours: no exporter's process idles meanwhile (it starts at the end).
+    # The Batch API may take hours: no exporter's process idles meanwhile (it starts at the end). A
+    # partitioned or cluster run is online.
     telemetry = Telemetry.start(metrics.job if metrics is not None else _job_name(run),
-                                early=_mode(run) != "batch")
+                                early=not (isinstance(run, Run) and run.mode == "batch"))
     if telemetry is not None and isinstance(run, Run):
         run.phase = telemetry.phase
     watch = asyncio.create_task(_keep(metrics, run, started)) if metrics is not None else None
@@ -92,14 +93,6 @@ async def drive(run: Runner, *, signals: bool = False, metrics: MetricsFile | No
             model, mode = (run.job.task.model, run.mode) if isinstance(run, Run) else (None, None)
             telemetry.finish(code, run.summary or run.so_far(), time.monotonic() - started,
                              model=model, mode=mode)
-
-
-def _mode(run: Runner) -> str | None:
-    """"online" or "batch" (the Batch API), as the run was asked to go."""
-    if isinstance(run, Run):
-        return run.mode
-    mode = getattr(getattr(getattr(run, "job", None), "run", None), "mode", None)
-    return mode if isinstance(mode, str) else None
 
 
 def _job_name(run: Runner) -> str:

@@ -34,7 +34,7 @@ from batch.send.pacing import Pacer, Pacing
 from batch.send.pool import Pool
 from batch.send.retry import RetryPolicy
 from batch.send.spendcap import SpendCap
-from batch.store.answers import Store
+from batch.store.answers import Store, stored_answer
 from batch.store.database import StoreWriteError
 from batch.store.fingerprints import RowFingerprints
 from batch.store.recall import Recall, unrecalled
@@ -144,12 +144,11 @@ class OnlinePass:
                 recalled = recall.match(group.fingerprints)
                 rest = unrecalled(group.fingerprints, recalled[1])
                 fps = [fp for fp in rest if fp is not None and fp not in pool.outstanding]
-                missing, stored = self._store.lookup(fps, retry_failed=self._retry_failed)
+                missing, stored, left = self._store.sort_out(fps, retry_failed=self._retry_failed)
                 keys.add(group, stored, recalled)  # pass 2 takes these answers from here, not from the store
                 if not missing:
                     progress.advance(len(group))
                 shared = self._shared if missing else None
-                earlier = self._store.get_many(missing) if packer is not None and missing else {}
                 if shared is not None:  # what another call is sending already, this one waits for
                     missing = shared.split(group, missing)
                 for i, fp in enumerate(group.fingerprints if missing or shared else ()):
@@ -162,7 +161,7 @@ class OnlinePass:
                             yield group.request(i)
                             continue
                         # A row a stopped run left mid-way goes on from there (`packs.resumed`).
-                        size, spent, tries = resumed(earlier[fp][0] if fp in earlier else None)
+                        size, spent, tries = resumed(stored_answer(left[fp]) if fp in left else None)
                         for request in packer.add(group.request(i), size=size, spent=spent, attempts=tries):
                             yield request
                     elif shared is None or not shared.wait(fp):

@@ -65,10 +65,7 @@ class MetricsFile:
         if self.finished:
             return
         self.finished = True
-        now = time.time()
-        ending = {EXIT_CODE: float(exit_code), LAST_RUN: now}
-        success = now if exit_code == 0 else self._carried.get(LAST_SUCCESS)
-        self._write(summary, elapsed_s, ending | ({LAST_SUCCESS: success} if success is not None else {}))
+        self._write(summary, elapsed_s, ending(exit_code, self._carried.get(LAST_SUCCESS)))
 
     def _write(self, summary: Summary | None, elapsed_s: float, ending: dict[str, float]) -> None:
         try:
@@ -94,6 +91,15 @@ class MetricsFile:
 
 
 Sample = tuple[dict[str, str], float]  # (labels beside `job`, value)
+
+
+def ending(exit_code: int, last_success: float | None = None) -> dict[str, float]:
+    """How a run ended, as its gauges: the exit code, when, and when the job last succeeded (now if
+    this run did, else `last_success`, what was known of it: none, none is said)."""
+    now = time.time()
+    success = now if exit_code == 0 else last_success
+    said = {EXIT_CODE: float(exit_code), LAST_RUN: now}
+    return said | ({LAST_SUCCESS: success} if success is not None else {})
 
 
 def run_samples(summary: Summary | None, elapsed_s: float) -> dict[str, list[Sample]]:

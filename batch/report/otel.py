@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.report.metrics import EXIT_CODE, HELP, LAST_RUN, LAST_SUCCESS, run_samples
+from batch.report.metrics import HELP, ending, run_samples
 from batch.report.phases import Figure
 from batch.report.summary import Summary
 
@@ -173,9 +173,7 @@ class Telemetry:
 
     def _document(self, code: int, s: Summary | None, elapsed_s: float) -> dict[str, Any]:
         """What the exporter's process needs, and nothing else: no row text, no key."""
-        now = time.time()
-        ending = {EXIT_CODE: float(code), LAST_RUN: now} | ({LAST_SUCCESS: now} if code == 0 else {})
-        samples = run_samples(s, elapsed_s) | {name: [({}, value)] for name, value in ending.items()}
+        samples = run_samples(s, elapsed_s) | {name: [({}, value)] for name, value in ending(code).items()}
         timeout = self.timeout_s or env_timeout()
         return {"traces": self.traces, "metrics": self.metrics, "job": self.job,
                 "timeout_s": self.timeout_s, "deadline_s": timeout + GRACE_S,
@@ -198,14 +196,16 @@ class Telemetry:
             return [f"the exporter did not finish within {deadline:g}s"]
         except OSError as exc:  # it died before reading (a broken pipe): what it said is in stderr
             proc.kill()
-            out, err = proc.communicate()
-            said = err.decode("utf-8", "replace").strip().splitlines()
-            return [f"the exporter's process ended early ({exc}): {said[-1] if said else 'no message'}"]
+            return [f"the exporter's process ended early ({exc}): {_last_line(proc.communicate()[1])}"]
         try:
             return [str(p) for p in json.loads(out)["problems"]]
         except (ValueError, KeyError, TypeError):
-            said = err.decode("utf-8", "replace").strip().splitlines()
-            return [f"the exporter ended with code {proc.returncode}: {said[-1] if said else 'no message'}"]
+            return [f"the exporter ended with code {proc.returncode}: {_last_line(err)}"]
+
+
+def _last_line(stderr: bytes) -> str:
+    said = stderr.decode("utf-8", "replace").strip().splitlines()
+    return said[-1] if said else "no message"
 
 
 def _child_env() -> dict[str, str]:

@@ -146,14 +146,25 @@ class Store:
     def lookup(self, fingerprints: Iterable[str], *,
                retry_failed: bool = False) -> tuple[set[str], dict[str, tuple[Any, ...]]]:
         """`missing`, and the others' stored answers (fields `ANSWER_ROW`) for pass 1 to keep."""
+        missing, done, _ = self.sort_out(fingerprints, retry_failed=retry_failed)
+        return missing, done
+
+    def sort_out(self, fingerprints: Iterable[str], *, retry_failed: bool = False) -> tuple[
+            set[str], dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+        """`lookup`, and the stored answers of the missing ones that have one (a transient failure, a
+        pack's row left to go again), from the same query: for pass 1 to go on from, without a
+        second read (which would fold the journal first, on the loop's thread)."""
         todo = self._unbuffered(fingerprints)
         if not todo:
-            return set(), {}
+            return set(), {}, {}
         q = (f"SELECT {self._select_a}, ({answered_sql(retry_failed)}) FROM json_each(?) j "
              "JOIN answers a ON a.fingerprint = j.value")
+        done: dict[str, tuple[Any, ...]] = {}
+        left: dict[str, tuple[Any, ...]] = {}
         with self._lock:
-            done = {r[0]: r[:-1] for r in self._db.execute(q, (self.run_id, json.dumps(todo))) if r[-1]}
-        return set(todo) - done.keys(), done
+            for r in self._db.execute(q, (self.run_id, json.dumps(todo))):
+                (done if r[-1] else left)[r[0]] = r[:-1]
+        return set(todo) - done.keys(), done, left
 
     def _unbuffered(self, fingerprints: Iterable[str]) -> list[str]:
         # Sorted: consecutive lookups then walk the primary key's pages in order (fewer page reads).
