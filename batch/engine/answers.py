@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from batch.engine.online import Committer, local_pacer
+from batch.engine.commits import Committer
+from batch.engine.online import local_pacer
 from batch.engine.preflight import check_model
 from batch.engine.stops import raise_stop
 from batch.job.config import Job

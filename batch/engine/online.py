@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 
+from batch.engine.commits import Committer
 from batch.engine.shared import Shared
 from batch.job.config import LimitsSpec
 from batch.job.endpoint import Endpoint
@@ -94,7 +94,7 @@ class OnlinePass:
         def on_answer(answer: Answer) -> None:
             answer = judge(self._shape, answer)
             store.journal.hold(answer)
-            committer.poke()  # committed at once, off the loop (see `Committer`)
+            committer.poke()  # committed off the loop (`Committer`)
             self._stats.record_answer(answer, counted=answer.error != RESENT)  # RESENT: its cost only
             progress.advance()
 
@@ -185,49 +185,3 @@ class OnlinePass:
         if self._before_first is not None:
             check, self._before_first = self._before_first, None
             await check()
-
-
-class Committer:
-    """Group commit in a worker thread: what arrived is committed at once, one transaction at a time,
-    and what arrives during a transaction goes into the next. The loop never waits for SQLite (about a
-    sixth of its time against a fast server when it committed itself), and a kill -9 still loses no
-    answer that was received, beyond those of the transaction being written."""
-
-    def __init__(self, store: Store, failed: Callable[[StoreWriteError], None]) -> None:
-        self._store, self._failed = store, failed
-        self._task: asyncio.Task[None] | None = None
-        # Its own thread, always the same: each thread the C allocator sees keeps an arena of its own,
-        # and commits spread over the loop's default pool held 30 MB more by a million rows.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-commit")
-        self._broken = False  # after a failed write (or the drain), answers stay buffered for `flush`
-
-    def poke(self) -> None:
-        if self._task is None and not self._broken:
-            self._task = asyncio.get_running_loop().create_task(self._commit())
-
-    async def _commit(self) -> None:
-        journal = self._store.journal
-        try:
-            while journal.take():
-                try:
-                    await asyncio.get_running_loop().run_in_executor(self._thread, journal.write_taken)
-                except StoreWriteError as exc:
-                    journal.taken_done(False)
-                    self._broken = True
-                    self._failed(exc)
-                    return
-                journal.taken_done(True)
-        finally:
-            self._task = None
-
-    async def settled(self) -> None:
-        """Wait until what was held so far is committed (or its commit failed); commits go on after."""
-        while self._task is not None:
-            await asyncio.wait([self._task])
-
-    async def drain(self) -> None:
-        """Wait for the transaction being written (the store's `flush` writes the rest)."""
-        if self._task is not None:
-            await asyncio.wait([self._task])
-        self._broken = True  # no more commits here: the store's `flush` writes what is left
-        self._thread.shutdown(wait=False)

@@ -81,11 +81,12 @@ class Intake:
             await self._idle.wait()
 
 
-async def each(requests: Iterable[Request] | AsyncIterable[Request]) -> AsyncIterator[Request]:
-    """The producer's requests, whichever kind of iterable it is."""
-    if isinstance(requests, AsyncIterable):
-        async for r in requests:
-            yield r
-    else:
-        for r in requests:
-            yield r
+def each(requests: Iterable[Request] | AsyncIterable[Request]) -> AsyncIterable[Request]:
+    """The producer's requests, whichever kind of iterable it is (an async one as it is: a generator
+    around it would cost a step of its own for every request)."""
+    return requests if isinstance(requests, AsyncIterable) else _of(requests)
+
+
+async def _of(requests: Iterable[Request]) -> AsyncIterator[Request]:
+    for r in requests:
+        yield r

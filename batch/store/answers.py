@@ -3,12 +3,14 @@ which writes it): one answer per request fingerprint, beside the output.
 
 The store is the run's record (a crashed run resumes from it), its cache (an unchanged row is never
 paid for twice) and the place the output is assembled from. Answers are buffered and committed in
-small transactions: an online run hands what arrived to a worker thread that commits it at once,
-one transaction at a time (answers that arrive meanwhile go into the next: a group commit, off the
-event loop); `put` commits by itself every `flush_rows` answers, every `flush_s` seconds and at close.
-So a `kill -9` loses no answer that was received, only requests still on the wire (and at most the
-answers of the transaction being written). WAL mode lets a reader (`status`) look while a run writes;
-an exclusive lock file keeps a second run of the same state away (it would pay for the same rows).
+small transactions: an online run hands what arrived to a worker thread that commits it, one
+transaction at a time (answers that arrive meanwhile go into the next: a group commit, off the event
+loop: `engine.commits`, which spaces busy transactions 50 ms apart); `put` commits by itself every
+`flush_rows` answers, every `flush_s` seconds and at close. So a `kill -9` loses no answer that was
+received, only requests still on the wire (and the answers of the transaction being written, or, at
+a pace of thousands a second, of the last 50 ms). WAL mode lets a reader (`status`) look while a run
+writes; an exclusive lock file keeps a second run of the same state away (it would pay for the same
+rows).
 
 Commits go to a journal first, folded into the answers in key order (see `journal`); the answers are
 read only after a fold, and a read-only look sees the journal laid over them.

@@ -87,11 +87,11 @@ class Journal:
     def hold(self, answer: Answer) -> None:
         self._buffer[answer.fingerprint] = answer
 
-    def take(self) -> bool:
-        """Hand the buffered answers (with any a cancelled commit left) to `write_taken`; False if none."""
+    def take(self) -> int:
+        """Hand the buffered answers (with any a cancelled commit left) to `write_taken`; how many."""
         self._untake()
         self._taken, self._buffer = self._buffer, {}
-        return bool(self._taken)
+        return len(self._taken)
 
     def write_taken(self) -> None:
         """Commit the taken answers, in the committing thread, on a connection of its own (a fold
