@@ -17,7 +17,7 @@ from batch.doors.cli import main
 
 code = main()
 # By now every file the command wrote is closed and synced. Tearing the interpreter down (pyarrow,
-# aiohttp, matplotlib and their thousands of objects) takes another 0.15-0.2 s that no one waits for
+# aiohttp and their thousands of objects) takes another 0.15-0.2 s that no one waits for
 # gladly, so flush what is buffered and leave; if a flush fails (a closed pipe), exit the usual way.
 try:
     logging.shutdown()

@@ -381,11 +381,11 @@ def test_the_run_s_process_never_loads_opentelemetry_its_exporter_s_does(
 
 
 def test_the_exporter_s_environment_has_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from batch.report.otel import _child_env
+    from batch.report.child import child_env
 
     monkeypatch.setenv("GROQ_API_KEY", "gsk_" + "k" * 40)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=data")
-    env = _child_env()
+    env = child_env()
     assert "GROQ_API_KEY" not in env and env["OTEL_EXPORTER_OTLP_HEADERS"] == "x-team=data"
 
 

@@ -31,6 +31,7 @@ from batch.job.config import Job
 from batch.job.endpoint import Endpoint
 from batch.job.schema import shape_of
 from batch.render.prompts import Renderer, renderer_for
+from batch.report.html.drawer import Drawer
 from batch.report.html.write import report_path as report_path  # where the doors find the report
 from batch.report.html.write import write_reports
 from batch.report.phases import Phase, no_phase
@@ -196,11 +197,20 @@ class Run:
             raise
 
     def _finish(self, renderer: Renderer, store: Store, halt: threading.Event | None = None) -> Summary:
-        job = self.job
         self.stats.failures = Failures()  # from here on, the report's failed rows are the output's
         keys = self._fingerprints[-1] if self._fingerprints else None
         # Each row's answer for the next run (`recall`), unless this run's rows were the last one's.
         recall = None if keys is not None and keys.unchanged else RecallWriter(store)
+        # The report's drawing process loads matplotlib while the output is written (`drawer`).
+        drawer = Drawer.start()
+        try:
+            return self._written(renderer, store, halt, keys, recall, drawer)
+        finally:
+            drawer.close()  # (unless its page was drawn) a failed pass 2 leaves no process behind
+
+    def _written(self, renderer: Renderer, store: Store, halt: threading.Event | None,
+                 keys: RowFingerprints | None, recall: RecallWriter | None, drawer: Drawer) -> Summary:
+        job = self.job
         try:
             written = write_output(self.rows, renderer, store, path=job.output.path, fmt=job.output.format,
                                    text_column=job.output.text_column,
@@ -225,9 +235,9 @@ class Run:
                                 output=job.output.path, message=message, mode=self.mode,
                                 max_cost_usd=job.limits.max_cost_usd)
         store.finish_run(summary.to_json())
-        give_back()  # what pass 2 freed, before matplotlib is loaded and draws
+        give_back()  # what pass 2 freed
         try:
-            write_reports(job, summary, self.stats, store)  # the JSON, then the HTML beside it
+            write_reports(job, summary, self.stats, store, drawer)  # the JSON, then the HTML beside it
         except OSError as exc:  # the output is in place; only the report beside it is missing
             raise Stopped(f"could not write the report {report_path(job)}: {exc}. The output is written "
                           "and every answer is saved; free space, then run the same command.") from exc

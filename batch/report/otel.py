@@ -24,14 +24,13 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from batch.report import child
 from batch.report.metrics import HELP, ending, run_samples
 from batch.report.phases import Figure
 from batch.report.summary import Summary
@@ -95,11 +94,7 @@ class Telemetry:
         done by the time the run ends (on the other core, while this one works): then only the
         export is left to wait for."""
         try:
-            # A session of its own: a terminal's Ctrl-C, sent to the run's whole process group, is the
-            # run's to handle (it stops, exit 3, and that ending is exported), not the exporter's.
-            self._proc = subprocess.Popen([sys.executable, "-m", "batch.report.otlp"], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(),
-                                          start_new_session=True)
+            self._proc = child.spawn("batch.report.otlp")  # a session of its own (see `child`)
         except OSError as exc:  # no interpreter to start (an embedded one): said once, at the end
             self._spawn_error = f"the exporter's process could not start: {exc}"
 
@@ -196,25 +191,11 @@ class Telemetry:
             return [f"the exporter did not finish within {deadline:g}s"]
         except OSError as exc:  # it died before reading (a broken pipe): what it said is in stderr
             proc.kill()
-            return [f"the exporter's process ended early ({exc}): {_last_line(proc.communicate()[1])}"]
+            return [f"the exporter's process ended early ({exc}): {child.last_line(proc.communicate()[1])}"]
         try:
             return [str(p) for p in json.loads(out)["problems"]]
         except (ValueError, KeyError, TypeError):
-            return [f"the exporter ended with code {proc.returncode}: {_last_line(err)}"]
-
-
-def _last_line(stderr: bytes) -> str:
-    said = stderr.decode("utf-8", "replace").strip().splitlines()
-    return said[-1] if said else "no message"
-
-
-def _child_env() -> dict[str, str]:
-    """The run's environment without the API key (the exporter has no use for it), and with the
-    folder batch was imported from on the path, so that the same batch answers `-m`."""
-    env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
-    home = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), home) if p)
-    return env
+            return [f"the exporter ended with code {proc.returncode}: {child.last_line(err)}"]
 
 
 def env_timeout() -> float:

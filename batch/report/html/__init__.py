@@ -5,7 +5,8 @@
     plots   the shared style of the plots and their SVG clean-up; latency
     pace    requests and tokens per minute against the limits in force, 429s and retries
     runs    rows by outcome, cost across the last runs, Batch API timelines
+    drawer  the drawing process, started by the run as its output is written; `draw` is its main
 
-matplotlib is imported by `page` only, when a page is drawn: a run that never writes one never pays
-for it.
+matplotlib is imported by `page` only, and `page` only in the drawing process (`draw`): the run's
+process, or a notebook's, loads it only if no process can be started (an embedded interpreter).
 """

@@ -6,9 +6,9 @@
 Every door calls `write_reports` when a run ends, finished or stopped; `python -m batch report` draws
 the HTML again from what the store kept (`report_data`), without the run. The JSON is the contract: a
 failure to write it is the run's failure. The HTML is a convenience: if it cannot be drawn (say
-matplotlib is missing), a warning says so and the run's outcome is unchanged. The renderer
-(`htmlreport`, which owns matplotlib) is imported only here, when a report is drawn, so that the
-start of a run does not pay for it.
+matplotlib is missing), a warning says so and the run's outcome is unchanged. The page is drawn in a
+process of its own (`drawer`): the renderer (`page`, which owns matplotlib) never loads into the
+run's process; a run starts that process as its pass 2 begins, so that the import is done meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from batch.errors import JobError
 from batch.job.config import Job
+from batch.report.html.drawer import Drawer
 from batch.report.summary import RunStats, Summary
 from batch.store import runlog
 from batch.store.answers import Store
@@ -49,10 +50,12 @@ def figures(job: Job, stats: RunStats) -> dict[str, Any]:
                        "concurrency": lim.concurrency}}
 
 
-def write_reports(job: Job, summary: Summary, stats: RunStats, store: Store | None = None) -> None:
+def write_reports(job: Job, summary: Summary, stats: RunStats, store: Store | None = None,
+                  drawer: Drawer | None = None) -> None:
     """The JSON (raises OSError if it cannot be written), then the figures into the store and the
     HTML beside the JSON (a warning if they cannot). `store`: the run's own, still open; None after
-    the run closed it (a stopped run), in which case the store is opened again if it is free."""
+    the run closed it (a stopped run), in which case the store is opened again if it is free.
+    `drawer`: the drawing process the run started earlier (else one is started now)."""
     summary.write_json(report_path(job))
     figs = figures(job, stats)
     data: dict[str, Any] | None = None
@@ -72,14 +75,14 @@ def write_reports(job: Job, summary: Summary, stats: RunStats, store: Store | No
                     job.state.path, exc)
     if data is None:
         data = _data(job, json.loads(summary.to_json()), figs, [], [])
-    write_html(data, html_path(job))
+    write_html(data, html_path(job), drawer)
 
 
-def write_html(data: dict[str, Any], path: Path) -> bool:
-    """Draw the HTML report; False (with a warning) if it could not be drawn or written."""
+def write_html(data: dict[str, Any], path: Path, drawer: Drawer | None = None) -> bool:
+    """Draw the HTML report (with `drawer`, else a drawing process started now); False (with a
+    warning) if it could not be drawn or written."""
     try:
-        from batch.report.html.page import render  # matplotlib, only now
-        page = render(data)
+        page = (drawer or Drawer.start()).page(data)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(path)
