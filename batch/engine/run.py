@@ -198,6 +198,7 @@ class Run:
 
     def _finish(self, renderer: Renderer, store: Store, halt: threading.Event | None = None) -> Summary:
         self.stats.failures = Failures()  # from here on, the report's failed rows are the output's
+        give_back()  # what pass 1 freed (its threads' allocator arenas too), before pass 2 allocates
         keys = self._fingerprints[-1] if self._fingerprints else None
         # Each row's answer for the next run (`recall`), unless this run's rows were the last one's.
         recall = None if keys is not None and keys.unchanged else RecallWriter(store)
