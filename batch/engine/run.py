@@ -236,7 +236,6 @@ class Run:
                                 output=job.output.path, message=message, mode=self.mode,
                                 max_cost_usd=job.limits.max_cost_usd)
         store.finish_run(summary.to_json())
-        give_back()  # what pass 2 freed
         try:
             write_reports(job, summary, self.stats, store, drawer)  # the JSON, then the HTML beside it
         except OSError as exc:  # the output is in place; only the report beside it is missing

@@ -184,14 +184,9 @@ class Telemetry:
             return [self._spawn_error or "the exporter's process did not start"]
         deadline = float(doc["deadline_s"]) + START_S
         try:
-            out, err = proc.communicate(json.dumps(doc).encode(), timeout=deadline)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            return [f"the exporter did not finish within {deadline:g}s"]
-        except OSError as exc:  # it died before reading (a broken pipe): what it said is in stderr
-            proc.kill()
-            return [f"the exporter's process ended early ({exc}): {child.last_line(proc.communicate()[1])}"]
+            out, err = child.ask(proc, json.dumps(doc).encode(), deadline, "the exporter's process")
+        except child.HelperFailed as exc:
+            return [str(exc)]
         try:
             return [str(p) for p in json.loads(out)["problems"]]
         except (ValueError, KeyError, TypeError):

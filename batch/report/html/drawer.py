@@ -9,7 +9,6 @@ interpreter), the page is drawn here, as a last resort.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 from batch.report import child
 
 DRAW_S = 120.0  # at most, for the drawing process to answer: a page takes well under a second
-REAP_S = 10.0
 
 
 class DrawingFailed(Exception):
-    """The drawing process did not answer a page; the message says what it said."""
+    """The drawing process answered no page; the message is what it said (`child.HelperFailed`: it did
+    not answer at all)."""
 
 
 class Drawer:
@@ -36,19 +35,13 @@ class Drawer:
             return cls(None)
 
     def page(self, data: dict[str, Any]) -> str:
-        """The page for `data`; raises DrawingFailed (or the renderer's error, when drawn here)."""
+        """The page for `data`; raises DrawingFailed or child.HelperFailed (or the renderer's error,
+        when drawn here)."""
         proc, self._proc = self._proc, None
         if proc is None:
             from batch.report.html.page import render  # no process: drawn here
             return render(data)
-        try:
-            out, err = proc.communicate(json.dumps(data).encode(), timeout=DRAW_S)
-        except subprocess.TimeoutExpired:
-            _end(proc)
-            raise DrawingFailed(f"the drawing process did not answer within {DRAW_S:g}s") from None
-        except OSError as exc:  # it died before reading (a broken pipe)
-            raise DrawingFailed(f"the drawing process ended early ({exc}): {child.last_line(_end(proc))}") \
-                from None
+        out, err = child.ask(proc, json.dumps(data).encode(), DRAW_S, "the drawing process")
         if proc.returncode != 0:
             raise DrawingFailed(child.last_line(err))
         return out.decode("utf-8")
@@ -57,16 +50,5 @@ class Drawer:
         """End the process if its page was never asked for (the run failed before its report)."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            _end(proc)
+            child.end(proc)
 
-
-def _end(proc: subprocess.Popen[bytes]) -> bytes:
-    """Kill it, reap it, close its pipes; what it said on stderr."""
-    proc.kill()
-    err = b""
-    with contextlib.suppress(subprocess.TimeoutExpired, OSError, ValueError):
-        err = proc.communicate(timeout=REAP_S)[1] or b""  # a killed process is gone at once
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
-    return err
